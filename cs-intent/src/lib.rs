@@ -1,19 +1,18 @@
 //! The local bot of the cs customer-service crates.
-//!
-//! **Status: not built yet.** This crate holds its place in the crate map; its
-//! issue ("cs-intent: the IntentAgent …") fills it. Nothing here is usable
-//! today, and nothing pretends to be.
-//!
-//! # Planned layout
-//!
-//! - `text`: normalisation (NFKC, full-width folding, case) and features that
-//!   work for Chinese and English alike (character n-grams, word n-grams).
-//! - `classifier`: an intent model trained on the shop's own labelled rows, on
-//!   the CPU, in seconds, with a calibrated confidence.
-//! - `memory`: examples and agent corrections that take effect at once, folded
-//!   into the model by a background retrain.
-//! - `kb`: FAQ answers searched by vector similarity (`hnsw_rs`).
-//! - `agent`: `IntentAgent::predict`: an answer, a clarifying question, or an
-//!   honest "I don't know" that hands off to a human.
-//!
-//! It is synchronous and needs no async runtime. It depends only on `cs-core`.
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod calibration;
+pub mod classifier;
+pub mod error;
+pub mod kb;
+pub mod memory;
+pub mod model;
+pub mod persist;
+pub mod text;
+
+pub use agent::{AgentConfig, AgentStats, Alternative, IntentAgent, Prediction, Source};
+pub use calibration::Decision;
+pub use error::IntentError;
+pub use kb::{KbConfig, KbEntry, KbHit, KnowledgeBase};
+pub use model::{Example, IntentModel, ModelConfig};

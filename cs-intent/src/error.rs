@@ -1,0 +1,80 @@
+//! The typed errors of cs-intent.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong training, predicting, saving or loading.
+#[derive(Debug, thiserror::Error)]
+pub enum IntentError {
+    /// No usable training rows (none given, or every text normalised to nothing).
+    #[error("the training set is empty: give at least one (text, intent) row for each of two or more intents")]
+    EmptyTrainingSet,
+    /// A classifier needs at least two intents to tell apart.
+    #[error("the training set has only {found} intent(s); a classifier needs at least 2 (add rows for another intent, or answer that one intent without a model)")]
+    TooFewIntents {
+        /// How many distinct intents the rows had.
+        found: usize,
+    },
+    /// An intent name was empty.
+    #[error("row {row}: the intent name is empty; every row needs a non-empty intent")]
+    EmptyIntent {
+        /// Index of the offending row.
+        row: usize,
+    },
+    /// A question was empty after normalisation.
+    #[error("the question is empty (after normalisation nothing is left to classify)")]
+    EmptyText,
+    /// Reading or writing a model file failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// "read" or "write".
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file does not start with the cs-intent magic bytes.
+    #[error("not a cs-intent model file (wrong magic bytes); was it written by IntentAgent::save?")]
+    NotAModelFile,
+    /// The file was written by a format version this build cannot read.
+    #[error("model file format version {found} is not supported (this build reads version {supported}); retrain or use a matching cs-intent version")]
+    UnsupportedVersion {
+        /// Version in the file.
+        found: u16,
+        /// Version this build reads.
+        supported: u16,
+    },
+    /// The file ends before its declared length.
+    #[error("the model file is truncated: expected {expected} payload bytes, found {found}")]
+    Truncated {
+        /// Declared payload length.
+        expected: u64,
+        /// Bytes actually present.
+        found: u64,
+    },
+    /// The checksum does not match: the file was damaged.
+    #[error("the model file is corrupt (checksum mismatch); restore it from a backup or retrain")]
+    ChecksumMismatch,
+    /// The payload passed the checksum but could not be decoded.
+    #[error("the model file payload cannot be decoded: {0}")]
+    Decode(String),
+    /// Encoding the agent failed.
+    #[error("cannot encode the agent: {0}")]
+    Encode(String),
+    /// A knowledge-base entry id was not found.
+    #[error("no knowledge-base entry with id {0:?}")]
+    UnknownEntry(String),
+    /// A knowledge-base entry had no question text.
+    #[error("knowledge-base entry {0:?} has no question variant with any text")]
+    EmptyEntry(String),
+    /// Discovery was asked for an impossible clustering.
+    #[error("cannot cluster {questions} question(s) into {clusters} group(s): {reason}")]
+    Discovery {
+        /// Questions given.
+        questions: usize,
+        /// Clusters asked for.
+        clusters: usize,
+        /// Why it failed.
+        reason: String,
+    },
+}

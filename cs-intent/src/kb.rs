@@ -1,0 +1,443 @@
+//! The knowledge base: FAQ entries (id, question variants, answer, metadata)
+//! embedded as dense vectors and indexed with `hnsw_rs` for top-k search.
+//!
+//! Every question variant is one point in the index. `hnsw_rs` has no delete,
+//! so a deleted or replaced entry's points become tombstones that search skips,
+//! and the index is rebuilt from the live points once tombstones pass a share
+//! of the index ([`KbConfig::rebuild_tombstone_share`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use hnsw_rs::prelude::{DistL2, Hnsw};
+use serde::{Deserialize, Serialize};
+
+use crate::error::IntentError;
+use crate::text::{hashed_terms, normalize, FeatureConfig};
+
+/// One FAQ entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KbEntry {
+    /// The shop's id for the entry (unique in the KB).
+    pub id: String,
+    /// Ways a shopper may ask it; each is indexed.
+    pub questions: Vec<String>,
+    /// The answer to send.
+    pub answer: String,
+    /// The intent this entry answers, if any: the agent answers a predicted
+    /// intent from the best-matching entry tagged with it.
+    pub intent: Option<String>,
+    /// Free-form metadata (category, locale, product, ...).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Knobs of the index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KbConfig {
+    /// Dimension of the dense embedding.
+    pub dim: usize,
+    /// HNSW links per node (hnsw_rs allows at most 256).
+    pub max_connections: usize,
+    /// HNSW candidate list size while building.
+    pub ef_construction: usize,
+    /// HNSW candidate list size while searching.
+    pub ef_search: usize,
+    /// Rebuild the index when tombstones exceed this share of its points.
+    pub rebuild_tombstone_share: f32,
+}
+
+impl Default for KbConfig {
+    fn default() -> Self {
+        KbConfig {
+            dim: 256,
+            max_connections: 24,
+            ef_construction: 200,
+            ef_search: 64,
+            rebuild_tombstone_share: 0.2,
+        }
+    }
+}
+
+/// A search result.
+#[derive(Clone, Debug)]
+pub struct KbHit {
+    /// The entry.
+    pub entry: Arc<KbEntry>,
+    /// Cosine similarity of the query to the entry's closest question variant.
+    pub similarity: f32,
+}
+
+/// Embeds text as a dense, L2-normalised vector: sublinear-TF character 1-3
+/// grams and words, signed-hashed into `dim` buckets. No fitted state, so
+/// entries can be added and removed without re-embedding the rest.
+#[derive(Clone, Debug)]
+pub struct Embedder {
+    dim: usize,
+    features: FeatureConfig,
+}
+
+impl Embedder {
+    /// An embedder of the given dimension.
+    pub fn new(dim: usize) -> Embedder {
+        Embedder {
+            dim: dim.max(8),
+            features: FeatureConfig {
+                hash_bits: 30,
+                char_ngram_min: 1,
+                char_ngram_max: 3,
+                word_ngram_max: 1,
+                sublinear_tf: true,
+                max_chars: 512,
+            },
+        }
+    }
+
+    /// The dense embedding of a text (all zeros when the text is empty).
+    pub fn embed(&self, text: &str) -> Vec<f32> {
+        let normalized = normalize(text, self.features.max_chars);
+        let mut terms = Vec::new();
+        hashed_terms(&normalized, &self.features, &mut terms);
+        terms.sort_unstable();
+        let mut v = vec![0.0f32; self.dim];
+        let mut i = 0;
+        while i < terms.len() {
+            let mut j = i;
+            while j < terms.len() && terms[j] == terms[i] {
+                j += 1;
+            }
+            let h = terms[i];
+            // The top hash bit is the sign, so collisions cancel rather than pile up.
+            let sign = if h & (1 << 29) == 0 { 1.0 } else { -1.0 };
+            v[(h as usize) % self.dim] += sign * (1.0 + ((j - i) as f32).ln());
+            i = j;
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|x| *x /= norm);
+        }
+        v
+    }
+}
+
+/// One indexed question variant.
+struct Point {
+    entry: usize,
+    vector: Vec<f32>,
+}
+
+/// The FAQ knowledge base.
+pub struct KnowledgeBase {
+    config: KbConfig,
+    embedder: Embedder,
+    /// Entries by slot; `None` once deleted.
+    entries: Vec<Option<Arc<KbEntry>>>,
+    by_id: HashMap<String, usize>,
+    /// Points by hnsw data id.
+    points: Vec<Point>,
+    tombstones: HashSet<usize>,
+    index: Hnsw<'static, f32, DistL2>,
+}
+
+impl std::fmt::Debug for KnowledgeBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnowledgeBase")
+            .field("entries", &self.len())
+            .field("points", &self.points.len())
+            .field("tombstones", &self.tombstones.len())
+            .finish()
+    }
+}
+
+fn new_index(config: &KbConfig, capacity: usize) -> Hnsw<'static, f32, DistL2> {
+    Hnsw::new(
+        config.max_connections.clamp(4, 256),
+        capacity.max(1024),
+        16,
+        config.ef_construction.max(16),
+        DistL2 {},
+    )
+}
+
+impl KnowledgeBase {
+    /// An empty knowledge base.
+    pub fn new(config: KbConfig) -> KnowledgeBase {
+        KnowledgeBase {
+            embedder: Embedder::new(config.dim),
+            index: new_index(&config, 1024),
+            config,
+            entries: Vec::new(),
+            by_id: HashMap::new(),
+            points: Vec::new(),
+            tombstones: HashSet::new(),
+        }
+    }
+
+    /// Build from many entries at once (points inserted in parallel).
+    pub fn build(config: KbConfig, entries: Vec<KbEntry>) -> Result<KnowledgeBase, IntentError> {
+        let mut kb = KnowledgeBase::new(config);
+        let mut last: HashMap<String, usize> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            last.insert(e.id.clone(), i);
+        }
+        for (i, entry) in entries.into_iter().enumerate() {
+            if last.get(&entry.id) != Some(&i) {
+                continue; // a later entry with the same id replaces this one
+            }
+            kb.check(&entry)?;
+            let slot = kb.entries.len();
+            kb.by_id.insert(entry.id.clone(), slot);
+            for q in &entry.questions {
+                let vector = kb.embedder.embed(q);
+                if vector.iter().any(|x| *x != 0.0) {
+                    kb.points.push(Point {
+                        entry: slot,
+                        vector,
+                    });
+                }
+            }
+            kb.entries.push(Some(Arc::new(entry)));
+        }
+        kb.rebuild();
+        Ok(kb)
+    }
+
+    fn check(&self, entry: &KbEntry) -> Result<(), IntentError> {
+        if entry
+            .questions
+            .iter()
+            .all(|q| normalize(q, 64).chars().all(|c| !c.is_alphanumeric()))
+        {
+            return Err(IntentError::EmptyEntry(entry.id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Number of live entries.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True when the knowledge base has no live entry.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Points in the index that are tombstones (deleted, awaiting rebuild).
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KbConfig {
+        &self.config
+    }
+
+    /// The live entries.
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<KbEntry>> {
+        self.entries.iter().flatten()
+    }
+
+    /// The entry with this id.
+    pub fn get(&self, id: &str) -> Option<&Arc<KbEntry>> {
+        self.by_id
+            .get(id)
+            .and_then(|&slot| self.entries[slot].as_ref())
+    }
+
+    /// Add an entry, or replace the entry with the same id.
+    pub fn upsert(&mut self, entry: KbEntry) -> Result<(), IntentError> {
+        self.check(&entry)?;
+        if self.by_id.contains_key(&entry.id) {
+            self.delete(&entry.id)?;
+        }
+        let slot = self.entries.len();
+        self.by_id.insert(entry.id.clone(), slot);
+        for q in &entry.questions {
+            let vector = self.embedder.embed(q);
+            if vector.iter().all(|x| *x == 0.0) {
+                continue;
+            }
+            let id = self.points.len();
+            self.index.insert_slice((&vector, id));
+            self.points.push(Point {
+                entry: slot,
+                vector,
+            });
+        }
+        self.entries.push(Some(Arc::new(entry)));
+        Ok(())
+    }
+
+    /// Delete an entry: its points become tombstones, and the index is rebuilt
+    /// when tombstones pass the configured share.
+    pub fn delete(&mut self, id: &str) -> Result<(), IntentError> {
+        let slot = self
+            .by_id
+            .remove(id)
+            .ok_or_else(|| IntentError::UnknownEntry(id.to_string()))?;
+        self.entries[slot] = None;
+        for (pid, p) in self.points.iter().enumerate() {
+            if p.entry == slot {
+                self.tombstones.insert(pid);
+            }
+        }
+        if self.tombstones.len() as f32
+            > self.config.rebuild_tombstone_share * self.points.len().max(1) as f32
+        {
+            self.rebuild();
+        }
+        Ok(())
+    }
+
+    /// Rebuild the index from the live points, dropping every tombstone.
+    pub fn rebuild(&mut self) {
+        let live: Vec<Point> = std::mem::take(&mut self.points)
+            .into_iter()
+            .enumerate()
+            .filter(|(pid, _)| !self.tombstones.contains(pid))
+            .map(|(_, p)| p)
+            .collect();
+        self.tombstones.clear();
+        self.points = live;
+        self.index = new_index(&self.config, self.points.len());
+        let batch: Vec<(&[f32], usize)> = self
+            .points
+            .iter()
+            .enumerate()
+            .map(|(id, p)| (p.vector.as_slice(), id))
+            .collect();
+        self.index.parallel_insert_slice(&batch);
+    }
+
+    /// The dense embedding this KB uses (for callers comparing with brute force).
+    pub fn embed(&self, text: &str) -> Vec<f32> {
+        self.embedder.embed(text)
+    }
+
+    /// The top `k` entries most similar to `query`, best first (one hit per entry).
+    pub fn search(&self, query: &str, k: usize) -> Vec<KbHit> {
+        self.search_vector(&self.embedder.embed(query), k)
+    }
+
+    /// Like [`KnowledgeBase::search`], for an already embedded query.
+    pub fn search_vector(&self, query: &[f32], k: usize) -> Vec<KbHit> {
+        if k == 0 || self.points.is_empty() || query.iter().all(|x| *x == 0.0) {
+            return Vec::new();
+        }
+        // Ask for extra neighbours: tombstones and further variants of one entry are skipped.
+        let want = (k * 2 + self.tombstones.len().min(k * 4)).min(self.points.len());
+        let ef = self.config.ef_search.max(want);
+        let mut hits: Vec<KbHit> = Vec::with_capacity(k);
+        for n in self.index.search(query, want, ef) {
+            if hits.len() == k {
+                break;
+            }
+            if self.tombstones.contains(&n.d_id) {
+                continue;
+            }
+            let Some(point) = self.points.get(n.d_id) else {
+                continue;
+            };
+            let Some(entry) = self.entries[point.entry].as_ref() else {
+                continue;
+            };
+            if hits.iter().any(|h| Arc::ptr_eq(&h.entry, entry)) {
+                continue;
+            }
+            // Unit vectors: |a - b|^2 = 2 - 2 cos.
+            hits.push(KbHit {
+                entry: Arc::clone(entry),
+                similarity: 1.0 - n.distance * n.distance / 2.0,
+            });
+        }
+        hits
+    }
+
+    /// The top `k` entries by exhaustive search: the baseline for recall.
+    pub fn search_exhaustive(&self, query: &[f32], k: usize) -> Vec<KbHit> {
+        let mut best: HashMap<usize, f32> = HashMap::new();
+        for (pid, p) in self.points.iter().enumerate() {
+            if self.tombstones.contains(&pid) {
+                continue;
+            }
+            let sim: f32 = p.vector.iter().zip(query).map(|(a, b)| a * b).sum();
+            let e = best.entry(p.entry).or_insert(f32::NEG_INFINITY);
+            *e = e.max(sim);
+        }
+        let mut ranked: Vec<(usize, f32)> = best.into_iter().collect();
+        ranked.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        ranked
+            .into_iter()
+            .filter_map(|(slot, similarity)| {
+                self.entries[slot].as_ref().map(|e| KbHit {
+                    entry: Arc::clone(e),
+                    similarity,
+                })
+            })
+            .take(k)
+            .collect()
+    }
+
+    /// The best entry tagged with `intent` for this question, if any is tagged.
+    pub fn answer_for(&self, query: &str, intent: &str) -> Option<KbHit> {
+        let hits = self.search(query, 10);
+        hits.into_iter()
+            .find(|h| h.entry.intent.as_deref() == Some(intent))
+            .or_else(|| {
+                // The question matched no tagged entry closely: take any entry of the intent.
+                self.entries()
+                    .find(|e| e.intent.as_deref() == Some(intent))
+                    .map(|e| KbHit {
+                        entry: Arc::clone(e),
+                        similarity: 0.0,
+                    })
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, q: &[&str], answer: &str, intent: Option<&str>) -> KbEntry {
+        KbEntry {
+            id: id.into(),
+            questions: q.iter().map(|s| s.to_string()).collect(),
+            answer: answer.into(),
+            intent: intent.map(str::to_string),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn search_update_delete_and_rebuild() {
+        let mut kb = KnowledgeBase::build(
+            KbConfig::default(),
+            vec![
+                entry("ship", &["多久发货", "什么时候发货"], "48小时内发货", Some("shipping")),
+                entry("refund", &["怎么退款", "退款多久到账"], "3-5个工作日到账", Some("refund")),
+                entry("invoice", &["how do i get an invoice"], "Account > Orders > Invoice", None),
+            ],
+        )
+        .unwrap();
+        assert_eq!(kb.len(), 3);
+        assert_eq!(kb.search("退款什么时候到账", 1)[0].entry.id, "refund");
+        assert_eq!(kb.search("INVOICE please", 1)[0].entry.id, "invoice");
+
+        kb.upsert(entry("refund", &["退款怎么申请"], "在订单页申请", Some("refund")))
+            .unwrap();
+        assert_eq!(kb.len(), 3);
+        assert_eq!(kb.get("refund").unwrap().answer, "在订单页申请");
+        let hit = kb.answer_for("我要申请退款", "refund").unwrap();
+        assert_eq!(hit.entry.answer, "在订单页申请");
+
+        kb.delete("ship").unwrap();
+        assert!(kb.search("多久发货", 3).iter().all(|h| h.entry.id != "ship"));
+        assert_eq!(kb.tombstones(), 0, "deleting past the share rebuilt the index");
+        assert!(matches!(kb.delete("ship"), Err(IntentError::UnknownEntry(_))));
+        assert!(matches!(
+            kb.upsert(entry("blank", &["  ", "？"], "x", None)),
+            Err(IntentError::EmptyEntry(_))
+        ));
+    }
+}
