@@ -42,11 +42,15 @@ struct Args {
     /// Self-test: drop N intents from TRAIN and mark their TEST rows unknown.
     #[arg(long)]
     hold_out_intents: Option<usize>,
+    /// Override the trade-off: weight of out-of-scope recall against in-scope
+    /// accuracy when the agent picks its hand-off threshold (0 = never hand off).
+    #[arg(long)]
+    oos_weight: Option<f32>,
 }
 
 fn read_csv(path: &PathBuf) -> Result<Vec<Example>, Box<dyn std::error::Error>> {
-    let mut reader = csv::Reader::from_path(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut reader =
+        csv::Reader::from_path(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let headers = reader.headers()?.clone();
     let column = |name: &str| {
         headers
@@ -79,7 +83,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut test = read_csv(&args.test)?;
     let mut unknown = args.unknown_label.clone();
     if let Some(n) = args.hold_out_intents {
-        let label = unknown.get_or_insert_with(|| "__unknown__".to_string()).clone();
+        let label = unknown
+            .get_or_insert_with(|| "__unknown__".to_string())
+            .clone();
         let intents: Vec<String> = train
             .iter()
             .map(|e| e.intent.clone())
@@ -100,7 +106,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let before = train.len();
         train.retain(|e| &e.intent != label);
         if train.len() != before {
-            eprintln!("dropped {} TRAIN rows labelled {label:?}", before - train.len());
+            eprintln!(
+                "dropped {} TRAIN rows labelled {label:?}",
+                before - train.len()
+            );
         }
     }
     let intents = train
@@ -114,10 +123,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.train.display()
     );
     let train_rows = train.len();
-    let config = AgentConfig {
+    let mut config = AgentConfig {
         background_retrain: false,
         ..AgentConfig::default()
     };
+    if let Some(w) = args.oos_weight {
+        config.model.oos_weight = w;
+    }
     let start = Instant::now();
     let agent = IntentAgent::train(train, config)?;
     let train_seconds = start.elapsed().as_secs_f64();
@@ -137,7 +149,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut latencies = Vec::with_capacity(test.len());
     let (mut correct, mut in_scope, mut in_scope_correct, mut oos, mut oos_handed_off) =
         (0usize, 0usize, 0usize, 0usize, 0usize);
-    let (mut handoffs, mut clarifies, mut top1_correct, mut empty) = (0usize, 0usize, 0usize, 0usize);
+    let (mut handoffs, mut clarifies, mut top1_correct, mut empty) =
+        (0usize, 0usize, 0usize, 0usize);
     for (i, row) in test.iter().enumerate() {
         let start = Instant::now();
         let prediction = agent.predict(&row.text);
@@ -189,6 +202,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "oos_rows": oos,
         "empty_test_rows": empty,
         "handoff_threshold": calibration.handoff_threshold,
+        "oos_weight": agent.config().model.oos_weight,
         "model_bytes": model_bytes,
     });
     println!("{json}");

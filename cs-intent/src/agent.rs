@@ -32,6 +32,9 @@ pub struct AgentConfig {
     pub model: ModelConfig,
     /// A remembered example at least this similar (cosine) decides the answer.
     pub memory_threshold: f32,
+    /// A remembered example whose similarity on terms the model never saw
+    /// reaches this decides the answer too (a brand-new intent's own words).
+    pub memory_novel_floor: f32,
     /// Predictions kept in the cache.
     pub cache_capacity: usize,
     /// Alternatives returned with each prediction.
@@ -47,6 +50,7 @@ impl Default for AgentConfig {
         AgentConfig {
             model: ModelConfig::default(),
             memory_threshold: 0.5,
+            memory_novel_floor: 0.1,
             cache_capacity: 10_000,
             alternatives: 3,
             background_retrain: true,
@@ -330,11 +334,12 @@ impl IntentAgent {
         let x = model.featurizer().transform_normalized(normalized);
         let scored = model.score_vector(&x);
         let intents = model.intents();
-        let n_alt = self.shared.config.alternatives;
-        let remembered = snapshot
-            .memory
-            .nearest(&x)
-            .filter(|(_, sim)| *sim >= self.shared.config.memory_threshold);
+        let config = &self.shared.config;
+        let n_alt = config.alternatives;
+        let remembered =
+            snapshot
+                .memory
+                .nearest(&x, config.memory_threshold, config.memory_novel_floor);
         let mut prediction = match remembered {
             Some((entry, similarity)) => {
                 counters.memory_answers.fetch_add(1, Ordering::Relaxed);

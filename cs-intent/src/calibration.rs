@@ -125,11 +125,14 @@ pub(crate) fn fit(held: &[HeldOut], clarify_ratio: f32, oos_weight: f32) -> Cali
         .map(|h| {
             let mut p = h.scores.clone();
             softmax(&mut p, temperature);
-            let (arg, top) = p
-                .iter()
-                .copied()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |a, (i, v)| if v > a.1 { (i, v) } else { a });
+            let (arg, top) =
+                p.iter()
+                    .copied()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |a, (i, v)| if v > a.1 { (i, v) } else { a },
+                    );
             (top, h.label == Some(arg), h.label.is_none())
         })
         .collect();

@@ -34,7 +34,9 @@ pub enum IntentError {
         source: std::io::Error,
     },
     /// The file does not start with the cs-intent magic bytes.
-    #[error("not a cs-intent model file (wrong magic bytes); was it written by IntentAgent::save?")]
+    #[error(
+        "not a cs-intent model file (wrong magic bytes); was it written by IntentAgent::save?"
+    )]
     NotAModelFile,
     /// The file was written by a format version this build cannot read.
     #[error("model file format version {found} is not supported (this build reads version {supported}); retrain or use a matching cs-intent version")]

@@ -414,9 +414,24 @@ mod tests {
         let mut kb = KnowledgeBase::build(
             KbConfig::default(),
             vec![
-                entry("ship", &["多久发货", "什么时候发货"], "48小时内发货", Some("shipping")),
-                entry("refund", &["怎么退款", "退款多久到账"], "3-5个工作日到账", Some("refund")),
-                entry("invoice", &["how do i get an invoice"], "Account > Orders > Invoice", None),
+                entry(
+                    "ship",
+                    &["多久发货", "什么时候发货"],
+                    "48小时内发货",
+                    Some("shipping"),
+                ),
+                entry(
+                    "refund",
+                    &["怎么退款", "退款多久到账"],
+                    "3-5个工作日到账",
+                    Some("refund"),
+                ),
+                entry(
+                    "invoice",
+                    &["how do i get an invoice"],
+                    "Account > Orders > Invoice",
+                    None,
+                ),
             ],
         )
         .unwrap();
@@ -424,17 +439,32 @@ mod tests {
         assert_eq!(kb.search("退款什么时候到账", 1)[0].entry.id, "refund");
         assert_eq!(kb.search("INVOICE please", 1)[0].entry.id, "invoice");
 
-        kb.upsert(entry("refund", &["退款怎么申请"], "在订单页申请", Some("refund")))
-            .unwrap();
+        kb.upsert(entry(
+            "refund",
+            &["退款怎么申请"],
+            "在订单页申请",
+            Some("refund"),
+        ))
+        .unwrap();
         assert_eq!(kb.len(), 3);
         assert_eq!(kb.get("refund").unwrap().answer, "在订单页申请");
         let hit = kb.answer_for("我要申请退款", "refund").unwrap();
         assert_eq!(hit.entry.answer, "在订单页申请");
 
         kb.delete("ship").unwrap();
-        assert!(kb.search("多久发货", 3).iter().all(|h| h.entry.id != "ship"));
-        assert_eq!(kb.tombstones(), 0, "deleting past the share rebuilt the index");
-        assert!(matches!(kb.delete("ship"), Err(IntentError::UnknownEntry(_))));
+        assert!(kb
+            .search("多久发货", 3)
+            .iter()
+            .all(|h| h.entry.id != "ship"));
+        assert_eq!(
+            kb.tombstones(),
+            0,
+            "deleting past the share rebuilt the index"
+        );
+        assert!(matches!(
+            kb.delete("ship"),
+            Err(IntentError::UnknownEntry(_))
+        ));
         assert!(matches!(
             kb.upsert(entry("blank", &["  ", "？"], "x", None)),
             Err(IntentError::EmptyEntry(_))

@@ -18,6 +18,9 @@ pub struct MemoryEntry {
     pub row: usize,
     /// Its feature vector under the current model's featuriser.
     pub vector: SparseVector,
+    /// The part of `vector` on buckets the model never saw in training:
+    /// words of a brand-new intent.
+    pub novel: SparseVector,
     /// The intent, shared.
     pub intent: Arc<str>,
 }
@@ -54,10 +57,18 @@ impl Memory {
         // A later example with the same text replaces the earlier one: a correction wins.
         self.entries.retain(|e| e.vector != vector);
         let intent = Arc::from(example.intent.as_str());
+        let mut novel = SparseVector::default();
+        for (i, v) in vector.indices.iter().zip(&vector.values) {
+            if !featurizer.has_seen(*i) {
+                novel.indices.push(*i);
+                novel.values.push(*v);
+            }
+        }
         self.entries.push(MemoryEntry {
             example,
             row,
             vector,
+            novel,
             intent,
         });
     }
@@ -72,11 +83,22 @@ impl Memory {
         next
     }
 
-    /// The most similar remembered example and its cosine similarity.
-    pub fn nearest(&self, x: &SparseVector) -> Option<(&MemoryEntry, f32)> {
+    /// The most similar remembered example that decides the answer, and its
+    /// cosine similarity: one at least `threshold` similar, or one sharing at
+    /// least `novel_floor` of similarity on terms the model never saw (the
+    /// model cannot weigh those, so it must not outvote them).
+    pub fn nearest(
+        &self,
+        x: &SparseVector,
+        threshold: f32,
+        novel_floor: f32,
+    ) -> Option<(&MemoryEntry, f32)> {
         self.entries
             .iter()
-            .map(|e| (e, e.vector.dot(x)))
+            .filter_map(|e| {
+                let sim = e.vector.dot(x);
+                (sim >= threshold || e.novel.dot(x) >= novel_floor).then_some((e, sim))
+            })
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 }

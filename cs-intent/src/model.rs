@@ -54,7 +54,7 @@ impl Default for ModelConfig {
             svm: TrainConfig::default(),
             calibration_intent_share: 0.2,
             calibration_row_share: 0.2,
-            oos_weight: 0.5,
+            oos_weight: 0.2,
             clarify_ratio: 0.9,
         }
     }
@@ -267,6 +267,11 @@ impl IntentModel {
     /// What training did.
     pub fn report(&self) -> &TrainReport {
         &self.report
+    }
+
+    /// Raw decision values of every intent (before calibration), by intent index.
+    pub fn raw_scores(&self, x: &SparseVector) -> Vec<f32> {
+        self.linear.scores(x)
     }
 
     /// Calibrated probabilities for a feature vector, best first.

@@ -57,7 +57,8 @@ impl IntentAgent {
                 .collect(),
             kb: shared.kb.read().entries().map(|e| (**e).clone()).collect(),
         };
-        let payload = postcard::to_allocvec(&saved).map_err(|e| IntentError::Encode(e.to_string()))?;
+        let payload =
+            postcard::to_allocvec(&saved).map_err(|e| IntentError::Encode(e.to_string()))?;
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());

@@ -175,7 +175,10 @@ pub fn hashed_terms(normalized: &str, config: &FeatureConfig, out: &mut Vec<u32>
         .collect();
     // Character n-grams inside each token padded by a space on each side, like
     // scikit-learn's `char_wb`: a CJK run is one token, so its n-grams span words.
-    let (lo, hi) = (config.char_ngram_min.max(1) as usize, config.char_ngram_max as usize);
+    let (lo, hi) = (
+        config.char_ngram_min.max(1) as usize,
+        config.char_ngram_max as usize,
+    );
     if hi >= lo {
         let mut padded: Vec<char> = Vec::new();
         for token in &tokens {
@@ -240,7 +243,11 @@ impl Featurizer {
         let mut terms = Vec::new();
         for text in texts {
             terms.clear();
-            hashed_terms(&normalize(text.as_ref(), config.max_chars), &config, &mut terms);
+            hashed_terms(
+                &normalize(text.as_ref(), config.max_chars),
+                &config,
+                &mut terms,
+            );
             for (bucket, _) in count_terms(&mut terms) {
                 *df.entry(bucket).or_insert(0) += 1;
             }
@@ -266,6 +273,11 @@ impl Featurizer {
     /// Number of distinct buckets seen in training.
     pub fn seen_buckets(&self) -> usize {
         self.seen.len()
+    }
+
+    /// True when the bucket occurred in the training texts.
+    pub fn has_seen(&self, bucket: u32) -> bool {
+        self.seen.binary_search(&bucket).is_ok()
     }
 
     /// The weighted, L2-normalised feature vector of a raw text.
@@ -307,7 +319,10 @@ mod tests {
     #[test]
     fn normalize_folds_full_width_and_case() {
         assert_eq!(normalize("ＡＢＣ１２３，Ｈｉ", 100), "abc123,hi");
-        assert_eq!(normalize("  Where   is\tMY order? ", 100), "where is my order?");
+        assert_eq!(
+            normalize("  Where   is\tMY order? ", 100),
+            "where is my order?"
+        );
         assert_eq!(normalize("我的订单　在哪里", 100), "我的订单 在哪里");
     }
 
@@ -332,7 +347,10 @@ mod tests {
     #[test]
     fn full_width_and_half_width_give_the_same_vector() {
         let f = Featurizer::fit(FeatureConfig::default(), &["refund my order"]);
-        assert_eq!(f.transform("ＲＥＦＵＮＤ my order"), f.transform("refund my order"));
+        assert_eq!(
+            f.transform("ＲＥＦＵＮＤ my order"),
+            f.transform("refund my order")
+        );
     }
 
     #[test]
