@@ -25,7 +25,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use cs_intent::{AgentConfig, Decision, Example, IntentAgent};
+use cs_intent::dataset::read_labelled_csv;
+use cs_intent::{AgentConfig, Decision, IntentAgent};
 
 #[derive(Parser)]
 #[command(about = "Train a cs-intent agent on TRAIN and evaluate it on TEST")]
@@ -48,28 +49,6 @@ struct Args {
     oos_weight: Option<f32>,
 }
 
-fn read_csv(path: &PathBuf) -> Result<Vec<Example>, Box<dyn std::error::Error>> {
-    let mut reader =
-        csv::Reader::from_path(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let headers = reader.headers()?.clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h.trim() == name)
-            .ok_or_else(|| format!("{}: no `{name}` column in the header row", path.display()))
-    };
-    let (text, category) = (column("text")?, column("category")?);
-    let mut rows = Vec::new();
-    for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| format!("{} row {}: {e}", path.display(), i + 2))?;
-        match (record.get(text), record.get(category)) {
-            (Some(t), Some(c)) => rows.push(Example::new(t, c)),
-            _ => return Err(format!("{} row {}: missing a column", path.display(), i + 2).into()),
-        }
-    }
-    Ok(rows)
-}
-
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -79,8 +58,8 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let mut train = read_csv(&args.train)?;
-    let mut test = read_csv(&args.test)?;
+    let mut train = read_labelled_csv(&args.train)?;
+    let mut test = read_labelled_csv(&args.test)?;
     let mut unknown = args.unknown_label.clone();
     if let Some(n) = args.hold_out_intents {
         let label = unknown

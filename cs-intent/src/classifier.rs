@@ -21,6 +21,10 @@ pub struct TrainConfig {
     pub tolerance: f32,
     /// Seed of the coordinate order, so training is reproducible.
     pub seed: u64,
+    /// Scale `c` for an intent's own rows by `(mean rows per intent / its rows)`,
+    /// capped at this factor, so an intent with few examples (one just added) is
+    /// not drowned by the others. 1 disables it.
+    pub max_class_weight: f32,
 }
 
 impl Default for TrainConfig {
@@ -30,6 +34,7 @@ impl Default for TrainConfig {
             max_epochs: 50,
             tolerance: 0.1,
             seed: 0x5eed,
+            max_class_weight: 5.0,
         }
     }
 }
@@ -115,6 +120,11 @@ impl LinearModel {
             })
             .collect();
         let n_cols = columns.len();
+        let mut counts = vec![0usize; classes];
+        for &l in labels {
+            counts[l as usize] += 1;
+        }
+        let mean = labels.len() as f32 / classes.max(1) as f32;
         let per_class: Vec<(Vec<f32>, f32)> = (0..classes)
             .into_par_iter()
             .map(|class| {
@@ -123,7 +133,9 @@ impl LinearModel {
                     .map(|&l| if l as usize == class { 1.0 } else { -1.0 })
                     .collect();
                 let mut rng = SplitMix(config.seed ^ (class as u64).wrapping_mul(0x9e37));
-                train_binary(&compact, &y, n_cols, config, &mut rng)
+                let weight = (mean / counts[class].max(1) as f32)
+                    .clamp(1.0, config.max_class_weight.max(1.0));
+                train_binary(&compact, &y, n_cols, config, weight, &mut rng)
             })
             .collect();
         let mut weights = vec![0.0f32; n_cols * classes];
@@ -182,9 +194,12 @@ fn train_binary(
     y: &[f32],
     n_cols: usize,
     config: &TrainConfig,
+    positive_weight: f32,
     rng: &mut SplitMix,
 ) -> (Vec<f32>, f32) {
-    let diag = 0.5 / config.c;
+    // L2-loss SVM: each row's C enters only through the diagonal term 1 / (2 C_i).
+    let diag_pos = 0.5 / (config.c * positive_weight);
+    let diag_neg = 0.5 / config.c;
     let mut w = vec![0.0f32; n_cols];
     let mut b = 0.0f32;
     let mut alpha = vec![0.0f32; rows.len()];
@@ -194,6 +209,7 @@ fn train_binary(
         let (mut pg_max, mut pg_min) = (f32::NEG_INFINITY, f32::INFINITY);
         for &i in &order {
             let row = &rows[i];
+            let diag = if y[i] > 0.0 { diag_pos } else { diag_neg };
             let mut wx = b;
             for (c, v) in row.cols.iter().zip(&row.vals) {
                 wx += w[*c as usize] * v;

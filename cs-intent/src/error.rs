@@ -69,6 +69,14 @@ pub enum IntentError {
     /// A knowledge-base entry had no question text.
     #[error("knowledge-base entry {0:?} has no question variant with any text")]
     EmptyEntry(String),
+    /// A labelled CSV file could not be read.
+    #[error("cannot read labelled rows from {path}: {reason} (expected a CSV with a header row `text,category`)")]
+    Dataset {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
     /// Discovery was asked for an impossible clustering.
     #[error("cannot cluster {questions} question(s) into {clusters} group(s): {reason}")]
     Discovery {

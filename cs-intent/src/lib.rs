@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod calibration;
 pub mod classifier;
+pub mod dataset;
 pub mod discovery;
 pub mod error;
 pub mod kb;

@@ -5,19 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cs_intent::dataset::read_labelled_csv;
 use cs_intent::discovery::{discover, DiscoveryConfig};
 use cs_intent::{AgentConfig, Decision, Example, IntentAgent, IntentError, KbEntry, Source};
 
 fn fixture(name: &str) -> Vec<Example> {
     let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
-    let mut reader = csv::Reader::from_path(&path).unwrap();
-    reader
-        .records()
-        .map(|r| {
-            let r = r.unwrap();
-            Example::new(&r[0], &r[1])
-        })
-        .collect()
+    read_labelled_csv(path).unwrap()
 }
 
 fn train_rows() -> Vec<Example> {
