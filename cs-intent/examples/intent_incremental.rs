@@ -32,6 +32,9 @@ struct Args {
     /// Examples added per new intent.
     #[arg(long, default_value_t = 10)]
     examples_per_intent: usize,
+    /// Override `AgentConfig::memory_threshold`.
+    #[arg(long)]
+    memory_threshold: Option<f32>,
 }
 
 /// (top-1 accuracy, answered-correctly share) on rows.
@@ -87,7 +90,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         intents.len() - new.len(),
         new.len()
     );
-    let agent = IntentAgent::train(base, AgentConfig::default())?;
+    let mut config = AgentConfig::default();
+    if let Some(t) = args.memory_threshold {
+        config.memory_threshold = t;
+    }
+    let agent = IntentAgent::train(base, config)?;
     let (old_before, _) = accuracy(&agent, &old_test);
     let (new_before, _) = accuracy(&agent, &new_test);
 
@@ -115,6 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let json = serde_json::json!({
         "base_intents": intents.len() - new.len(),
         "new_intents": new.len(),
+        "memory_threshold": agent.config().memory_threshold,
         "examples_per_intent": args.examples_per_intent,
         "new_test_rows": new_test.len(),
         "add_to_effect_us": add_to_effect_us.round(),

@@ -32,6 +32,9 @@ pub struct AgentConfig {
     pub model: ModelConfig,
     /// A remembered example at least this similar (cosine) decides the answer.
     pub memory_threshold: f32,
+    /// The memory threshold when the model's own confidence is below its
+    /// hand-off threshold.
+    pub memory_threshold_when_unsure: f32,
     /// A remembered example whose similarity on terms the model never saw
     /// reaches this decides the answer too (a brand-new intent's own words).
     pub memory_novel_floor: f32,
@@ -50,6 +53,7 @@ impl Default for AgentConfig {
         AgentConfig {
             model: ModelConfig::default(),
             memory_threshold: 0.5,
+            memory_threshold_when_unsure: 0.3,
             memory_novel_floor: 0.1,
             cache_capacity: 10_000,
             alternatives: 3,
@@ -336,10 +340,17 @@ impl IntentAgent {
         let intents = model.intents();
         let config = &self.shared.config;
         let n_alt = config.alternatives;
-        let remembered =
-            snapshot
-                .memory
-                .nearest(&x, config.memory_threshold, config.memory_novel_floor);
+        // When the model itself would hand off, a weaker memory match is
+        // still the better guess: a new intent is what the model is unsure about.
+        let model_unsure = scored.ranked[0].1 < model.calibration().handoff_threshold;
+        let threshold = if model_unsure {
+            config.memory_threshold_when_unsure
+        } else {
+            config.memory_threshold
+        };
+        let remembered = snapshot
+            .memory
+            .nearest(&x, threshold, config.memory_novel_floor);
         let mut prediction = match remembered {
             Some((entry, similarity)) => {
                 counters.memory_answers.fetch_add(1, Ordering::Relaxed);

@@ -49,10 +49,12 @@ pub struct KbConfig {
 impl Default for KbConfig {
     fn default() -> Self {
         KbConfig {
-            dim: 256,
-            max_connections: 24,
-            ef_construction: 200,
-            ef_search: 64,
+            // Measured on 100,000 entries (README): recall@10 0.96 against
+            // exhaustive search; larger values buy recall with latency.
+            dim: 128,
+            max_connections: 16,
+            ef_construction: 100,
+            ef_search: 48,
             rebuild_tombstone_share: 0.2,
         }
     }
