@@ -154,6 +154,30 @@ impl LinearModel {
         }
     }
 
+    /// Check the shapes agree (a decoded model could be inconsistent even
+    /// when its checksum is right, e.g. a hand-crafted file).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bias.len() != self.classes {
+            return Err(format!(
+                "{} intercepts for {} classes",
+                self.bias.len(),
+                self.classes
+            ));
+        }
+        if Some(self.weights.len()) != self.columns.len().checked_mul(self.classes) {
+            return Err(format!(
+                "{} weights for {} columns x {} classes",
+                self.weights.len(),
+                self.columns.len(),
+                self.classes
+            ));
+        }
+        if self.columns.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("feature columns are not strictly increasing".into());
+        }
+        Ok(())
+    }
+
     /// Number of classes.
     pub fn classes(&self) -> usize {
         self.classes

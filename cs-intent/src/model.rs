@@ -249,6 +249,20 @@ impl IntentModel {
         })
     }
 
+    /// Check that the parts of a decoded model fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        self.featurizer.validate()?;
+        self.linear.validate()?;
+        if self.intents.len() != self.linear.classes() || self.intents.len() < 2 {
+            return Err(format!(
+                "{} intent names for {} classes",
+                self.intents.len(),
+                self.linear.classes()
+            ));
+        }
+        Ok(())
+    }
+
     /// The intents this model knows, by index.
     pub fn intents(&self) -> &[Arc<str>] {
         &self.intents

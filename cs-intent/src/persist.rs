@@ -104,6 +104,7 @@ impl IntentAgent {
         }
         let saved: SavedAgent =
             postcard::from_bytes(payload).map_err(|e| IntentError::Decode(e.to_string()))?;
+        saved.model.validate().map_err(IntentError::Decode)?;
         let mut memory = Memory::default();
         for (example, row) in saved.memory {
             memory.push(example, row, saved.model.featurizer());

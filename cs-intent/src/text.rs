@@ -265,6 +265,27 @@ impl Featurizer {
         }
     }
 
+    /// Check the fitted tables agree (see [`crate::classifier::LinearModel::validate`]).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.seen.len() != self.idf.len() {
+            return Err(format!(
+                "{} buckets but {} IDF values",
+                self.seen.len(),
+                self.idf.len()
+            ));
+        }
+        if self.config.hash_bits == 0 || self.config.hash_bits > 30 {
+            return Err(format!(
+                "hash_bits {} is outside 1..=30",
+                self.config.hash_bits
+            ));
+        }
+        if self.seen.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("IDF buckets are not strictly increasing".into());
+        }
+        Ok(())
+    }
+
     /// The configuration this featuriser was fitted with.
     pub fn config(&self) -> &FeatureConfig {
         &self.config
