@@ -37,7 +37,9 @@ pub struct ModelConfig {
     pub features: FeatureConfig,
     /// The linear SVM.
     pub svm: TrainConfig,
-    /// Share of intents held out (as stand-ins for out-of-scope questions) in the calibration fit.
+    /// Share of intents held out (as stand-ins for out-of-scope questions) in
+    /// the calibration fit. With `calibration_row_share` also 0, no
+    /// calibration is fitted and the agent never hands off.
     pub calibration_intent_share: f32,
     /// Share of the other intents' rows held out in the calibration fit.
     pub calibration_row_share: f32,
@@ -173,7 +175,10 @@ fn calibrate(cleaned: &Cleaned, config: &ModelConfig) -> Calibration {
     let k = cleaned.intents.len();
     let mut rng = SplitMix(config.svm.seed ^ 0xca1b);
     // Hold out intents only when at least 2 stay to train on.
-    let held_intents = if k >= 4 {
+    if config.calibration_intent_share <= 0.0 && config.calibration_row_share <= 0.0 {
+        return Calibration::uncalibrated(config.clarify_ratio);
+    }
+    let held_intents = if k >= 4 && config.calibration_intent_share > 0.0 {
         ((k as f32 * config.calibration_intent_share).round() as usize).clamp(1, k - 2)
     } else {
         0
