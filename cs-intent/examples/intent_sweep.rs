@@ -1,34 +1,32 @@
 //! Sweep featurisation settings on a labelled CSV pair and print accuracy and
 //! training time of the bare linear model for each (no calibration, no hand-off).
 //!
-//! `cargo run --release -p cs-intent --example intent_sweep -- TRAIN.csv TEST.csv`
+//! `cargo run --release -p cs-intent --example intent_sweep -- TRAIN.csv TEST.csv [C,C,...]`
+//!
+//! `SWEEP_GRID="bits,char_min,char_max,word_max;..."` replaces the default grid;
+//! the optional third argument lists SVM `C` values to try (default 1).
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use cs_intent::classifier::{LinearModel, TrainConfig};
+use cs_intent::dataset::read_labelled_csv;
 use cs_intent::text::{FeatureConfig, Featurizer};
-
-fn read(path: &str) -> Result<Vec<(String, String)>, Box<dyn std::error::Error>> {
-    let mut reader = csv::Reader::from_path(path)?;
-    let mut rows = Vec::new();
-    for record in reader.records() {
-        let record = record?;
-        rows.push((record[0].to_string(), record[1].to_string()));
-    }
-    Ok(rows)
-}
+use cs_intent::Example;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let (train, test) = (read(&args[1])?, read(&args[2])?);
+    let (Some(train), Some(test)) = (args.get(1), args.get(2)) else {
+        return Err("usage: intent_sweep TRAIN.csv TEST.csv [C,C,...]".into());
+    };
+    let (train, test) = (read_labelled_csv(train)?, read_labelled_csv(test)?);
     let mut ids: HashMap<String, u32> = HashMap::new();
-    for (_, l) in &train {
+    for Example { intent: l, .. } in &train {
         let n = ids.len() as u32;
         ids.entry(l.clone()).or_insert(n);
     }
-    let labels: Vec<u32> = train.iter().map(|(_, l)| ids[l]).collect();
-    let texts: Vec<&str> = train.iter().map(|(t, _)| t.as_str()).collect();
+    let labels: Vec<u32> = train.iter().map(|e| ids[&e.intent]).collect();
+    let texts: Vec<&str> = train.iter().map(|e| e.text.as_str()).collect();
     let base = FeatureConfig::default();
     let mut configs = vec![];
     let grid: Vec<(u8, u8, u8, u8)> = match std::env::var("SWEEP_GRID") {
@@ -83,12 +81,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let secs = start.elapsed().as_secs_f64();
             let correct = test
                 .iter()
-                .filter(|(t, l)| {
-                    let s = model.scores(&f.transform(t));
+                .filter(|e| {
+                    let s = model.scores(&f.transform(&e.text));
                     let best = (0..s.len())
                         .max_by(|&a, &b| s[a].total_cmp(&s[b]))
                         .unwrap_or(0);
-                    ids.get(l) == Some(&(best as u32))
+                    ids.get(&e.intent) == Some(&(best as u32))
                 })
                 .count();
             println!(
