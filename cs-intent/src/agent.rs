@@ -8,6 +8,7 @@
 //! request, so a burst of `add_examples` calls coalesces into one retrain that
 //! sees every row.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::calibration::Decision;
+use crate::discovery::{discover, DiscoveryConfig, SuggestedIntent};
 use crate::error::IntentError;
 use crate::kb::{KbConfig, KbEntry, KbHit, KnowledgeBase};
 use crate::memory::Memory;
@@ -46,6 +48,8 @@ pub struct AgentConfig {
     pub background_retrain: bool,
     /// The knowledge-base index.
     pub kb: KbConfig,
+    /// Handed-off questions kept (in memory only) for intent discovery.
+    pub handoff_log_capacity: usize,
 }
 
 impl Default for AgentConfig {
@@ -59,6 +63,7 @@ impl Default for AgentConfig {
             alternatives: 3,
             background_retrain: true,
             kb: KbConfig::default(),
+            handoff_log_capacity: 10_000,
         }
     }
 }
@@ -162,6 +167,7 @@ pub(crate) struct Shared {
     /// Serialises publishers (add_examples, retrain swap, KB changes), never readers.
     publish: Mutex<()>,
     pub(crate) kb: RwLock<KnowledgeBase>,
+    handoff_log: Mutex<VecDeque<String>>,
     cache: quick_cache::sync::Cache<(u64, String), Prediction>,
     counters: Counters,
     retrain: Mutex<RetrainState>,
@@ -276,6 +282,7 @@ impl IntentAgent {
             rows: Mutex::new(rows),
             publish: Mutex::new(()),
             kb: RwLock::new(kb),
+            handoff_log: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
             retrain: Mutex::new(RetrainState::default()),
             retrain_done: Condvar::new(),
@@ -331,6 +338,7 @@ impl IntentAgent {
         let key = (snapshot.version, normalized);
         if let Some(hit) = self.shared.cache.get(&key) {
             counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.note_handoff(&hit, &key.1);
             return Ok(hit);
         }
         let normalized = &key.1;
@@ -396,9 +404,8 @@ impl IntentAgent {
                 }
             }
         };
-        if prediction.decision == Decision::HandOff {
-            counters.handoffs.fetch_add(1, Ordering::Relaxed);
-        } else {
+        self.note_handoff(&prediction, normalized);
+        if prediction.decision != Decision::HandOff {
             let kb = self.shared.kb.read();
             if !kb.is_empty() {
                 prediction.answer = kb.answer_for(normalized, &prediction.intent);
@@ -406,6 +413,38 @@ impl IntentAgent {
         }
         self.shared.cache.insert(key, prediction.clone());
         Ok(prediction)
+    }
+
+    /// Count a hand-off and keep its question for [`IntentAgent::discover`].
+    fn note_handoff(&self, prediction: &Prediction, normalized: &str) {
+        if prediction.decision != Decision::HandOff {
+            return;
+        }
+        self.shared
+            .counters
+            .handoffs
+            .fetch_add(1, Ordering::Relaxed);
+        let capacity = self.shared.config.handoff_log_capacity;
+        if capacity == 0 {
+            return;
+        }
+        let mut log = self.shared.handoff_log.lock();
+        // Bounded: the oldest question goes when the log is full.
+        if log.len() >= capacity {
+            log.pop_front();
+        }
+        log.push_back(normalized.to_string());
+    }
+
+    /// The most recent handed-off questions (normalised), oldest first.
+    pub fn handed_off_questions(&self) -> Vec<String> {
+        self.shared.handoff_log.lock().iter().cloned().collect()
+    }
+
+    /// Group the recent handed-off questions into suggested new intents
+    /// (see [`crate::discovery`]).
+    pub fn discover(&self, config: &DiscoveryConfig) -> Result<Vec<SuggestedIntent>, IntentError> {
+        discover(&self.handed_off_questions(), config)
     }
 
     /// Add labelled rows: new examples, a brand-new intent, or an agent's

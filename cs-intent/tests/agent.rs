@@ -382,3 +382,39 @@ fn discovery_groups_unlabelled_questions_by_intent() {
     assert!(purity >= 0.6, "purity {purity:.2}: {groups:#?}");
     assert!(discover(&questions[..1], &DiscoveryConfig::default()).is_err());
 }
+
+#[test]
+fn handed_off_questions_are_kept_for_discovery() {
+    let held = ["membership_points", "invoice"];
+    let train: Vec<Example> = train_rows()
+        .into_iter()
+        .filter(|e| !held.contains(&e.intent.as_str()))
+        .collect();
+    let agent = IntentAgent::train(train, quiet_config()).unwrap();
+    let mut handed_off = 0;
+    for row in train_rows()
+        .iter()
+        .filter(|e| held.contains(&e.intent.as_str()))
+    {
+        if agent.predict(&row.text).unwrap().decision == Decision::HandOff {
+            handed_off += 1;
+        }
+    }
+    let log = agent.handed_off_questions();
+    assert_eq!(log.len(), handed_off);
+    assert_eq!(agent.stats().handoffs as usize, handed_off);
+    assert!(
+        handed_off >= 4,
+        "only {handed_off} unseen questions handed off"
+    );
+    let groups = agent
+        .discover(&DiscoveryConfig {
+            clusters: Some(2),
+            ..DiscoveryConfig::default()
+        })
+        .unwrap();
+    assert_eq!(
+        groups.iter().map(|g| g.members.len()).sum::<usize>(),
+        handed_off
+    );
+}
