@@ -19,6 +19,8 @@
 //! `--hold-out-intents N` runs the out-of-scope self-test: it removes N
 //! intents (every k-th in sorted order) from TRAIN and relabels their TEST
 //! rows as the unknown label (`--unknown-label`, default `__unknown__`).
+//! `--oos-weight W` overrides the agent's hand-off trade-off
+//! (`ModelConfig::oos_weight`; 0 never hands off).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -569,6 +569,8 @@ impl IntentAgent {
     }
 }
 
+/// Dropping the agent stops its retrain thread; a retrain in progress is
+/// finished first (it takes about as long as the initial training).
 impl Drop for IntentAgent {
     fn drop(&mut self) {
         // Closing the channel stops the worker after any retrain in progress.

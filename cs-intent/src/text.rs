@@ -274,12 +274,6 @@ impl Featurizer {
                 self.idf.len()
             ));
         }
-        if self.config.hash_bits == 0 || self.config.hash_bits > 30 {
-            return Err(format!(
-                "hash_bits {} is outside 1..=30",
-                self.config.hash_bits
-            ));
-        }
         if self.seen.windows(2).any(|w| w[0] >= w[1]) {
             return Err("IDF buckets are not strictly increasing".into());
         }
