@@ -334,6 +334,32 @@ mod tests {
     }
 
     #[test]
+    fn a_well_checksummed_but_inconsistent_file_is_a_decode_error() {
+        use crate::agent::{AgentConfig, IntentAgent};
+        use crate::persist::{encode, SavedAgent};
+        let rows = vec![
+            Example::new("where is my parcel", "track"),
+            Example::new("refund please", "refund"),
+            Example::new("money back", "refund"),
+        ];
+        let mut model = IntentModel::train(&rows, &ModelConfig::default()).unwrap();
+        // One intent name fewer than the classifier has classes.
+        model.intents.pop();
+        let saved = SavedAgent {
+            config: AgentConfig::default(),
+            rows,
+            model,
+            memory: Vec::new(),
+            kb: Vec::new(),
+        };
+        let bytes = encode(&saved).unwrap();
+        assert!(matches!(
+            IntentAgent::from_bytes(&bytes),
+            Err(IntentError::Decode(_))
+        ));
+    }
+
+    #[test]
     fn duplicates_and_conflicts_are_counted_and_last_row_wins() {
         let rows = vec![
             Example::new("where is my parcel", "track"),

@@ -40,6 +40,18 @@ pub struct SavedAgent {
     pub kb: Vec<KbEntry>,
 }
 
+/// Frame a saved agent: header, checksum, postcard payload.
+pub(crate) fn encode(saved: &SavedAgent) -> Result<Vec<u8>, IntentError> {
+    let payload = postcard::to_allocvec(saved).map_err(|e| IntentError::Encode(e.to_string()))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
 impl IntentAgent {
     /// Encode the whole agent into the versioned, checksummed format.
     pub fn to_bytes(&self) -> Result<Vec<u8>, IntentError> {
@@ -57,15 +69,7 @@ impl IntentAgent {
                 .collect(),
             kb: shared.kb.read().entries().map(|e| (**e).clone()).collect(),
         };
-        let payload =
-            postcard::to_allocvec(&saved).map_err(|e| IntentError::Encode(e.to_string()))?;
-        let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        out.extend_from_slice(&payload);
-        Ok(out)
+        encode(&saved)
     }
 
     /// Decode an agent written by [`IntentAgent::to_bytes`].
