@@ -17,11 +17,13 @@
 //!   persist, route, ack, run hooks; joins with gap-free replay; state changes.
 //! - [`hooks`]: the [`Hook`] trait for the bot, audit or moderation.
 //! - [`metrics`]: counters and latency percentiles, as a [`MetricsSnapshot`].
+//! - `websocket` (feature `axum`): the axum adapter: upgrade with small
+//!   buffers, the read loop with rate limiting and an idle timeout.
 //!
-//! Not built yet (their issue is open): the axum WebSocket adapter, idle and
-//! heartbeat timeouts, per-connection rate limiting, and the load generator.
-//! Today a host connects any `futures::Sink<Bytes>` to the pool and decodes
-//! client frames with [`ClientFrame::decode`] itself.
+//! Without the `axum` feature a host connects any `futures::Sink<Bytes>` to
+//! the pool and decodes client frames with [`ClientFrame::decode`] itself.
+//! Not built yet: a server-initiated heartbeat (clients keep the connection
+//! alive with `ping` frames) and presence across nodes.
 //!
 //! It depends only on `cs-core`; storage comes in as a
 //! [`cs_core::store::MessageStore`].
@@ -36,6 +38,8 @@ mod outbox;
 mod path;
 pub mod pool;
 pub mod protocol;
+#[cfg(feature = "axum")]
+pub mod websocket;
 
 pub use bus::{Bus, Envelope, InProcessBus, NodeId, Target};
 pub use dispatcher::{

@@ -160,8 +160,12 @@ pub enum CloseReason {
     FrameTooLarge,
     /// Nothing was heard from the client for too long.
     Idle,
-    /// The host closed it (logout, ban, replaced by a newer session).
+    /// The host closed it (logout, ban, replaced by a newer session), or the
+    /// client did.
     ByHost,
+    /// The client broke the WebSocket protocol, or sent a frame far over
+    /// the limit.
+    ProtocolError,
 }
 
 impl CloseReason {
@@ -173,6 +177,7 @@ impl CloseReason {
             CloseReason::FrameTooLarge => "frame_too_large",
             CloseReason::Idle => "idle",
             CloseReason::ByHost => "by_host",
+            CloseReason::ProtocolError => "protocol_error",
         }
     }
 }
