@@ -118,7 +118,7 @@ pub async fn serve(
     let sink = sink.with(|frame: Bytes| async move {
         Utf8Bytes::try_from(frame)
             .map(WsMessage::Text)
-            .map_err(|e| ::axum::Error::new(e))
+            .map_err(::axum::Error::new)
     });
     let registered = pool.register(tenant, party.clone(), Box::pin(sink));
     let conn = registered.id;
