@@ -28,7 +28,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
@@ -397,15 +397,22 @@ impl Inner {
         let index =
             (self.hasher.hash_one(command.conversation()) % self.shards.len() as u64) as usize;
         let shard = &self.shards[index];
-        let slot = match tokio::time::timeout(
-            self.config.enqueue_deadline,
-            Arc::clone(&shard.slots).acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(slot)) => Some(slot),
-            Ok(Err(_closed)) => return self.refuse(DispatchError::ShuttingDown),
-            Err(_deadline) => None,
+        // Fast path without a timer: most of the time a slot is free.
+        let slot = match Arc::clone(&shard.slots).try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(TryAcquireError::Closed) => return self.refuse(DispatchError::ShuttingDown),
+            Err(TryAcquireError::NoPermits) => {
+                match tokio::time::timeout(
+                    self.config.enqueue_deadline,
+                    Arc::clone(&shard.slots).acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(slot)) => Some(slot),
+                    Ok(Err(_closed)) => return self.refuse(DispatchError::ShuttingDown),
+                    Err(_deadline) => None,
+                }
+            }
         };
         let mut spilled_bytes = 0;
         if slot.is_none() {

@@ -67,10 +67,16 @@ impl Outbox {
             self.wake.notify_one();
             return Err(PushError::Overflow);
         }
+        let was_empty = state.frames.is_empty();
         state.bytes += frame.len();
         state.frames.push_back(frame);
         drop(state);
-        self.wake.notify_one();
+        // Only the push into an empty queue wakes the writer: any later push
+        // finds a wake-up already pending, and the writer drains everything
+        // at once. This saves a task wake-up per frame in a burst.
+        if was_empty {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
