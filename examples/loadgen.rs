@@ -23,6 +23,9 @@
 //! server_kb_per_connection, and with `--baseline` baseline_msgs_per_sec and
 //! ratio. Progress goes to stderr every second.
 //!
+//! `--ws-buffer-bytes` sets both servers' socket read and write buffers
+//! (default: the adapter's own default), for the memory-per-connection table.
+//!
 //! These machines cap open files at 20,000 per process, so one server holds at
 //! most about 19,900 connections; clients spread over 127.0.0.x source
 //! addresses so that the ephemeral ports of one address are not the limit.
@@ -48,6 +51,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::OnceCell;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
 
 use cs::core::store::{MemoryStore, MessageStore};
 use cs::core::{AgentId, Conversation, ConversationId, Party, TenantId, Timestamp, VisitorId};
@@ -74,6 +78,9 @@ struct Args {
     /// Load a running server instead of starting one (ws://HOST:PORT/ws).
     #[arg(long)]
     url: Option<String>,
+    /// Socket read and write buffer of the servers it starts, in bytes.
+    #[arg(long, default_value_t = WsConfig::default().read_buffer_bytes)]
+    ws_buffer_bytes: usize,
     /// Internal: run a server of this kind and print its address.
     #[arg(long, hide = true)]
     serve: Option<ServerKind>,
@@ -101,8 +108,8 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match args.serve {
-            Some(ServerKind::Cs) => serve_cs().await,
-            Some(ServerKind::Relay) => serve_relay().await,
+            Some(ServerKind::Cs) => serve_cs(args.ws_buffer_bytes).await,
+            Some(ServerKind::Relay) => serve_relay(args.ws_buffer_bytes).await,
             None => drive(&args).await,
         }
     });
@@ -146,7 +153,7 @@ async fn drive(args: &Args) -> Result<(), BoxError> {
             run_load(args, url, Mode::Cs, None).await?
         }
         None => {
-            let server = ServerProcess::start(ServerKind::Cs).await?;
+            let server = ServerProcess::start(ServerKind::Cs, args.ws_buffer_bytes).await?;
             eprintln!("cs server: pid {} at {}", server.pid, server.addr);
             let url = format!("ws://{}/ws", server.addr);
             let mut result = run_load(args, &url, Mode::Cs, Some(server.pid)).await?;
@@ -155,7 +162,7 @@ async fn drive(args: &Args) -> Result<(), BoxError> {
         }
     };
     if args.baseline {
-        let relay = ServerProcess::start(ServerKind::Relay).await?;
+        let relay = ServerProcess::start(ServerKind::Relay, args.ws_buffer_bytes).await?;
         eprintln!("baseline relay: pid {} at {}", relay.pid, relay.addr);
         let url = format!("ws://{}/ws", relay.addr);
         let baseline = run_load(args, &url, Mode::Relay, Some(relay.pid)).await?;
@@ -191,14 +198,19 @@ struct ServerReport {
 }
 
 impl ServerProcess {
-    async fn start(kind: ServerKind) -> Result<Self, BoxError> {
+    async fn start(kind: ServerKind, ws_buffer_bytes: usize) -> Result<Self, BoxError> {
         let exe = std::env::current_exe()?;
         let mode = match kind {
             ServerKind::Cs => "cs",
             ServerKind::Relay => "relay",
         };
         let mut child = tokio::process::Command::new(exe)
-            .args(["--serve", mode])
+            .args([
+                "--serve",
+                mode,
+                "--ws-buffer-bytes",
+                &ws_buffer_bytes.to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -280,8 +292,11 @@ async fn run_load(
     let rss_before = server_pid.and_then(rss_kb);
 
     // Connect every pair first (agents before visitors), then start sending.
-    let start_sending = Arc::new(tokio::sync::Notify::new());
-    let stop = Arc::new(tokio::sync::Notify::new());
+    // Tokens, not `Notify`: a task that is busy when the signal comes must
+    // still see it.
+    let start_sending = CancellationToken::new();
+    let stop_sending = CancellationToken::new();
+    let stop = CancellationToken::new();
     let per_visitor = Duration::from_secs_f64(pairs as f64 / args.rate.max(1) as f64);
     let mut tasks = Vec::with_capacity(args.connections);
     let connect_started = Instant::now();
@@ -297,7 +312,7 @@ async fn run_load(
             conversation,
             Arc::clone(&counters),
             Arc::clone(&latencies),
-            Arc::clone(&stop),
+            stop.clone(),
         )));
         let visitor = connect(&url, pair, "visitor").await?;
         counters.connected.fetch_add(1, Ordering::Relaxed);
@@ -306,8 +321,8 @@ async fn run_load(
             conversation,
             per_visitor,
             Arc::clone(&counters),
-            Arc::clone(&start_sending),
-            Arc::clone(&stop),
+            start_sending.clone(),
+            stop_sending.clone(),
         )));
         if pair % 1000 == 999 {
             eprintln!("connected {} of {}", (pair + 1) * 2, pairs * 2);
@@ -326,7 +341,7 @@ async fn run_load(
         _ => None,
     };
 
-    start_sending.notify_waiters();
+    start_sending.cancel();
     let started = Instant::now();
     let duration = Duration::from_secs(args.duration);
     let mut last_delivered = 0;
@@ -348,14 +363,14 @@ async fn run_load(
         );
         last_delivered = delivered;
     }
-    stop.notify_waiters();
+    stop_sending.cancel();
     let sending_time = started.elapsed();
     // Give in-flight messages a moment to arrive; they count, late.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
     let rss_end = server_pid.and_then(rss_kb);
-    for task in &tasks {
-        task.abort();
-    }
+    // Each agent merges its last latencies as it stops.
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(tasks)).await;
 
     let histogram = latencies
         .lock()
@@ -449,8 +464,8 @@ async fn run_visitor(
     conversation: Option<ConversationId>,
     period: Duration,
     counters: Arc<Counters>,
-    start: Arc<tokio::sync::Notify>,
-    stop: Arc<tokio::sync::Notify>,
+    start: CancellationToken,
+    stop: CancellationToken,
 ) {
     let (mut sink, mut stream) = client.split();
     // Acks and errors come back; count refusals, ignore the rest.
@@ -464,7 +479,7 @@ async fn run_visitor(
             }
         }
     });
-    start.notified().await;
+    start.cancelled().await;
     // Spread the visitors' ticks over one period, so the load is smooth.
     let offset = Duration::from_nanos(fastrand_u64() % period.as_nanos().max(1) as u64);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
@@ -474,7 +489,7 @@ async fn run_visitor(
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = stop.notified() => break,
+            _ = stop.cancelled() => break,
         }
         let sent_at = epoch().elapsed().as_micros() as u64;
         let frame = ClientFrame::Send {
@@ -506,7 +521,7 @@ async fn run_agent(
     conversation: Option<ConversationId>,
     counters: Arc<Counters>,
     latencies: Arc<Mutex<Histogram<u64>>>,
-    stop: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
 ) {
     let (mut sink, mut stream) = client.split();
     if let Some(conversation) = conversation {
@@ -527,7 +542,7 @@ async fn run_agent(
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
-            _ = stop.notified() => None,
+            _ = stop.cancelled() => None,
         };
         let Some(Ok(WsMessage::Text(text))) = next else {
             break;
@@ -650,7 +665,7 @@ async fn cs_socket(
         .on_upgrade(move |socket| websocket::serve(socket, tenant(), party, pool, dispatcher, ws))
 }
 
-async fn serve_cs() -> Result<(), BoxError> {
+async fn serve_cs(ws_buffer_bytes: usize) -> Result<(), BoxError> {
     let metrics = Arc::new(Metrics::new());
     let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new());
     let pool = ConnectionPool::new(PoolConfig::default(), Arc::clone(&metrics));
@@ -671,6 +686,8 @@ async fn serve_cs() -> Result<(), BoxError> {
             rate_per_second: 1_000_000,
             rate_burst: 1_000_000,
             idle_timeout: Duration::from_secs(600),
+            read_buffer_bytes: ws_buffer_bytes,
+            write_buffer_bytes: ws_buffer_bytes,
             ..WsConfig::default()
         },
     };
@@ -704,7 +721,7 @@ async fn wait_for_stdin_close() {
 
 type AgentTx = tokio::sync::mpsc::UnboundedSender<WsMessage>;
 
-async fn serve_relay() -> Result<(), BoxError> {
+async fn serve_relay(ws_buffer_bytes: usize) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening {}", listener.local_addr()?);
     let agents: Arc<DashMap<usize, AgentTx>> = Arc::new(DashMap::new());
@@ -712,7 +729,7 @@ async fn serve_relay() -> Result<(), BoxError> {
         while let Ok((stream, _)) = listener.accept().await {
             let agents = Arc::clone(&agents);
             tokio::spawn(async move {
-                let _ = relay_connection(stream, agents).await;
+                let _ = relay_connection(stream, agents, ws_buffer_bytes).await;
             });
         }
     });
@@ -724,6 +741,7 @@ async fn serve_relay() -> Result<(), BoxError> {
 async fn relay_connection(
     stream: TcpStream,
     agents: Arc<DashMap<usize, AgentTx>>,
+    ws_buffer_bytes: usize,
 ) -> Result<(), BoxError> {
     let _ = stream.set_nodelay(true);
     let query = Arc::new(std::sync::Mutex::new(HashMap::<String, String>::new()));
@@ -743,8 +761,8 @@ async fn relay_connection(
             Ok(response)
         };
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(4096);
+        .read_buffer_size(ws_buffer_bytes)
+        .write_buffer_size(ws_buffer_bytes);
     let socket =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
     let (pair, role) = {

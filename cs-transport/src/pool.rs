@@ -10,6 +10,7 @@
 //! clones one `Arc` and releases the map guard before touching any
 //! connection: no guard is held across a push, a close, or an `.await`.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -156,6 +157,27 @@ impl ConnectionPool {
         S: Sink<Bytes> + Send + Unpin + 'static,
         S::Error: std::fmt::Display,
     {
+        let (id, writer) = self.attach(tenant, party, sink);
+        Registered {
+            id,
+            writer: tokio::spawn(writer),
+        }
+    }
+
+    /// Like [`ConnectionPool::register`], but hands the writer back as a
+    /// future for the caller to drive, typically beside its read loop in the
+    /// same task: one task per connection instead of two, which matters at
+    /// 100,000 connections.
+    pub fn attach<S>(
+        &self,
+        tenant: TenantId,
+        party: Party,
+        sink: S,
+    ) -> (ConnId, impl Future<Output = WriterExit> + Send + 'static)
+    where
+        S: Sink<Bytes> + Send + Unpin + 'static,
+        S::Error: std::fmt::Display,
+    {
         let id = ConnId::next();
         let outbox = Arc::new(Outbox::new(self.config.outbound_limit_bytes));
         let connection = Arc::new(Connection {
@@ -177,8 +199,7 @@ impl ConnectionPool {
                 online: true,
             });
         }
-        let writer = tokio::spawn(write_loop(outbox, sink));
-        Registered { id, writer }
+        (id, write_loop(outbox, sink))
     }
 
     /// Removes a connection and asks its writer to close with `reason`.

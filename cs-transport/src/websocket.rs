@@ -55,10 +55,11 @@ use crate::protocol::{ClientFrame, CloseReason, ErrorCode, FrameError, ServerFra
 /// WebSocket settings.
 #[derive(Clone, Debug)]
 pub struct WsConfig {
-    /// Socket read buffer. Default 4 KiB: tungstenite's default is 128 KiB
-    /// per connection, which is 12.8 GB for 100,000 mostly idle chats.
+    /// Socket read buffer. Default 2 KiB: tungstenite's default is 128 KiB
+    /// per connection, which is 12.8 GB for 100,000 mostly idle chats; chat
+    /// frames are small, and a larger one is read in several chunks.
     pub read_buffer_bytes: usize,
-    /// Socket write buffer target. Default 4 KiB; the writer task flushes
+    /// Socket write buffer target. Default 2 KiB; the writer task flushes
     /// after each batch anyway.
     pub write_buffer_bytes: usize,
     /// Largest client frame. Default 16 KiB: a 4 KiB message of CJK text is
@@ -76,8 +77,8 @@ pub struct WsConfig {
 impl Default for WsConfig {
     fn default() -> Self {
         Self {
-            read_buffer_bytes: 4 * 1024,
-            write_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 2 * 1024,
+            write_buffer_bytes: 2 * 1024,
             max_frame_bytes: 16 * 1024,
             rate_per_second: 20,
             rate_burst: 40,
@@ -120,33 +121,62 @@ pub async fn serve(
             .map(WsMessage::Text)
             .map_err(::axum::Error::new)
     });
-    let registered = pool.register(tenant, party.clone(), Box::pin(sink));
-    let conn = registered.id;
+    let (conn, writer) = pool.attach(tenant, party.clone(), Box::pin(sink));
     let welcome = ServerFrame::Welcome {
         conn,
         party: party.clone(),
     };
     let _ = pool.send_to_connection(conn, welcome.encode());
 
+    // Reader and writer share this one task: a second task per connection
+    // costs about a kilobyte, which at 100,000 connections is 100 MB.
+    let mut writer = std::pin::pin!(writer);
+    let reader = read_loop(&mut stream, conn, &party, &pool, &dispatcher, &config);
+    let reason = tokio::select! {
+        reason = reader => Some(reason),
+        // The writer ends first when the pool closed the connection (slow
+        // consumer, host) or the peer went away.
+        _ = &mut writer => None,
+    };
+    if let Some(reason) = reason {
+        pool.close(conn, reason);
+        // The writer sends the close frame and ends; let it, so the socket closes cleanly.
+        let _ = writer.await;
+    } else {
+        pool.close(conn, CloseReason::ByHost);
+    }
+}
+
+/// Reads frames until the connection must close, and says why.
+async fn read_loop<S>(
+    stream: &mut S,
+    conn: ConnId,
+    party: &Party,
+    pool: &ConnectionPool,
+    dispatcher: &Dispatcher,
+    config: &WsConfig,
+) -> CloseReason
+where
+    S: futures::Stream<Item = Result<WsMessage, ::axum::Error>> + Unpin,
+{
     let quota =
         Quota::per_second(NonZeroU32::new(config.rate_per_second).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(config.rate_burst).unwrap_or(NonZeroU32::MIN));
     let limiter = RateLimiter::direct(quota);
-
-    let reason = loop {
+    loop {
         let next = match tokio::time::timeout(config.idle_timeout, stream.next()).await {
             Ok(next) => next,
-            Err(_) => break CloseReason::Idle,
+            Err(_) => return CloseReason::Idle,
         };
         let bytes = match next {
             Some(Ok(WsMessage::Text(text))) => Bytes::from(text),
             Some(Ok(WsMessage::Binary(bytes))) => bytes,
             // Pings are answered by tungstenite itself; they still count as life.
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-            Some(Ok(WsMessage::Close(_))) | None => break CloseReason::ByHost,
+            Some(Ok(WsMessage::Close(_))) | None => return CloseReason::ByHost,
             Some(Err(e)) => {
                 tracing::debug!(%conn, error = %e, "websocket read failed");
-                break CloseReason::ProtocolError;
+                return CloseReason::ProtocolError;
             }
         };
         if limiter.check().is_err() {
@@ -159,7 +189,7 @@ pub async fn serve(
         }
         let frame = match ClientFrame::decode(&bytes, config.max_frame_bytes) {
             Ok(frame) => frame,
-            Err(FrameError::TooLarge { .. }) => break CloseReason::FrameTooLarge,
+            Err(FrameError::TooLarge { .. }) => return CloseReason::FrameTooLarge,
             Err(e @ FrameError::Malformed(_)) => {
                 let _ = pool.send_to_connection(
                     conn,
@@ -168,13 +198,10 @@ pub async fn serve(
                 continue;
             }
         };
-        if let Some(reason) = handle_frame(frame, conn, &party, &pool, &dispatcher).await {
-            break reason;
+        if let Some(reason) = handle_frame(frame, conn, party, pool, dispatcher).await {
+            return reason;
         }
-    };
-    pool.close(conn, reason);
-    // The writer sends the close frame and ends; wait so the socket closes cleanly.
-    let _ = registered.writer.await;
+    }
 }
 
 /// Submits one decoded frame. Returns a reason when the connection must close.
