@@ -350,10 +350,8 @@ impl MessagePath {
                 tracing::warn!(conversation = %id, error = %e, "could not save the conversation record");
             }
         }
-        let frame = ServerFrame::Message {
-            message: appended.message.clone(),
-        };
-        self.pool.send_to_conversation(id, frame.encode());
+        self.pool
+            .send_to_conversation(id, ServerFrame::encode_message(&appended.message));
         self.run_hooks(&appended.message, conversation);
         Ok(Outcome::Stored {
             message: appended.message,
@@ -388,7 +386,7 @@ impl MessagePath {
             }
             for message in page {
                 let seq = message.seq;
-                let frame = ServerFrame::Message { message }.encode();
+                let frame = ServerFrame::encode_message(&message);
                 if frame.len() > budget && replayed > 0 {
                     break 'replay false;
                 }
@@ -499,10 +497,8 @@ impl MessagePath {
                 Ok(appended) => {
                     Metrics::bump(&self.metrics.persisted);
                     conversation.record_message(&appended.message);
-                    let frame = ServerFrame::Message {
-                        message: appended.message.clone(),
-                    };
-                    self.pool.send_to_conversation(id, frame.encode());
+                    self.pool
+                        .send_to_conversation(id, ServerFrame::encode_message(&appended.message));
                     stored_event = Some(appended.message);
                 }
                 Err(e) => {

@@ -225,6 +225,17 @@ impl ServerFrame {
         encode_json(self)
     }
 
+    /// Encodes `ServerFrame::Message { message }` without cloning the message:
+    /// the hot path encodes every stored message once for all its recipients.
+    pub fn encode_message(message: &Message) -> Bytes {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename = "message")]
+        struct MessageFrame<'a> {
+            message: &'a Message,
+        }
+        encode_json(&MessageFrame { message })
+    }
+
     /// Decodes a server frame (what a client library receives).
     ///
     /// # Errors
@@ -338,6 +349,18 @@ mod tests {
             ClientFrame::decode(&[b' '; 100], 10),
             Err(FrameError::TooLarge { len: 100, max: 10 })
         );
+    }
+
+    #[test]
+    fn encode_message_matches_the_owned_frame() {
+        let message = Message::from_new(
+            cs_core::NewMessage::text(ConversationId::new(), Party::Bot, "您好 \"hi\""),
+            Seq::new(9),
+        );
+        let owned = ServerFrame::Message {
+            message: message.clone(),
+        };
+        assert_eq!(ServerFrame::encode_message(&message), owned.encode());
     }
 
     #[test]
