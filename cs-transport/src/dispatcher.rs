@@ -298,15 +298,15 @@ impl Dispatcher {
             hooks: TaskTracker::new(),
             workers: Mutex::new(Vec::new()),
         });
-        let path = Arc::new(MessagePath::new(
+        let path = Arc::new(MessagePath {
             store,
             pool,
             hooks,
             metrics,
             config,
-            events.clone(),
-            Arc::downgrade(&inner),
-        ));
+            events: events.clone(),
+            dispatcher: Arc::downgrade(&inner),
+        });
         let workers = receivers
             .into_iter()
             .map(|rx| tokio::spawn(run_shard(rx, Arc::clone(&path), Arc::downgrade(&inner))))

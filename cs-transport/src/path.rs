@@ -146,37 +146,19 @@ pub(crate) struct ShardState {
     conversations: HashMap<ConversationId, Conversation>,
 }
 
+/// Everything a shard needs to run a command; shared by all shards.
 pub(crate) struct MessagePath {
-    store: Arc<dyn MessageStore>,
-    pool: Arc<ConnectionPool>,
-    hooks: Vec<Arc<dyn Hook>>,
-    metrics: Arc<Metrics>,
-    config: DispatcherConfig,
-    events: broadcast::Sender<PathEvent>,
-    dispatcher: Weak<Inner>,
+    pub(crate) store: Arc<dyn MessageStore>,
+    pub(crate) pool: Arc<ConnectionPool>,
+    pub(crate) hooks: Vec<Arc<dyn Hook>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: DispatcherConfig,
+    pub(crate) events: broadcast::Sender<PathEvent>,
+    /// Weak, because the dispatcher owns the shards that own this.
+    pub(crate) dispatcher: Weak<Inner>,
 }
 
 impl MessagePath {
-    pub(crate) fn new(
-        store: Arc<dyn MessageStore>,
-        pool: Arc<ConnectionPool>,
-        hooks: Vec<Arc<dyn Hook>>,
-        metrics: Arc<Metrics>,
-        config: DispatcherConfig,
-        events: broadcast::Sender<PathEvent>,
-        dispatcher: Weak<Inner>,
-    ) -> Self {
-        Self {
-            store,
-            pool,
-            hooks,
-            metrics,
-            config,
-            events,
-            dispatcher,
-        }
-    }
-
     pub(crate) fn new_shard_state(&self) -> ShardState {
         ShardState {
             conversations: HashMap::new(),

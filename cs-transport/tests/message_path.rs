@@ -12,7 +12,7 @@ use cs_core::store::MemoryStore;
 use cs_core::{Body, ClientMsgId, ConversationState, Event, Message, NewMessage, Party, Seq};
 use cs_transport::{
     Change, Command, DispatcherConfig, ErrorCode, Hook, HookAction, HookContext, HookError, Origin,
-    Outcome, PathError, PathEvent, ServerFrame, SubmitError,
+    PathError, PathEvent, ServerFrame, SubmitError,
 };
 use support::*;
 
@@ -113,6 +113,13 @@ async fn a_retry_is_acked_with_the_original_seq_and_not_delivered_twice() {
     assert_eq!(node.metrics.snapshot().duplicates, 1);
 }
 
+async fn assert_unauthorized(node: &Node, command: Command) {
+    match node.dispatcher.submit_and_wait(command).await {
+        Err(SubmitError::Rejected(PathError::Unauthorized { .. })) => {}
+        other => panic!("expected an Unauthorized rejection, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn visitors_and_agents_only_reach_what_is_theirs() {
     let node = Node::memory();
@@ -123,58 +130,26 @@ async fn visitors_and_agents_only_reach_what_is_theirs() {
     let alice = node.connect("shop", agent("alice"));
     let mallory = node.connect("other-shop", agent("mallory"));
 
-    let rejected = |result: Result<Outcome, SubmitError>| match result {
-        Err(SubmitError::Rejected(e)) => e,
-        other => panic!("expected a rejection, got {other:?}"),
-    };
-    let unauthorized = |e: &PathError| matches!(e, PathError::Unauthorized { .. });
-
     // A visitor cannot write to or read another visitor's conversation.
-    let e = rejected(
-        node.dispatcher
-            .submit_and_wait(ann.send_command(theirs.id(), "hi"))
-            .await,
-    );
-    assert!(unauthorized(&e), "{e}");
-    let e = rejected(
-        node.dispatcher
-            .submit_and_wait(ann.join_command(theirs.id(), Seq::ZERO))
-            .await,
-    );
-    assert!(unauthorized(&e), "{e}");
+    assert_unauthorized(&node, ann.send_command(theirs.id(), "hi")).await;
+    assert_unauthorized(&node, ann.join_command(theirs.id(), Seq::ZERO)).await;
     // Not across tenants either, even with the same visitor name.
-    let e = rejected(
-        node.dispatcher
-            .submit_and_wait(ann.join_command(elsewhere.id(), Seq::ZERO))
-            .await,
-    );
-    assert!(unauthorized(&e), "{e}");
-    let e = rejected(
-        node.dispatcher
-            .submit_and_wait(mallory.join_command(ours.id(), Seq::ZERO))
-            .await,
-    );
-    assert!(unauthorized(&e), "{e}");
+    assert_unauthorized(&node, ann.join_command(elsewhere.id(), Seq::ZERO)).await;
+    assert_unauthorized(&node, mallory.join_command(ours.id(), Seq::ZERO)).await;
     // An agent may watch any conversation of their tenant, but write only where assigned.
     assert!(node
         .dispatcher
         .submit_and_wait(alice.join_command(theirs.id(), Seq::ZERO))
         .await
         .is_ok());
-    let e = rejected(
-        node.dispatcher
-            .submit_and_wait(alice.send_command(theirs.id(), "hello"))
-            .await,
-    );
-    assert!(unauthorized(&e), "{e}");
+    assert_unauthorized(&node, alice.send_command(theirs.id(), "hello")).await;
     // A connection cannot speak as someone else, or as the bot.
     for sender in [visitor("ben"), Party::Bot, Party::System] {
         let forged = Command::Send {
             origin: Origin::Connection(ann.conn),
             message: NewMessage::text(ours.id(), sender, "trust me"),
         };
-        let e = rejected(node.dispatcher.submit_and_wait(forged).await);
-        assert!(unauthorized(&e), "{e}");
+        assert_unauthorized(&node, forged).await;
     }
     // Nothing of that was stored.
     assert_eq!(node.store.last_seq(theirs.id()).await.unwrap(), Seq::new(2));
