@@ -62,6 +62,86 @@ pub struct MetricsSnapshot {
     pub latency_max_us: u64,
 }
 
+impl MetricsSnapshot {
+    /// The snapshot in the Prometheus text format, each name prefixed with
+    /// `prefix` (such as `"cs_"`), ready to serve at `/metrics`.
+    pub fn to_prometheus(&self, prefix: &str) -> String {
+        use std::fmt::Write;
+        let counters = [
+            (
+                "accepted_total",
+                "Commands the dispatcher took in.",
+                self.accepted,
+            ),
+            (
+                "degraded_total",
+                "Commands that took the spill path.",
+                self.degraded,
+            ),
+            (
+                "refused_total",
+                "Commands refused (overloaded or shutting down).",
+                self.refused,
+            ),
+            ("persisted_total", "Messages stored.", self.persisted),
+            (
+                "duplicates_total",
+                "Retries recognised by client_msg_id.",
+                self.duplicates,
+            ),
+            (
+                "rejected_total",
+                "Commands rejected by the message path.",
+                self.rejected,
+            ),
+            (
+                "delivered_total",
+                "Frames queued to connections.",
+                self.delivered,
+            ),
+            (
+                "slow_closed_total",
+                "Connections closed as slow consumers.",
+                self.slow_closed,
+            ),
+            ("resumed_total", "Resumes served.", self.resumed),
+            (
+                "hook_timeouts_total",
+                "Hook runs cut off by their timeout.",
+                self.hook_timeouts,
+            ),
+            (
+                "hook_failures_total",
+                "Hook runs that failed or panicked.",
+                self.hook_failures,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, help, value) in counters {
+            // Writing to a String cannot fail.
+            let _ = writeln!(out, "# HELP {prefix}{name} {help}\n# TYPE {prefix}{name} counter\n{prefix}{name} {value}");
+        }
+        let name = "message_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}{name} Submit-to-ack latency of stored messages.\n# TYPE {prefix}{name} summary"
+        );
+        for (quantile, micros) in [
+            ("0.5", self.latency_p50_us),
+            ("0.99", self.latency_p99_us),
+            ("0.999", self.latency_p999_us),
+        ] {
+            let _ = writeln!(
+                out,
+                "{prefix}{name}{{quantile=\"{quantile}\"}} {}",
+                micros as f64 / 1e6
+            );
+        }
+        let _ = writeln!(out, "{prefix}{name}_count {}", self.latency_count);
+        out
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -124,5 +204,30 @@ impl Metrics {
             latency_p999_us: h.value_at_quantile(0.999),
             latency_max_us: h.max(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_has_every_counter_and_the_quantiles() {
+        let metrics = Metrics::new();
+        Metrics::bump(&metrics.persisted);
+        Metrics::bump(&metrics.persisted);
+        metrics.record_latency(Duration::from_millis(3));
+        let text = metrics.snapshot().to_prometheus("cs_");
+        assert!(
+            text.contains("# TYPE cs_persisted_total counter\ncs_persisted_total 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("cs_refused_total 0\n"));
+        assert!(
+            text.contains("cs_message_latency_seconds{quantile=\"0.99\"} 0.003"),
+            "{text}"
+        );
+        assert!(text.contains("cs_message_latency_seconds_count 1\n"));
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 12);
     }
 }
