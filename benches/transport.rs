@@ -8,15 +8,17 @@
 //!   into `MemoryStore` with no dispatcher.
 //! - `dispatch_degraded`: the same with every shard saturated (one slot, no
 //!   wait), so nearly every message takes the spill path.
+//! - `resume`: a join with a 100-message gap, replayed and live (p99 printed).
 //!
 //! Run with `cargo bench --bench transport`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dashmap::DashMap;
+use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
 use cs::core::store::{MemoryStore, MessageStore};
@@ -24,7 +26,7 @@ use cs::core::{
     ConnId, Conversation, ConversationId, NewMessage, Party, Seq, TenantId, Timestamp, VisitorId,
 };
 use cs::transport::{
-    Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, Origin, PoolConfig,
+    CloseReason, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, Origin, PoolConfig,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -270,5 +272,86 @@ fn dispatch(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pool_send, dispatch);
+/// Resume with a 100-message gap: a client that last saw seq 900 of 1,000
+/// joins, gets the 100 it missed and goes live. Timed from submit to the
+/// end-of-replay marker being queued to its connection; the p99 over all
+/// iterations is printed, since the target is a tail.
+fn resume(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("resume");
+    let (dispatcher, pool, conversation, tenant, party) = rt.block_on(async {
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new());
+        let pool = ConnectionPool::new(
+            PoolConfig {
+                outbound_limit_bytes: 1 << 30,
+                ..PoolConfig::default()
+            },
+            Arc::clone(&metrics),
+        );
+        let dispatcher = Dispatcher::start(
+            DispatcherConfig::default(),
+            Arc::clone(&store),
+            Arc::clone(&pool),
+            Vec::new(),
+            metrics,
+        );
+        let tenant = name(TenantId::new("bench"));
+        let visitor = name(VisitorId::new("v"));
+        let conversation = Conversation::open(tenant.clone(), visitor.clone(), Timestamp::now());
+        let _ = store.create_conversation(&conversation).await;
+        let party = Party::Visitor(visitor);
+        for i in 0..1_000 {
+            let text = format!("message {i}: where is my order? it was due on Monday");
+            let _ = store
+                .append(NewMessage::text(conversation.id(), party.clone(), text))
+                .await;
+        }
+        (dispatcher, pool, conversation.id(), tenant, party)
+    });
+    let latencies = Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok());
+    group.bench_function("gap_100_of_1000", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (dispatcher, pool, tenant, party, latencies) =
+                (&dispatcher, &pool, &tenant, &party, &latencies);
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let conn = pool
+                        .register(tenant.clone(), party.clone(), futures::sink::drain())
+                        .id;
+                    let start = Instant::now();
+                    let join = Command::Join {
+                        conn,
+                        conversation,
+                        last_seq: Seq::new(900),
+                    };
+                    let _ = dispatcher.submit_and_wait(join).await;
+                    let took = start.elapsed();
+                    total += took;
+                    if let Ok(mut guard) = latencies.lock() {
+                        if let Some(h) = guard.as_mut() {
+                            h.saturating_record(took.as_micros() as u64);
+                        }
+                    }
+                    pool.close(conn, CloseReason::ByHost);
+                }
+                total
+            }
+        });
+    });
+    if let Ok(guard) = latencies.lock() {
+        if let Some(h) = guard.as_ref() {
+            eprintln!(
+                "resume/gap_100_of_1000: p50 {} us, p99 {} us over {} resumes",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.99),
+                h.len()
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pool_send, dispatch, resume);
 criterion_main!(benches);
