@@ -23,10 +23,12 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
@@ -214,6 +216,11 @@ pub enum SubmitError {
     /// It was accepted and processed, and the message path rejected it.
     #[error(transparent)]
     Rejected(#[from] PathError),
+    /// It was accepted, and processing it panicked (a bug in a store or a
+    /// hook filter). Whether it took effect is unknown; a retry with the same
+    /// `client_msg_id` is safe.
+    #[error("processing panicked; it may or may not have taken effect; retry with the same client_msg_id")]
+    Panicked,
 }
 
 pub(crate) type Reply = oneshot::Sender<Result<Outcome, PathError>>;
@@ -335,8 +342,8 @@ impl Dispatcher {
         self.inner.admit(command, Some(tx)).await?;
         match rx.await {
             Ok(result) => Ok(result?),
-            // The worker dropped the reply: only possible if it panicked.
-            Err(_) => Err(SubmitError::Refused(DispatchError::ShuttingDown)),
+            // The worker dropped the reply: only when processing panicked.
+            Err(_) => Err(SubmitError::Panicked),
         }
     }
 
@@ -468,7 +475,16 @@ async fn run_shard(
             }
         };
         let spilled = job.spilled_bytes;
-        path.handle(&mut state, job).await;
+        let handled = AssertUnwindSafe(path.handle(&mut state, job))
+            .catch_unwind()
+            .await;
+        if handled.is_err() {
+            // A panicking store (or hook filter) must not take the shard and
+            // every conversation on it down. Its cache may hold a half-applied
+            // change, so it starts over from the store.
+            tracing::error!("the message path panicked on a command; the shard carries on");
+            state = path.new_shard_state();
+        }
         if spilled > 0 {
             if let Some(inner) = inner.upgrade() {
                 inner.spilled_bytes.fetch_sub(spilled, Ordering::SeqCst);

@@ -494,3 +494,30 @@ async fn state_changes_are_ordered_saved_and_announced() {
         Err(SubmitError::Rejected(PathError::Closed(_)))
     ));
 }
+
+#[tokio::test]
+async fn a_panicking_store_does_not_take_the_shard_down() {
+    let config = DispatcherConfig {
+        shards: 1,
+        ..DispatcherConfig::default()
+    };
+    let node = Node::start(
+        config,
+        Arc::new(PanickyStore(MemoryStore::new())),
+        Vec::new(),
+    );
+    let conversation = node.conversation("shop", "ann", None).await.id();
+    let boom = Command::Send {
+        origin: Origin::Host,
+        message: NewMessage::text(conversation, visitor("ann"), "panic"),
+    };
+    assert!(matches!(
+        node.dispatcher.submit_and_wait(boom).await,
+        Err(SubmitError::Panicked)
+    ));
+    // The only shard still serves.
+    let after = node
+        .host_send(conversation, visitor("ann"), "still there?")
+        .await;
+    assert_eq!(after.seq, Seq::new(1));
+}

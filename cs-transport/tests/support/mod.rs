@@ -196,6 +196,52 @@ pub fn agent(name: &str) -> Party {
     Party::Agent(agent_id(name))
 }
 
+/// A real [`MemoryStore`] that panics when asked to store the text "panic",
+/// standing in for a buggy third-party store.
+pub struct PanickyStore(pub MemoryStore);
+
+#[async_trait]
+impl MessageStore for PanickyStore {
+    async fn create_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
+        self.0.create_conversation(c).await
+    }
+    async fn save_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
+        self.0.save_conversation(c).await
+    }
+    async fn conversation(&self, id: ConversationId) -> Result<Conversation, StoreError> {
+        self.0.conversation(id).await
+    }
+    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+        if m.body == cs_core::Body::text("panic") {
+            panic!("a bug in a store");
+        }
+        self.0.append(m).await
+    }
+    async fn last_seq(&self, id: ConversationId) -> Result<Seq, StoreError> {
+        self.0.last_seq(id).await
+    }
+    async fn range(
+        &self,
+        id: ConversationId,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.0.range(id, from, to, limit).await
+    }
+    async fn recent(&self, id: ConversationId, n: usize) -> Result<Vec<Message>, StoreError> {
+        self.0.recent(id, n).await
+    }
+    async fn after(
+        &self,
+        id: ConversationId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.0.after(id, after, limit).await
+    }
+}
+
 /// A real [`MemoryStore`] behind a fixed delay per append, standing in for a
 /// database round trip so that shards can be saturated on purpose.
 pub struct DelayedStore {
