@@ -12,8 +12,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use cs::core::router::{AgentProfile, LeastBusy, Presence, QueueRequest, Router, SkillMatch};
 use cs::core::store::{MemoryStore, MessageStore};
 use cs::core::{
-    AgentId, ClientMsgId, Conversation, Message, NewMessage, Party, Seq, Skill, TenantId,
-    Timestamp, VisitorId,
+    AgentId, ClientMsgId, Conversation, ConversationId, Message, NewMessage, Party, Seq, Skill,
+    TenantId, Timestamp, VisitorId,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -28,6 +28,13 @@ fn ids() -> (TenantId, VisitorId) {
         (Ok(t), Ok(v)) => (t, v),
         _ => unreachable!("constant ids are valid"),
     }
+}
+
+/// A visitor's message with client id `m{n}`, as a retrying client sends it.
+fn numbered_message(id: ConversationId, visitor: &VisitorId, n: u64) -> NewMessage {
+    let mut m = NewMessage::text(id, Party::Visitor(visitor.clone()), "where is my order?");
+    m.client_msg_id = ClientMsgId::new(format!("m{n}")).ok();
+    m
 }
 
 /// Append: MemoryStore (seq assignment, client-id dedup, per-conversation
@@ -47,11 +54,7 @@ fn store_append(c: &mut Criterion) {
         b.to_async(&rt).iter_batched(
             || {
                 n += 1;
-                let client_id = ClientMsgId::new(format!("m{n}")).ok();
-                let mut m =
-                    NewMessage::text(id, Party::Visitor(visitor.clone()), "where is my order?");
-                m.client_msg_id = client_id;
-                m
+                numbered_message(id, &visitor, n)
             },
             |m| async { black_box(store.append(m).await.ok()) },
             BatchSize::SmallInput,
@@ -64,11 +67,7 @@ fn store_append(c: &mut Criterion) {
         b.iter_batched(
             || {
                 n += 1;
-                let client_id = ClientMsgId::new(format!("m{n}")).ok();
-                let mut m =
-                    NewMessage::text(id, Party::Visitor(visitor.clone()), "where is my order?");
-                m.client_msg_id = client_id;
-                m
+                numbered_message(id, &visitor, n)
             },
             |m| {
                 let mut log = log.lock().unwrap_or_else(|e| e.into_inner());

@@ -428,6 +428,13 @@ impl Conversation {
         }
     }
 
+    /// Notes that the store holds messages up to `seq`, for a conversation
+    /// loaded back from a store that saves the record less often than it
+    /// appends messages. Never moves the last seq back.
+    pub fn observe_seq(&mut self, seq: Seq) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
     /// Moves `reader`'s read marker to `up_to`. Returns whether it moved: a
     /// stale receipt (for a seq already read) changes nothing.
     ///
@@ -555,8 +562,12 @@ mod tests {
         assert_eq!(c.mark_read(Reader::Visitor, Seq::new(2)), Ok(false));
         assert_eq!(c.last_read(Reader::Visitor), Seq::new(4));
         assert_eq!(c.last_read(Reader::Agent), Seq::ZERO);
+        c.observe_seq(Seq::new(9));
+        c.observe_seq(Seq::new(7));
+        assert_eq!(c.last_seq(), Seq::new(9));
+        assert_eq!(c.mark_read(Reader::Agent, Seq::new(9)), Ok(true));
         assert!(matches!(
-            c.mark_read(Reader::Agent, Seq::new(6)),
+            c.mark_read(Reader::Agent, Seq::new(10)),
             Err(ConversationError::ReadPastEnd { .. })
         ));
     }

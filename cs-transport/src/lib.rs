@@ -1,21 +1,53 @@
-//! Connections and the message path of the cs customer-service crates.
+//! Connections and the path of a message, for the cs customer-service crates.
 //!
-//! **Status: not built yet.** This crate holds its place in the crate map; its
-//! issue ("cs-transport: ConnectionPool, flood-handling Dispatcher, …") fills
-//! it. Nothing here is usable today, and nothing pretends to be.
+//! # Layout
 //!
-//! # Planned layout
+//! - [`protocol`]: the JSON wire frames ([`ClientFrame`], [`ServerFrame`]),
+//!   error codes and close reasons; decoding that never panics.
+//! - `outbox`: one connection's outbound queue, bounded in bytes, and the
+//!   writer task that batches it into the socket; overflow closes the
+//!   connection as a slow consumer.
+//! - [`pool`]: [`ConnectionPool`], every connection on this node, indexed by
+//!   party, joined conversation and group, delivering through the [`Bus`].
+//! - [`bus`]: the [`Bus`] trait for cross-node delivery, and
+//!   [`InProcessBus`].
+//! - [`dispatcher`]: [`Dispatcher`], sharding commands by conversation with a
+//!   bounded queue, a deadline, an in-order spill path and `Overloaded`.
+//! - `path`: what a shard does with each command: authorize, validate,
+//!   persist, route, ack, run hooks; joins with gap-free replay; state changes.
+//! - [`hooks`]: the [`Hook`] trait for the bot, audit or moderation.
+//! - [`metrics`]: counters and latency percentiles, as a [`MetricsSnapshot`].
+//! - `websocket` (feature `axum`): the axum adapter: upgrade with small
+//!   buffers, the read loop with rate limiting and an idle timeout.
 //!
-//! - `pool`: `ConnectionPool`, `ConnId → handle` plus a party index (one
-//!   visitor or agent on several tabs), each connection with a bounded
-//!   outbound queue and one batching writer task.
-//! - `dispatcher`: inbound messages sharded by conversation onto bounded
-//!   queues; a deadline, then an in-order spill path; `Overloaded` past a hard
-//!   memory bound. Never a silent drop.
-//! - `resume`: replay from the store after `(conversation, last_seq)`, then
-//!   live messages, with no gap and no duplicate.
-//! - `bus`: cross-node routing and presence (in-process first).
-//! - `axum` (feature): the WebSocket adapter and the JSON wire protocol.
+//! Without the `axum` feature a host connects any `futures::Sink<Bytes>` to
+//! the pool and decodes client frames with [`ClientFrame::decode`] itself.
+//! Not built yet: a server-initiated heartbeat (clients keep the connection
+//! alive with `ping` frames) and presence across nodes.
 //!
-//! It depends only on `cs-core`, and talks to storage through
-//! `cs_core::store::MessageStore`.
+//! It depends only on `cs-core`; storage comes in as a
+//! [`cs_core::store::MessageStore`].
+
+#![warn(missing_docs)]
+
+pub mod bus;
+pub mod dispatcher;
+pub mod hooks;
+pub mod metrics;
+mod outbox;
+mod path;
+pub mod pool;
+pub mod protocol;
+#[cfg(feature = "axum")]
+pub mod websocket;
+
+pub use bus::{Bus, Envelope, InProcessBus, NodeId, Target};
+pub use dispatcher::{
+    Admission, Change, Command, DispatchError, Dispatcher, DispatcherConfig, Origin, SubmitError,
+};
+pub use hooks::{Hook, HookAction, HookContext, HookError};
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use outbox::{PushError, WriterExit};
+pub use path::{Outcome, PathError, PathEvent};
+pub use pool::{ConnInfo, ConnectionPool, PoolConfig, PresenceEvent, Registered, SendError};
+pub use protocol::{ClientFrame, CloseReason, ErrorCode, FrameError, ServerFrame};

@@ -1,0 +1,494 @@
+//! The dispatcher: flood handling in front of the message path.
+//!
+//! Commands are sharded by conversation onto N workers, so each conversation
+//! is handled by one worker, in order, and its state has a single owner.
+//! Admission to a shard is where backpressure lives:
+//!
+//! 1. **Direct.** Each shard has `queue_capacity` slots (a FIFO [`Semaphore`]).
+//!    A command that gets a slot is queued at once.
+//! 2. **Wait, up to a deadline.** With every slot taken, the sender waits for
+//!    one, at most `enqueue_deadline` (default 100 ms). Waiting slows the
+//!    flooding connection, not everybody.
+//! 3. **Degrade.** Past the deadline the command is queued anyway, without a
+//!    slot, onto the shard's spill path and counted as `degraded`. The shard
+//!    has one FIFO, so spilled commands are drained in order, before anything
+//!    admitted after them: order per conversation holds across degradation.
+//! 4. **Refuse.** Spilled commands are bounded in bytes, across all shards
+//!    (`max_spill_bytes`). Past that the caller gets
+//!    [`DispatchError::Overloaded`] and the client is told to retry.
+//!
+//! Nothing is dropped silently: a command is either refused to its sender, or
+//! accepted and then processed, including during shutdown, which drains every
+//! accepted command before it returns.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use cs_core::store::MessageStore;
+use cs_core::{AgentId, ConnId, ConversationId, MessageLimits, NewMessage, Seq};
+
+use crate::hooks::Hook;
+use crate::metrics::Metrics;
+use crate::path::{MessagePath, Outcome, PathError, PathEvent};
+use crate::pool::ConnectionPool;
+
+/// Dispatcher settings. The defaults suit a 2-core node.
+#[derive(Clone, Debug)]
+pub struct DispatcherConfig {
+    /// Worker shards. Default: twice the available cores, at least 4, so a
+    /// shard waiting on the store does not idle a core.
+    pub shards: usize,
+    /// Direct slots per shard before senders wait. Default 1,024.
+    pub queue_capacity: usize,
+    /// How long a sender waits for a slot before its command is degraded to
+    /// the spill path. Default 100 ms.
+    pub enqueue_deadline: Duration,
+    /// Bytes of spilled commands held at most, across all shards, before
+    /// commands are refused with `Overloaded`. Default 64 MiB.
+    pub max_spill_bytes: usize,
+    /// Limits every message is checked against.
+    pub message_limits: MessageLimits,
+    /// How long a hook may run before it is cut off. Default 5 s.
+    pub hook_timeout: Duration,
+    /// Bytes of replayed messages sent per resume, so a replay cannot overflow
+    /// the connection's outbound queue; a longer gap is sent in several
+    /// rounds. Default 48 KiB, under the pool's 64 KiB default.
+    pub replay_budget_bytes: usize,
+    /// Conversations each shard keeps in memory before it starts over from
+    /// the store. Default 10,000.
+    pub cached_conversations: usize,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            shards: (cores * 2).max(4),
+            queue_capacity: 1024,
+            enqueue_deadline: Duration::from_millis(100),
+            max_spill_bytes: 64 * 1024 * 1024,
+            message_limits: MessageLimits::default(),
+            hook_timeout: Duration::from_secs(5),
+            replay_budget_bytes: 48 * 1024,
+            cached_conversations: 10_000,
+        }
+    }
+}
+
+/// Who issued a command, which decides what it may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A client connection of the pool. Its identity (tenant and party) comes
+    /// from the pool, never from the frame, and it is authorized against the
+    /// conversation. Results go back to it as frames.
+    Connection(ConnId),
+    /// The host itself, or a hook: trusted, may speak as the bot or system.
+    Host,
+}
+
+/// A change of a conversation's state, applied by its shard so that the
+/// state has one writer. Each stores and delivers the matching event message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Waiting → Bot.
+    StartBot,
+    /// Waiting or Bot → Queued, with an `Event::Handoff`.
+    HandOff {
+        /// Why, for the agent.
+        reason: String,
+    },
+    /// Queued → Assigned, with an `Event::Assigned`. The agent's connections
+    /// on this node join the conversation.
+    Assign(AgentId),
+    /// Assigned → Assigned to another agent, with an `Event::Transfer`.
+    Transfer(AgentId),
+    /// Assigned → Queued (the agent left), with an `Event::Handoff`.
+    Requeue,
+    /// → Closed, with an `Event::Close`.
+    Close {
+        /// Why, if anyone said.
+        reason: Option<String>,
+    },
+    /// Closed → Waiting, with an `Event::Reopen`.
+    Reopen,
+}
+
+/// Work for the message path.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Store and deliver a message (or only deliver it, for typing).
+    Send {
+        /// Who issued it.
+        origin: Origin,
+        /// The message. From a connection, its sender must be the
+        /// connection's own party.
+        message: NewMessage,
+    },
+    /// Join a conversation after `last_seq`: replay the gap, then go live.
+    Join {
+        /// The connection joining.
+        conn: ConnId,
+        /// The conversation.
+        conversation: ConversationId,
+        /// The last seq the client has.
+        last_seq: Seq,
+    },
+    /// Stop receiving a conversation.
+    Leave {
+        /// The connection.
+        conn: ConnId,
+        /// The conversation.
+        conversation: ConversationId,
+    },
+    /// Change a conversation's state (host only).
+    Change {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The change.
+        change: Change,
+    },
+}
+
+impl Command {
+    /// The conversation, which picks the shard.
+    pub fn conversation(&self) -> ConversationId {
+        match self {
+            Command::Send { message, .. } => message.conversation,
+            Command::Join { conversation, .. }
+            | Command::Leave { conversation, .. }
+            | Command::Change { conversation, .. } => *conversation,
+        }
+    }
+
+    /// Roughly what it costs to hold in memory, for the spill bound.
+    fn approx_bytes(&self) -> usize {
+        const OVERHEAD: usize = 256;
+        match self {
+            Command::Send { message, .. } => {
+                OVERHEAD
+                    + match &message.body {
+                        cs_core::Body::Text { text } => text.len(),
+                        _ => 256,
+                    }
+            }
+            _ => OVERHEAD,
+        }
+    }
+}
+
+/// A command was not accepted. The sender must be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DispatchError {
+    /// The node is flooded past its hard memory bound; retry shortly (with
+    /// the same `client_msg_id`, so a retry is never stored twice).
+    #[error("the server is overloaded and did not accept this; retry in a moment")]
+    Overloaded,
+    /// The dispatcher is shutting down; reconnect, possibly to another node.
+    #[error("the server is shutting down and did not accept this; reconnect")]
+    ShuttingDown,
+}
+
+/// How a command was admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Into a free slot (possibly after waiting).
+    Direct,
+    /// Onto the spill path, after the deadline.
+    Degraded,
+}
+
+/// A command's result, for [`Dispatcher::submit_and_wait`].
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// It was not accepted.
+    #[error(transparent)]
+    Refused(#[from] DispatchError),
+    /// It was accepted and processed, and the message path rejected it.
+    #[error(transparent)]
+    Rejected(#[from] PathError),
+    /// It was accepted, and processing it panicked (a bug in a store or a
+    /// hook filter). Whether it took effect is unknown; a retry with the same
+    /// `client_msg_id` is safe.
+    #[error("processing panicked; it may or may not have taken effect; retry with the same client_msg_id")]
+    Panicked,
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<Outcome, PathError>>;
+
+pub(crate) struct Job {
+    pub(crate) command: Command,
+    pub(crate) reply: Option<Reply>,
+    pub(crate) submitted: Instant,
+    /// Held until the job is processed: that is what frees the slot.
+    _slot: Option<OwnedSemaphorePermit>,
+    spilled_bytes: usize,
+}
+
+impl Job {
+    /// Takes the job apart. Its slot is freed here, as it leaves the queue:
+    /// a slot stands for a place in the queue, not for work in progress.
+    pub(crate) fn into_parts(self) -> (Command, Option<Reply>) {
+        (self.command, self.reply)
+    }
+}
+
+/// What a shard's queue carries.
+// `Stop` is sent once per shard; boxing `Job` would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Job(Job),
+    /// Sent once by shutdown: finish what is queued ahead of it, then stop.
+    Stop,
+}
+
+struct Shard {
+    queue: mpsc::UnboundedSender<Work>,
+    slots: Arc<Semaphore>,
+}
+
+pub(crate) struct Inner {
+    shards: Vec<Shard>,
+    hasher: RandomState,
+    config: DispatcherConfig,
+    metrics: Arc<Metrics>,
+    spilled_bytes: AtomicUsize,
+    accepting: AtomicBool,
+    pub(crate) hooks: TaskTracker,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The flood-handling front of the message path. Cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+    events: broadcast::Sender<PathEvent>,
+}
+
+impl Dispatcher {
+    /// Starts the shard workers on the current tokio runtime.
+    pub fn start(
+        config: DispatcherConfig,
+        store: Arc<dyn MessageStore>,
+        pool: Arc<ConnectionPool>,
+        hooks: Vec<Arc<dyn Hook>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let shard_count = config.shards.max(1);
+        let (events, _) = broadcast::channel(4096);
+        let mut receivers = Vec::with_capacity(shard_count);
+        let mut shards = Vec::with_capacity(shard_count);
+        for _ in 0..shard_count {
+            let (queue, rx) = mpsc::unbounded_channel();
+            receivers.push(rx);
+            shards.push(Shard {
+                queue,
+                slots: Arc::new(Semaphore::new(config.queue_capacity.max(1))),
+            });
+        }
+        let inner = Arc::new(Inner {
+            shards,
+            hasher: RandomState::new(),
+            config: config.clone(),
+            metrics: Arc::clone(&metrics),
+            spilled_bytes: AtomicUsize::new(0),
+            accepting: AtomicBool::new(true),
+            hooks: TaskTracker::new(),
+            workers: Mutex::new(Vec::new()),
+        });
+        let path = Arc::new(MessagePath {
+            store,
+            pool,
+            hooks,
+            metrics,
+            config,
+            events: events.clone(),
+            dispatcher: Arc::downgrade(&inner),
+        });
+        let workers = receivers
+            .into_iter()
+            .map(|rx| tokio::spawn(run_shard(rx, Arc::clone(&path), Arc::downgrade(&inner))))
+            .collect();
+        *inner.workers.lock() = workers;
+        Self { inner, events }
+    }
+
+    /// Admits a command. Returns once it is queued (directly or degraded), or
+    /// refused. Its result goes to the connection it came from, if any, as
+    /// frames; use [`Dispatcher::submit_and_wait`] to get it here.
+    ///
+    /// # Errors
+    /// [`DispatchError::Overloaded`] or [`DispatchError::ShuttingDown`].
+    pub async fn submit(&self, command: Command) -> Result<Admission, DispatchError> {
+        self.inner.admit(command, None).await
+    }
+
+    /// Admits a command and waits for the message path's result.
+    ///
+    /// # Errors
+    /// [`SubmitError::Refused`] if it was not accepted, [`SubmitError::Rejected`]
+    /// if the path rejected it (unauthorized, invalid, unknown conversation, …).
+    pub async fn submit_and_wait(&self, command: Command) -> Result<Outcome, SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.admit(command, Some(tx)).await?;
+        match rx.await {
+            Ok(result) => Ok(result?),
+            // The worker dropped the reply: only when processing panicked.
+            Err(_) => Err(SubmitError::Panicked),
+        }
+    }
+
+    /// Conversation changes and hand-offs, for the host to act on (route a
+    /// handed-off conversation, release a closed one).
+    pub fn events(&self) -> broadcast::Receiver<PathEvent> {
+        self.events.subscribe()
+    }
+
+    /// Spilled bytes held now, across all shards.
+    pub fn spilled_bytes(&self) -> usize {
+        self.inner.spilled_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking commands from connections and the host, lets running
+    /// hooks finish (their replies are still accepted), then drains every
+    /// accepted command and stops the workers.
+    pub async fn shutdown(&self) {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+        self.inner.hooks.close();
+        self.inner.hooks.wait().await;
+        for shard in &self.inner.shards {
+            // Wakes senders waiting for a slot: they are refused.
+            shard.slots.close();
+            // A stop marker: each worker drains what is ahead of it, then stops.
+            let _ = shard.queue.send(Work::Stop);
+        }
+        let workers = std::mem::take(&mut *self.inner.workers.lock());
+        for worker in workers {
+            let _ = worker.await;
+        }
+    }
+}
+
+impl Inner {
+    /// Hooks may still post replies while the dispatcher drains them.
+    pub(crate) fn accepts(&self, from_hook: bool) -> bool {
+        from_hook || self.accepting.load(Ordering::SeqCst)
+    }
+
+    pub(crate) async fn admit(
+        &self,
+        command: Command,
+        reply: Option<Reply>,
+    ) -> Result<Admission, DispatchError> {
+        self.admit_from(command, reply, false).await
+    }
+
+    pub(crate) async fn admit_from(
+        &self,
+        command: Command,
+        reply: Option<Reply>,
+        from_hook: bool,
+    ) -> Result<Admission, DispatchError> {
+        if !self.accepts(from_hook) {
+            return self.refuse(DispatchError::ShuttingDown);
+        }
+        let index =
+            (self.hasher.hash_one(command.conversation()) % self.shards.len() as u64) as usize;
+        let shard = &self.shards[index];
+        // Fast path without a timer: most of the time a slot is free.
+        let slot = match Arc::clone(&shard.slots).try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(TryAcquireError::Closed) => return self.refuse(DispatchError::ShuttingDown),
+            Err(TryAcquireError::NoPermits) => {
+                match tokio::time::timeout(
+                    self.config.enqueue_deadline,
+                    Arc::clone(&shard.slots).acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(slot)) => Some(slot),
+                    Ok(Err(_closed)) => return self.refuse(DispatchError::ShuttingDown),
+                    Err(_deadline) => None,
+                }
+            }
+        };
+        let mut spilled_bytes = 0;
+        if slot.is_none() {
+            let bytes = command.approx_bytes();
+            let before = self.spilled_bytes.fetch_add(bytes, Ordering::SeqCst);
+            if before + bytes > self.config.max_spill_bytes {
+                self.spilled_bytes.fetch_sub(bytes, Ordering::SeqCst);
+                return self.refuse(DispatchError::Overloaded);
+            }
+            spilled_bytes = bytes;
+        }
+        let job = Job {
+            command,
+            reply,
+            submitted: Instant::now(),
+            _slot: slot,
+            spilled_bytes,
+        };
+        if shard.queue.send(Work::Job(job)).is_err() {
+            // The worker has stopped: shutdown finished between our check and now.
+            self.spilled_bytes
+                .fetch_sub(spilled_bytes, Ordering::SeqCst);
+            return self.refuse(DispatchError::ShuttingDown);
+        }
+        Metrics::bump(&self.metrics.accepted);
+        if spilled_bytes > 0 {
+            Metrics::bump(&self.metrics.degraded);
+            Ok(Admission::Degraded)
+        } else {
+            Ok(Admission::Direct)
+        }
+    }
+
+    fn refuse(&self, error: DispatchError) -> Result<Admission, DispatchError> {
+        Metrics::bump(&self.metrics.refused);
+        Err(error)
+    }
+}
+
+async fn run_shard(
+    mut queue: mpsc::UnboundedReceiver<Work>,
+    path: Arc<MessagePath>,
+    inner: Weak<Inner>,
+) {
+    let mut state = path.new_shard_state();
+    while let Some(work) = queue.recv().await {
+        let job = match work {
+            Work::Job(job) => job,
+            Work::Stop => {
+                // Senders after this point are refused; what is queued still runs.
+                queue.close();
+                continue;
+            }
+        };
+        let spilled = job.spilled_bytes;
+        let handled = AssertUnwindSafe(path.handle(&mut state, job))
+            .catch_unwind()
+            .await;
+        if handled.is_err() {
+            // A panicking store (or hook filter) must not take the shard and
+            // every conversation on it down. Its cache may hold a half-applied
+            // change, so it starts over from the store.
+            tracing::error!("the message path panicked on a command; the shard carries on");
+            state = path.new_shard_state();
+        }
+        if spilled > 0 {
+            if let Some(inner) = inner.upgrade() {
+                inner.spilled_bytes.fetch_sub(spilled, Ordering::SeqCst);
+            }
+        }
+    }
+}

@@ -1,0 +1,610 @@
+//! The path of one command, as a shard worker runs it.
+//!
+//! For a message: **authorize** (the sender is a party of the conversation,
+//! in its tenant) → **validate** (limits) → **persist** (the store assigns the
+//! seq and recognises retries by `client_msg_id`) → **route** (to every
+//! connection that joined the conversation, here and through the bus) →
+//! **ack** (to the sender, with the seq) → **hooks** (in their own tasks).
+//!
+//! Each conversation belongs to exactly one shard, and a shard runs one
+//! command at a time, so the shard is the single writer of its
+//! conversations' state: it keeps them in a small cache and saves every
+//! change to the store before anyone hears of it. That is also what makes a
+//! resume exact: the replay and the switch to live delivery happen between
+//! two messages of the conversation, never during one.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Weak};
+
+use futures::FutureExt;
+use tokio::sync::broadcast;
+
+use cs_core::store::{MessageStore, StoreError};
+use cs_core::{
+    Body, ConnId, Conversation, ConversationError, ConversationId, Event, InvalidMessage, Message,
+    NewMessage, Party, Reader, Seq, TenantId, Timestamp,
+};
+
+use crate::dispatcher::{Change, Command, DispatcherConfig, Inner, Job, Origin};
+use crate::hooks::{Hook, HookAction, HookContext};
+use crate::metrics::Metrics;
+use crate::pool::{ConnInfo, ConnectionPool};
+use crate::protocol::{ErrorCode, ServerFrame};
+
+/// What a processed command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The message is stored (or was already, for a retry) and delivered.
+    Stored {
+        /// The stored message, with its seq.
+        message: Message,
+        /// `true` if it was a retry of a stored message, which is not
+        /// delivered again.
+        duplicate: bool,
+    },
+    /// An ephemeral message (typing) was delivered, not stored.
+    Delivered,
+    /// A join replayed `replayed` messages up to `up_to`.
+    Joined {
+        /// How many were replayed.
+        replayed: usize,
+        /// The last seq replayed (or the client's own if nothing was missing).
+        up_to: Seq,
+        /// Whether the connection is now live; if not, resume again from `up_to`.
+        complete: bool,
+    },
+    /// The connection left the conversation.
+    Left,
+    /// The conversation's state changed.
+    Changed {
+        /// Its new state.
+        conversation: Conversation,
+        /// The event message stored and delivered for the change, if any.
+        event: Option<Message>,
+    },
+}
+
+/// Why the message path rejected a command.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// No such conversation in the store.
+    #[error("unknown conversation {0}")]
+    UnknownConversation(ConversationId),
+    /// The connection closed before its command ran.
+    #[error("connection {0} is gone")]
+    UnknownConnection(ConnId),
+    /// The sender may not do this here.
+    #[error("not allowed in conversation {conversation}: {reason}")]
+    Unauthorized {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Why, in words.
+        reason: &'static str,
+    },
+    /// The conversation is closed; it must be reopened first.
+    #[error("conversation {0} is closed; it must be reopened before new messages")]
+    Closed(ConversationId),
+    /// State events (assigned, transfer, hand-off, close, reopen) are made
+    /// with `Command::Change`, which keeps the state and its event together.
+    #[error("state events are not sent as messages; use Command::Change")]
+    StateEventAsMessage,
+    /// The message broke a limit.
+    #[error(transparent)]
+    Invalid(#[from] InvalidMessage),
+    /// The conversation refused the change (or a read receipt past the end).
+    #[error(transparent)]
+    IllegalChange(#[from] ConversationError),
+    /// The store failed; nothing was stored.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for PathError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownConversation(id) => PathError::UnknownConversation(id),
+            other => PathError::Store(other),
+        }
+    }
+}
+
+impl PathError {
+    /// The wire error code for this rejection.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PathError::UnknownConversation(_) => ErrorCode::UnknownConversation,
+            PathError::UnknownConnection(_) | PathError::Unauthorized { .. } => {
+                ErrorCode::Unauthorized
+            }
+            PathError::Closed(_)
+            | PathError::StateEventAsMessage
+            | PathError::Invalid(_)
+            | PathError::IllegalChange(_) => ErrorCode::Invalid,
+            PathError::Store(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// What the host hears about from the message path.
+#[derive(Clone, Debug)]
+pub enum PathEvent {
+    /// A conversation's state changed (including hand-offs a hook asked
+    /// for): route it if it is now queued, release it if closed.
+    Changed {
+        /// The tenant.
+        tenant: TenantId,
+        /// The conversation, in its new state.
+        conversation: Conversation,
+        /// What changed.
+        change: Change,
+    },
+}
+
+/// A shard's own state: the conversations it owns.
+pub(crate) struct ShardState {
+    conversations: HashMap<ConversationId, Conversation>,
+}
+
+/// Everything a shard needs to run a command; shared by all shards.
+pub(crate) struct MessagePath {
+    pub(crate) store: Arc<dyn MessageStore>,
+    pub(crate) pool: Arc<ConnectionPool>,
+    pub(crate) hooks: Vec<Arc<dyn Hook>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: DispatcherConfig,
+    pub(crate) events: broadcast::Sender<PathEvent>,
+    /// Weak, because the dispatcher owns the shards that own this.
+    pub(crate) dispatcher: Weak<Inner>,
+}
+
+impl MessagePath {
+    pub(crate) fn new_shard_state(&self) -> ShardState {
+        ShardState {
+            conversations: HashMap::new(),
+        }
+    }
+
+    pub(crate) async fn handle(&self, state: &mut ShardState, job: Job) {
+        let submitted = job.submitted;
+        let (command, reply) = job.into_parts();
+        let (reply_conn, conversation) = match &command {
+            Command::Send {
+                origin: Origin::Connection(conn),
+                message,
+            } => (Some(*conn), message.conversation),
+            Command::Join {
+                conn, conversation, ..
+            } => (Some(*conn), *conversation),
+            other => (None, other.conversation()),
+        };
+        let client_msg_id = match &command {
+            Command::Send { message, .. } => message.client_msg_id.clone(),
+            _ => None,
+        };
+        let result = match command {
+            Command::Send { origin, message } => self.send(state, origin, message).await,
+            Command::Join {
+                conn,
+                conversation,
+                last_seq,
+            } => self.join(state, conn, conversation, last_seq).await,
+            Command::Leave { conn, conversation } => {
+                self.pool.leave_conversation(conn, conversation);
+                Ok(Outcome::Left)
+            }
+            Command::Change {
+                conversation,
+                change,
+            } => self.change(state, conversation, change).await,
+        };
+
+        match &result {
+            Ok(Outcome::Stored { message, duplicate }) => {
+                self.metrics.record_latency(submitted.elapsed());
+                if let Some(conn) = reply_conn {
+                    let ack = ServerFrame::Ack {
+                        conversation,
+                        client_msg_id: message.client_msg_id.clone(),
+                        seq: message.seq,
+                        duplicate: *duplicate,
+                    };
+                    // A sender that has gone will resume and see its message.
+                    let _ = self.pool.send_to_connection(conn, ack.encode());
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                Metrics::bump(&self.metrics.rejected);
+                if let Some(conn) = reply_conn {
+                    let frame = ServerFrame::Error {
+                        code: error.code(),
+                        message: error.to_string(),
+                        conversation: Some(conversation),
+                        client_msg_id,
+                    };
+                    let _ = self.pool.send_to_connection(conn, frame.encode());
+                }
+            }
+        }
+        if let Some(reply) = reply {
+            // The waiter may have given up; the work is done either way.
+            let _ = reply.send(result);
+        }
+    }
+
+    /// The conversation from this shard's cache, loading it on first use.
+    async fn conversation<'s>(
+        &self,
+        state: &'s mut ShardState,
+        id: ConversationId,
+    ) -> Result<&'s mut Conversation, PathError> {
+        if !state.conversations.contains_key(&id) {
+            let mut conversation = self.store.conversation(id).await?;
+            // The record may be older than the messages: it is saved on state
+            // changes, not on every append.
+            conversation.observe_seq(self.store.last_seq(id).await?);
+            if state.conversations.len() >= self.config.cached_conversations {
+                // Everything cached is also saved, so starting over is safe.
+                state.conversations.clear();
+            }
+            state.conversations.insert(id, conversation);
+        }
+        state
+            .conversations
+            .get_mut(&id)
+            .ok_or(PathError::UnknownConversation(id))
+    }
+
+    fn sender_info(&self, origin: Origin) -> Result<Option<ConnInfo>, PathError> {
+        match origin {
+            Origin::Host => Ok(None),
+            Origin::Connection(conn) => self
+                .pool
+                .info(conn)
+                .map(Some)
+                .ok_or(PathError::UnknownConnection(conn)),
+        }
+    }
+
+    async fn send(
+        &self,
+        state: &mut ShardState,
+        origin: Origin,
+        message: NewMessage,
+    ) -> Result<Outcome, PathError> {
+        let id = message.conversation;
+        let sender = self.sender_info(origin)?;
+        if let Some(info) = &sender {
+            if message.sender != info.party {
+                return Err(PathError::Unauthorized {
+                    conversation: id,
+                    reason: "a connection may only send as its own party",
+                });
+            }
+        }
+        let reader = match &message.body {
+            Body::Event(Event::Typing { .. })
+            | Body::Text { .. }
+            | Body::Image { .. }
+            | Body::File { .. } => None,
+            Body::Event(Event::Read { up_to }) => Some((reader_of(&message.sender, id)?, *up_to)),
+            Body::Event(_) => return Err(PathError::StateEventAsMessage),
+        };
+        message.validate(&self.config.message_limits)?;
+
+        let conversation = self.conversation(state, id).await?;
+        if let Some(info) = &sender {
+            may_write(conversation, info)?;
+        }
+        if conversation.state().kind() == cs_core::StateKind::Closed {
+            return Err(PathError::Closed(id));
+        }
+        if let Body::Event(Event::Typing { active }) = message.body {
+            let frame = ServerFrame::Typing {
+                conversation: id,
+                from: message.sender,
+                active,
+            };
+            self.pool.send_to_conversation(id, frame.encode());
+            return Ok(Outcome::Delivered);
+        }
+        if let Some((reader, up_to)) = reader {
+            conversation.mark_read(reader, up_to)?;
+        }
+
+        let appended = self.store.append(message).await?;
+        if appended.duplicate {
+            // Stored and delivered the first time; the sender only needs its ack.
+            Metrics::bump(&self.metrics.duplicates);
+            return Ok(Outcome::Stored {
+                message: appended.message,
+                duplicate: true,
+            });
+        }
+        Metrics::bump(&self.metrics.persisted);
+        let first_response = conversation.first_response_at();
+        conversation.record_message(&appended.message);
+        if reader.is_some() || conversation.first_response_at() != first_response {
+            if let Err(e) = self.store.save_conversation(conversation).await {
+                // The message is stored; only the record's read marker or
+                // first-response time lags, and the next change saves it.
+                tracing::warn!(conversation = %id, error = %e, "could not save the conversation record");
+            }
+        }
+        self.pool
+            .send_to_conversation(id, ServerFrame::encode_message(&appended.message));
+        self.run_hooks(&appended.message, conversation);
+        Ok(Outcome::Stored {
+            message: appended.message,
+            duplicate: false,
+        })
+    }
+
+    async fn join(
+        &self,
+        state: &mut ShardState,
+        conn: ConnId,
+        id: ConversationId,
+        last_seq: Seq,
+    ) -> Result<Outcome, PathError> {
+        let info = self
+            .pool
+            .info(conn)
+            .ok_or(PathError::UnknownConnection(conn))?;
+        let conversation = self.conversation(state, id).await?;
+        may_read(conversation, &info)?;
+
+        // Replay within a byte budget, so a long gap cannot overflow the
+        // connection's queue; the client asks again for the rest.
+        const PAGE: usize = 128;
+        let mut budget = self.config.replay_budget_bytes;
+        let mut up_to = last_seq;
+        let mut replayed = 0;
+        let complete = 'replay: loop {
+            let page = self.store.after(id, up_to, PAGE).await?;
+            if page.is_empty() {
+                break 'replay true;
+            }
+            for message in page {
+                let seq = message.seq;
+                let frame = ServerFrame::encode_message(&message);
+                if frame.len() > budget && replayed > 0 {
+                    break 'replay false;
+                }
+                budget = budget.saturating_sub(frame.len());
+                self.pool
+                    .send_to_connection(conn, frame)
+                    .map_err(|_| PathError::UnknownConnection(conn))?;
+                up_to = seq;
+                replayed += 1;
+            }
+        };
+        if complete {
+            // From here on live messages reach it: nothing can slip between
+            // the replay and this line, because this shard stores them.
+            self.pool
+                .join_conversation(conn, id)
+                .map_err(|_| PathError::UnknownConnection(conn))?;
+        }
+        let done = ServerFrame::Replayed {
+            conversation: id,
+            up_to,
+            complete,
+        };
+        self.pool
+            .send_to_connection(conn, done.encode())
+            .map_err(|_| PathError::UnknownConnection(conn))?;
+        Metrics::bump(&self.metrics.resumed);
+        Ok(Outcome::Joined {
+            replayed,
+            up_to,
+            complete,
+        })
+    }
+
+    async fn change(
+        &self,
+        state: &mut ShardState,
+        id: ConversationId,
+        change: Change,
+    ) -> Result<Outcome, PathError> {
+        let conversation = self.conversation(state, id).await?;
+        let before = conversation.clone();
+        let now = Timestamp::now();
+        let mut leaving = None;
+        let event = match &change {
+            Change::StartBot => {
+                conversation.start_bot()?;
+                None
+            }
+            Change::HandOff { reason } => {
+                conversation.enqueue(now)?;
+                Some(Event::Handoff {
+                    reason: reason.clone(),
+                })
+            }
+            Change::Assign(agent) => {
+                conversation.assign(agent.clone())?;
+                Some(Event::Assigned {
+                    agent: agent.clone(),
+                })
+            }
+            Change::Transfer(to) => {
+                let from = conversation.transfer(to.clone())?;
+                leaving = Some(from.clone());
+                Some(Event::Transfer {
+                    from,
+                    to: to.clone(),
+                })
+            }
+            Change::Requeue => {
+                leaving = conversation.agent().cloned();
+                conversation.requeue(now)?;
+                Some(Event::Handoff {
+                    reason: "the agent left; back in the queue".into(),
+                })
+            }
+            Change::Close { reason } => {
+                conversation.close(now)?;
+                Some(Event::Close {
+                    reason: reason.clone(),
+                })
+            }
+            Change::Reopen => {
+                conversation.reopen(now)?;
+                Some(Event::Reopen)
+            }
+        };
+        if let Err(e) = self.store.save_conversation(conversation).await {
+            // Not saved, so not changed: put the cached copy back.
+            *conversation = before;
+            return Err(e.into());
+        }
+        let tenant = conversation.tenant().clone();
+        if let Some(agent) = conversation.agent() {
+            // The assigned agent's open consoles follow the conversation.
+            for conn in self
+                .pool
+                .connections_of(&tenant, &Party::Agent(agent.clone()))
+            {
+                let _ = self.pool.join_conversation(conn, id);
+            }
+        }
+
+        let mut stored_event = None;
+        if let Some(event) = event {
+            let message = NewMessage::new(id, Party::System, Body::Event(event));
+            match self.store.append(message).await {
+                Ok(appended) => {
+                    Metrics::bump(&self.metrics.persisted);
+                    conversation.record_message(&appended.message);
+                    self.pool
+                        .send_to_conversation(id, ServerFrame::encode_message(&appended.message));
+                    stored_event = Some(appended.message);
+                }
+                Err(e) => {
+                    // The state change is saved, which is what counts; the
+                    // notice is lost, and clients see the state on resume.
+                    tracing::warn!(conversation = %id, error = %e, "could not store the event of a state change");
+                }
+            }
+        }
+        if let Some(agent) = leaving {
+            for conn in self.pool.connections_of(&tenant, &Party::Agent(agent)) {
+                self.pool.leave_conversation(conn, id);
+            }
+        }
+        let _ = self.events.send(PathEvent::Changed {
+            tenant,
+            conversation: conversation.clone(),
+            change,
+        });
+        Ok(Outcome::Changed {
+            conversation: conversation.clone(),
+            event: stored_event,
+        })
+    }
+
+    fn run_hooks(&self, message: &Message, conversation: &Conversation) {
+        if self.hooks.is_empty() {
+            return;
+        }
+        let Some(dispatcher) = self.dispatcher.upgrade() else {
+            return;
+        };
+        for hook in &self.hooks {
+            if !hook.wants(message, conversation) {
+                continue;
+            }
+            let hook = Arc::clone(hook);
+            let context = HookContext {
+                message: message.clone(),
+                conversation: conversation.clone(),
+            };
+            let dispatcher = Arc::clone(&dispatcher);
+            let metrics = Arc::clone(&self.metrics);
+            let timeout = self.config.hook_timeout;
+            dispatcher.hooks.clone().spawn(async move {
+                let id = context.message.conversation;
+                let run = AssertUnwindSafe(hook.on_message(context)).catch_unwind();
+                let actions = match tokio::time::timeout(timeout, run).await {
+                    Ok(Ok(Ok(actions))) => actions,
+                    Ok(Ok(Err(e))) => {
+                        Metrics::bump(&metrics.hook_failures);
+                        tracing::warn!(hook = hook.name(), conversation = %id, error = %e, "hook failed");
+                        return;
+                    }
+                    Ok(Err(_panic)) => {
+                        Metrics::bump(&metrics.hook_failures);
+                        tracing::error!(hook = hook.name(), conversation = %id, "hook panicked");
+                        return;
+                    }
+                    Err(_elapsed) => {
+                        Metrics::bump(&metrics.hook_timeouts);
+                        tracing::warn!(hook = hook.name(), conversation = %id, "hook timed out");
+                        return;
+                    }
+                };
+                for action in actions {
+                    let command = match action {
+                        HookAction::Reply(body) => Command::Send {
+                            origin: Origin::Host,
+                            message: NewMessage::new(id, Party::Bot, body),
+                        },
+                        HookAction::HandOff { reason } => Command::Change {
+                            conversation: id,
+                            change: Change::HandOff { reason },
+                        },
+                    };
+                    if let Err(e) = dispatcher.admit_from(command, None, true).await {
+                        tracing::warn!(hook = hook.name(), conversation = %id, error = %e, "hook output refused");
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn reader_of(party: &Party, conversation: ConversationId) -> Result<Reader, PathError> {
+    match party {
+        Party::Visitor(_) => Ok(Reader::Visitor),
+        Party::Agent(_) => Ok(Reader::Agent),
+        Party::Bot | Party::System => Err(PathError::Unauthorized {
+            conversation,
+            reason: "only visitors and agents send read receipts",
+        }),
+    }
+}
+
+/// Who may see a conversation: its visitor, and any agent of its tenant
+/// (supervisors watch chats they are not assigned to).
+fn may_read(conversation: &Conversation, info: &ConnInfo) -> Result<(), PathError> {
+    let deny = |reason| {
+        Err(PathError::Unauthorized {
+            conversation: conversation.id(),
+            reason,
+        })
+    };
+    if info.tenant != *conversation.tenant() {
+        return deny("the conversation belongs to another tenant");
+    }
+    match &info.party {
+        Party::Visitor(v) if v == conversation.visitor() => Ok(()),
+        Party::Visitor(_) => deny("a visitor may only see their own conversations"),
+        Party::Agent(_) => Ok(()),
+        Party::Bot | Party::System => deny("only visitors and agents connect"),
+    }
+}
+
+/// Who may write: its visitor, and the agent it is assigned to.
+fn may_write(conversation: &Conversation, info: &ConnInfo) -> Result<(), PathError> {
+    may_read(conversation, info)?;
+    match &info.party {
+        Party::Agent(a) if conversation.agent() != Some(a) => Err(PathError::Unauthorized {
+            conversation: conversation.id(),
+            reason: "only the assigned agent may write",
+        }),
+        _ => Ok(()),
+    }
+}

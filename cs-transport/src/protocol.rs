@@ -1,0 +1,382 @@
+//! The wire protocol: JSON frames between a client and the server.
+//!
+//! Every frame is one JSON object with a `type` field. `docs/protocol.md`
+//! lists them all with examples. Decoding never panics: bytes that are not a
+//! frame become a [`FrameError`] that names the problem, and the connection
+//! carries on (an oversized frame is the exception: it closes the connection,
+//! because the peer is not speaking the protocol).
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use cs_core::{Body, ClientMsgId, ConnId, ConversationId, Message, Party, Seq};
+
+/// What a client sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Unknown fields are ignored, so a newer client can talk to an older server.
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Send a message. The server answers with [`ServerFrame::Ack`] (or an
+    /// error), and delivers it to the conversation as [`ServerFrame::Message`].
+    Send {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The client's id for this message; a resend with the same id is
+        /// stored once and acked with the original seq.
+        #[serde(default)]
+        client_msg_id: Option<ClientMsgId>,
+        /// What it says.
+        body: Body,
+    },
+    /// Join a conversation (or rejoin after a reconnect): the server replays
+    /// every message after `last_seq`, then sends live ones.
+    Resume {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The last seq this client has; 0 for none.
+        #[serde(default)]
+        last_seq: Seq,
+    },
+    /// The client started or stopped typing. Delivered, never stored.
+    Typing {
+        /// The conversation.
+        conversation: ConversationId,
+        /// `true` while typing.
+        active: bool,
+    },
+    /// The client has read up to `up_to`.
+    Read {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The last seq read.
+        up_to: Seq,
+    },
+    /// Keep-alive; answered with [`ServerFrame::Pong`].
+    Ping,
+}
+
+/// What the server sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The connection is registered.
+    Welcome {
+        /// Its id on this node, for logs.
+        conn: ConnId,
+        /// Who the server believes the client is.
+        party: Party,
+    },
+    /// A sent message is stored.
+    Ack {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The client's id for it, echoed.
+        client_msg_id: Option<ClientMsgId>,
+        /// Its seq.
+        seq: Seq,
+        /// `true` if it had been stored before (a retry).
+        duplicate: bool,
+    },
+    /// A message in a conversation this client has joined.
+    Message {
+        /// The message.
+        message: Message,
+    },
+    /// Replay after a [`ClientFrame::Resume`] has sent everything up to
+    /// `up_to`. If `complete`, live messages follow; if not, the gap was larger
+    /// than one batch: resume again from `up_to`.
+    Replayed {
+        /// The conversation.
+        conversation: ConversationId,
+        /// The last seq replayed.
+        up_to: Seq,
+        /// Whether the client is now live.
+        complete: bool,
+    },
+    /// Someone in the conversation started or stopped typing.
+    Typing {
+        /// The conversation.
+        conversation: ConversationId,
+        /// Who.
+        from: Party,
+        /// `true` while typing.
+        active: bool,
+    },
+    /// A request failed. The connection stays open.
+    Error {
+        /// What kind of failure, for programs.
+        code: ErrorCode,
+        /// What went wrong and what to do, for people.
+        message: String,
+        /// The conversation the failed request was about, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        conversation: Option<ConversationId>,
+        /// The client's message id, if the failed request was a send.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<ClientMsgId>,
+    },
+    /// The server is closing the connection, and why.
+    Close {
+        /// Why; tells the client whether and how to come back.
+        reason: CloseReason,
+    },
+    /// Answer to [`ClientFrame::Ping`].
+    Pong,
+}
+
+/// Error kinds in [`ServerFrame::Error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not valid JSON or not a known frame.
+    Malformed,
+    /// The sender may not do this in this conversation.
+    Unauthorized,
+    /// No such conversation.
+    UnknownConversation,
+    /// The message broke a limit (size, empty text) or an illegal state change.
+    Invalid,
+    /// The server is flooded and refused the message; retry after a moment
+    /// with the same `client_msg_id`.
+    Overloaded,
+    /// This connection is sending too fast; slow down.
+    RateLimited,
+    /// The server is shutting down; reconnect (to another node).
+    ShuttingDown,
+    /// The store failed; the message was not stored; retry.
+    Unavailable,
+}
+
+/// Why the server closed a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// The client read too slowly and its outbound queue filled up. Nothing
+    /// is lost: reconnect and resume from the last seq received.
+    SlowResume,
+    /// The server is shutting down; reconnect, possibly to another node.
+    Shutdown,
+    /// A frame was larger than the server accepts.
+    FrameTooLarge,
+    /// Nothing was heard from the client for too long.
+    Idle,
+    /// The host closed it (logout, ban, replaced by a newer session), or the
+    /// client did.
+    ByHost,
+    /// The client broke the WebSocket protocol, or sent a frame far over
+    /// the limit.
+    ProtocolError,
+}
+
+impl CloseReason {
+    /// The lower-case label, as on the wire and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::SlowResume => "slow_resume",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::Idle => "idle",
+            CloseReason::ByHost => "by_host",
+            CloseReason::ProtocolError => "protocol_error",
+        }
+    }
+}
+
+/// A client frame that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Larger than the limit: the connection is closed.
+    #[error("frame of {len} bytes is over the {max}-byte limit")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not a frame: bad JSON, an unknown `type`, a missing or invalid field.
+    #[error("malformed frame: {0}; see docs/protocol.md for the frame formats")]
+    Malformed(String),
+}
+
+impl ClientFrame {
+    /// Decodes one frame of at most `max_len` bytes.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] or [`FrameError::Malformed`].
+    pub fn decode(bytes: &[u8], max_len: usize) -> Result<Self, FrameError> {
+        if bytes.len() > max_len {
+            return Err(FrameError::TooLarge {
+                len: bytes.len(),
+                max: max_len,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(|e| FrameError::Malformed(e.to_string()))
+    }
+
+    /// Encodes the frame as JSON (what a client library sends).
+    pub fn encode(&self) -> Bytes {
+        encode_json(self)
+    }
+}
+
+impl ServerFrame {
+    /// Encodes the frame as JSON.
+    pub fn encode(&self) -> Bytes {
+        encode_json(self)
+    }
+
+    /// Encodes `ServerFrame::Message { message }` without cloning the message:
+    /// the hot path encodes every stored message once for all its recipients.
+    pub fn encode_message(message: &Message) -> Bytes {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename = "message")]
+        struct MessageFrame<'a> {
+            message: &'a Message,
+        }
+        encode_json(&MessageFrame { message })
+    }
+
+    /// Decodes a server frame (what a client library receives).
+    ///
+    /// # Errors
+    /// [`FrameError::Malformed`] if it is not one.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FrameError> {
+        serde_json::from_slice(bytes).map_err(|e| FrameError::Malformed(e.to_string()))
+    }
+
+    /// An error frame.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            code,
+            message: message.into(),
+            conversation: None,
+            client_msg_id: None,
+        }
+    }
+}
+
+fn encode_json<T: Serialize>(value: &T) -> Bytes {
+    // Our frame types hold only strings, numbers and enums with string keys,
+    // which serde_json always serializes; an error here is a bug in this file.
+    match serde_json::to_vec(value) {
+        Ok(json) => Bytes::from(json),
+        Err(e) => unreachable!("frame types always serialize to JSON: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_round_trip() {
+        let frames = [
+            ClientFrame::Send {
+                conversation: ConversationId::new(),
+                client_msg_id: Some(ClientMsgId::new("c1").unwrap()),
+                body: Body::text("在吗？"),
+            },
+            ClientFrame::Resume {
+                conversation: ConversationId::new(),
+                last_seq: Seq::new(41),
+            },
+            ClientFrame::Typing {
+                conversation: ConversationId::new(),
+                active: true,
+            },
+            ClientFrame::Read {
+                conversation: ConversationId::new(),
+                up_to: Seq::new(3),
+            },
+            ClientFrame::Ping,
+        ];
+        for frame in frames {
+            let bytes = frame.encode();
+            assert_eq!(ClientFrame::decode(&bytes, 1 << 16).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn the_send_frame_reads_as_documented() {
+        let json = br#"{"type":"send","conversation":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+                        "client_msg_id":"m-1","body":{"type":"text","text":"hi"}}"#;
+        let frame = ClientFrame::decode(json, 4096).unwrap();
+        assert!(matches!(
+            frame,
+            ClientFrame::Send {
+                body: Body::Text { .. },
+                ..
+            }
+        ));
+        // A resume without last_seq means "from the start".
+        let json = br#"{"type":"resume","conversation":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"}"#;
+        assert!(matches!(
+            ClientFrame::decode(json, 4096).unwrap(),
+            ClientFrame::Resume {
+                last_seq: Seq::ZERO,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error() {
+        assert!(matches!(
+            ClientFrame::decode(b"{not json", 4096),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            ClientFrame::decode(br#"{"type":"launch_rockets"}"#, 4096),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            ClientFrame::decode(
+                br#"{"type":"send","conversation":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"}"#,
+                4096
+            ),
+            Err(FrameError::Malformed(_))
+        ));
+        // Unknown fields are tolerated, for newer clients.
+        assert_eq!(
+            ClientFrame::decode(br#"{"type":"ping","extra":1}"#, 4096),
+            Ok(ClientFrame::Ping)
+        );
+        assert!(matches!(
+            ClientFrame::decode(br#"{"type":"resume","conversation":"nope"}"#, 4096),
+            Err(FrameError::Malformed(_))
+        ));
+        assert_eq!(
+            ClientFrame::decode(&[b' '; 100], 10),
+            Err(FrameError::TooLarge { len: 100, max: 10 })
+        );
+    }
+
+    #[test]
+    fn encode_message_matches_the_owned_frame() {
+        let message = Message::from_new(
+            cs_core::NewMessage::text(ConversationId::new(), Party::Bot, "您好 \"hi\""),
+            Seq::new(9),
+        );
+        let owned = ServerFrame::Message {
+            message: message.clone(),
+        };
+        assert_eq!(ServerFrame::encode_message(&message), owned.encode());
+    }
+
+    #[test]
+    fn server_frames_have_a_type_tag() {
+        let close = ServerFrame::Close {
+            reason: CloseReason::SlowResume,
+        };
+        assert_eq!(
+            &close.encode()[..],
+            br#"{"type":"close","reason":"slow_resume"}"#
+        );
+        assert_eq!(ServerFrame::decode(&close.encode()).unwrap(), close);
+        let err = ServerFrame::error(ErrorCode::Overloaded, "retry");
+        assert_eq!(
+            &err.encode()[..],
+            br#"{"type":"error","code":"overloaded","message":"retry"}"#
+        );
+    }
+}

@@ -1,0 +1,523 @@
+//! The path of one message, end to end through pool, dispatcher and store:
+//! delivery and acks, retries, authorization, resume under a concurrent
+//! producer, hooks, and state changes.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cs_core::store::MemoryStore;
+use cs_core::{Body, ClientMsgId, ConversationState, Event, Message, NewMessage, Party, Seq};
+use cs_transport::{
+    Change, Command, DispatcherConfig, ErrorCode, Hook, HookAction, HookContext, HookError, Origin,
+    PathError, PathEvent, ServerFrame, SubmitError,
+};
+use support::*;
+
+#[tokio::test]
+async fn a_message_is_stored_delivered_and_acked() {
+    let node = Node::memory();
+    let conversation = node.conversation("shop", "ann", None).await;
+    let mut ann = node.connect("shop", visitor("ann"));
+    let mut alice = node.connect("shop", agent("alice"));
+    // Alice's console is open before the conversation is assigned to her: it
+    // joins the conversation with the assignment.
+    node.change(
+        conversation.id(),
+        Change::HandOff {
+            reason: "asked for a person".into(),
+        },
+    )
+    .await;
+    node.change(conversation.id(), Change::Assign(agent_id("alice")))
+        .await;
+    let assigned = alice.next_message().await;
+    assert_eq!(
+        assigned.body,
+        Body::Event(Event::Assigned {
+            agent: agent_id("alice")
+        })
+    );
+
+    node.dispatcher
+        .submit(ann.join_command(conversation.id(), Seq::ZERO))
+        .await
+        .unwrap();
+    // The replay has the hand-off and the assignment, then ann is live.
+    assert_eq!(ann.next_message().await.seq, Seq::new(1));
+    assert_eq!(ann.next_message().await.seq, Seq::new(2));
+    assert!(
+        matches!(ann.next().await, ServerFrame::Replayed { up_to, complete: true, .. } if up_to == Seq::new(2))
+    );
+
+    node.dispatcher
+        .submit(ann.send_command(conversation.id(), "where is my parcel?"))
+        .await
+        .unwrap();
+    let delivered = alice.next_message().await;
+    assert_eq!(delivered.body, Body::text("where is my parcel?"));
+    assert_eq!(delivered.seq, Seq::new(3));
+    // Ann gets her own message (every joined tab does) and the ack.
+    assert_eq!(ann.next_message().await.seq, Seq::new(3));
+    assert!(
+        matches!(ann.next().await, ServerFrame::Ack { seq, duplicate: false, .. } if seq == Seq::new(3))
+    );
+
+    let stored = node.store.recent(conversation.id(), 10).await.unwrap();
+    assert_eq!(
+        stored.last().unwrap().body,
+        Body::text("where is my parcel?")
+    );
+    let metrics = node.metrics.snapshot();
+    assert_eq!(metrics.persisted, 3);
+    assert_eq!(metrics.rejected, 0);
+}
+
+#[tokio::test]
+async fn a_retry_is_acked_with_the_original_seq_and_not_delivered_twice() {
+    let node = Node::memory();
+    let conversation = node.conversation("shop", "ann", Some("alice")).await;
+    let mut alice = node.connect("shop", agent("alice"));
+    node.dispatcher
+        .submit(alice.join_command(conversation.id(), Seq::new(2)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        alice.next().await,
+        ServerFrame::Replayed { complete: true, .. }
+    ));
+    let mut ann = node.connect("shop", visitor("ann"));
+
+    let send = |text: &str| Command::Send {
+        origin: Origin::Connection(ann.conn),
+        message: NewMessage::text(conversation.id(), visitor("ann"), text)
+            .with_client_msg_id(ClientMsgId::new("m-1").unwrap()),
+    };
+    node.dispatcher.submit(send("pay now")).await.unwrap();
+    node.dispatcher
+        .submit(send("pay now (resent)"))
+        .await
+        .unwrap();
+    let first = ann.next().await;
+    let second = ann.next().await;
+    assert!(matches!(first, ServerFrame::Ack { seq, duplicate: false, .. } if seq == Seq::new(3)));
+    assert!(matches!(second, ServerFrame::Ack { seq, duplicate: true, .. } if seq == Seq::new(3)));
+    assert_eq!(alice.next_message().await.body, Body::text("pay now"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        alice.try_next().is_none(),
+        "the retry must not be delivered again"
+    );
+    assert_eq!(node.metrics.snapshot().duplicates, 1);
+}
+
+async fn assert_unauthorized(node: &Node, command: Command) {
+    match node.dispatcher.submit_and_wait(command).await {
+        Err(SubmitError::Rejected(PathError::Unauthorized { .. })) => {}
+        other => panic!("expected an Unauthorized rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn visitors_and_agents_only_reach_what_is_theirs() {
+    let node = Node::memory();
+    let ours = node.conversation("shop", "ann", Some("alice")).await;
+    let theirs = node.conversation("shop", "ben", Some("bob")).await;
+    let elsewhere = node.conversation("other-shop", "ann", None).await;
+    let ann = node.connect("shop", visitor("ann"));
+    let alice = node.connect("shop", agent("alice"));
+    let mallory = node.connect("other-shop", agent("mallory"));
+
+    // A visitor cannot write to or read another visitor's conversation.
+    assert_unauthorized(&node, ann.send_command(theirs.id(), "hi")).await;
+    assert_unauthorized(&node, ann.join_command(theirs.id(), Seq::ZERO)).await;
+    // Not across tenants either, even with the same visitor name.
+    assert_unauthorized(&node, ann.join_command(elsewhere.id(), Seq::ZERO)).await;
+    assert_unauthorized(&node, mallory.join_command(ours.id(), Seq::ZERO)).await;
+    // An agent may watch any conversation of their tenant, but write only where assigned.
+    assert!(node
+        .dispatcher
+        .submit_and_wait(alice.join_command(theirs.id(), Seq::ZERO))
+        .await
+        .is_ok());
+    assert_unauthorized(&node, alice.send_command(theirs.id(), "hello")).await;
+    // A connection cannot speak as someone else, or as the bot.
+    for sender in [visitor("ben"), Party::Bot, Party::System] {
+        let forged = Command::Send {
+            origin: Origin::Connection(ann.conn),
+            message: NewMessage::text(ours.id(), sender, "trust me"),
+        };
+        assert_unauthorized(&node, forged).await;
+    }
+    // Nothing of that was stored.
+    assert_eq!(node.store.last_seq(theirs.id()).await.unwrap(), Seq::new(2));
+    assert_eq!(node.store.last_seq(ours.id()).await.unwrap(), Seq::new(2));
+    // And the rightful sender is still served.
+    assert!(node
+        .dispatcher
+        .submit_and_wait(ann.send_command(ours.id(), "hi"))
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn bad_messages_get_an_error_frame_and_the_connection_lives_on() {
+    let node = Node::memory();
+    let conversation = node.conversation("shop", "ann", None).await;
+    let mut ann = node.connect("shop", visitor("ann"));
+    node.dispatcher
+        .submit(ann.send_command(conversation.id(), "   "))
+        .await
+        .unwrap();
+    assert!(matches!(
+        ann.next().await,
+        ServerFrame::Error {
+            code: ErrorCode::Invalid,
+            ..
+        }
+    ));
+    let unknown = cs_core::ConversationId::new();
+    node.dispatcher
+        .submit(ann.send_command(unknown, "hello?"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        ann.next().await,
+        ServerFrame::Error {
+            code: ErrorCode::UnknownConversation,
+            ..
+        }
+    ));
+    let too_long = "字".repeat(2000);
+    node.dispatcher
+        .submit(ann.send_command(conversation.id(), &too_long))
+        .await
+        .unwrap();
+    assert!(matches!(
+        ann.next().await,
+        ServerFrame::Error {
+            code: ErrorCode::Invalid,
+            ..
+        }
+    ));
+    let state_event = Command::Send {
+        origin: Origin::Connection(ann.conn),
+        message: NewMessage::new(
+            conversation.id(),
+            visitor("ann"),
+            Body::Event(Event::Close { reason: None }),
+        ),
+    };
+    node.dispatcher.submit(state_event).await.unwrap();
+    assert!(matches!(
+        ann.next().await,
+        ServerFrame::Error {
+            code: ErrorCode::Invalid,
+            ..
+        }
+    ));
+
+    node.dispatcher
+        .submit(ann.send_command(conversation.id(), "fine now"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        ann.next_non_message().await,
+        ServerFrame::Ack { .. }
+    ));
+    assert_eq!(node.metrics.snapshot().rejected, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_has_no_gap_and_no_duplicate_while_a_producer_keeps_sending() {
+    const TOTAL: u64 = 600;
+    let node = Arc::new(Node::memory());
+    let conversation = node.conversation("shop", "ann", Some("alice")).await;
+    let id = conversation.id();
+    let already = node.store.last_seq(id).await.unwrap().get();
+
+    let producer = {
+        let node = Arc::clone(&node);
+        tokio::spawn(async move {
+            for i in 0..TOTAL {
+                node.host_send(id, agent("alice"), &format!("update {i}"))
+                    .await;
+                if i % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    // Reconnect while the producer is mid-stream, having seen only seq 3.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut ann = node.connect("shop", visitor("ann"));
+    let mut last = Seq::new(3);
+    let mut seen = Vec::new();
+    node.dispatcher
+        .submit(ann.join_command(id, last))
+        .await
+        .unwrap();
+    let end = already + TOTAL;
+    while last.get() < end {
+        match ann.next().await {
+            ServerFrame::Message { message } => {
+                seen.push(message.seq.get());
+                last = message.seq;
+            }
+            ServerFrame::Replayed {
+                complete: false,
+                up_to,
+                ..
+            } => {
+                // A long gap comes in rounds: ask for the rest.
+                node.dispatcher
+                    .submit(ann.join_command(id, up_to))
+                    .await
+                    .unwrap();
+            }
+            ServerFrame::Replayed { complete: true, .. } => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    producer.await.unwrap();
+    assert_eq!(
+        seen,
+        (4..=end).collect::<Vec<_>>(),
+        "every seq once, in order"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The last round's `Replayed` marker may trail the last message; no
+    // message may.
+    while let Some(frame) = ann.try_next() {
+        assert!(
+            matches!(frame, ServerFrame::Replayed { complete: true, .. }),
+            "nothing after the end but the replay marker, got {frame:?}"
+        );
+    }
+    assert!(node.metrics.snapshot().resumed >= 1);
+}
+
+/// Answers every visitor text with the same line; hands off on "human".
+struct EchoBot;
+
+#[async_trait]
+impl Hook for EchoBot {
+    fn name(&self) -> &str {
+        "echo-bot"
+    }
+
+    async fn on_message(&self, context: HookContext) -> Result<Vec<HookAction>, HookError> {
+        match &context.message.body {
+            Body::Text { text } if text.contains("human") => Ok(vec![HookAction::HandOff {
+                reason: "asked for a human".into(),
+            }]),
+            Body::Text { text } => Ok(vec![HookAction::Reply(Body::text(format!("bot: {text}")))]),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Sleeps far past the hook timeout.
+struct SleepyHook;
+
+#[async_trait]
+impl Hook for SleepyHook {
+    fn name(&self) -> &str {
+        "sleepy"
+    }
+
+    async fn on_message(&self, _context: HookContext) -> Result<Vec<HookAction>, HookError> {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(vec![HookAction::Reply(Body::text("too late"))])
+    }
+}
+
+/// Panics on every message.
+struct BrokenHook;
+
+#[async_trait]
+impl Hook for BrokenHook {
+    fn name(&self) -> &str {
+        "broken"
+    }
+
+    async fn on_message(&self, _context: HookContext) -> Result<Vec<HookAction>, HookError> {
+        panic!("a bug in host code");
+    }
+}
+
+#[tokio::test]
+async fn hooks_reply_hand_off_and_cannot_stall_or_crash_the_path() {
+    let config = DispatcherConfig {
+        hook_timeout: Duration::from_millis(200),
+        ..DispatcherConfig::default()
+    };
+    let hooks: Vec<Arc<dyn Hook>> = vec![
+        Arc::new(EchoBot),
+        Arc::new(SleepyHook),
+        Arc::new(BrokenHook),
+    ];
+    let node = Node::start(config, Arc::new(MemoryStore::new()), hooks);
+    let mut events = node.dispatcher.events();
+    let conversation = node.conversation("shop", "ann", None).await;
+    node.change(conversation.id(), Change::StartBot).await;
+    let mut ann = node.connect("shop", visitor("ann"));
+    node.dispatcher
+        .submit(ann.join_command(conversation.id(), Seq::ZERO))
+        .await
+        .unwrap();
+    assert!(matches!(ann.next().await, ServerFrame::Replayed { .. }));
+
+    node.dispatcher
+        .submit(ann.send_command(conversation.id(), "opening hours?"))
+        .await
+        .unwrap();
+    assert_eq!(ann.next_message().await.body, Body::text("opening hours?"));
+    assert!(matches!(ann.next().await, ServerFrame::Ack { .. }));
+    // The bot's answer arrives at once, though the sleepy hook is still running.
+    let answer = tokio::time::timeout(Duration::from_millis(150), ann.next_message())
+        .await
+        .unwrap();
+    assert_eq!(answer.sender, Party::Bot);
+    assert_eq!(answer.body, Body::text("bot: opening hours?"));
+
+    node.dispatcher
+        .submit(ann.send_command(conversation.id(), "I want a human"))
+        .await
+        .unwrap();
+    let handed_off = loop {
+        match events.recv().await.unwrap() {
+            PathEvent::Changed {
+                conversation: c,
+                change: Change::HandOff { .. },
+                ..
+            } => break c,
+            PathEvent::Changed { .. } => continue,
+        }
+    };
+    assert_eq!(handed_off.state(), &ConversationState::Queued);
+    assert_eq!(
+        node.store
+            .conversation(conversation.id())
+            .await
+            .unwrap()
+            .state(),
+        &ConversationState::Queued
+    );
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let metrics = node.metrics.snapshot();
+    assert_eq!(
+        metrics.hook_timeouts, 2,
+        "the sleepy hook was cut off for both messages"
+    );
+    assert_eq!(
+        metrics.hook_failures, 2,
+        "the panicking hook was caught for both messages"
+    );
+    // The path is still serving.
+    let message: Message = node
+        .host_send(conversation.id(), Party::System, "still here")
+        .await;
+    assert!(message.seq > Seq::new(3));
+}
+
+#[tokio::test]
+async fn state_changes_are_ordered_saved_and_announced() {
+    let node = Node::memory();
+    let conversation = node.conversation("shop", "ann", Some("alice")).await;
+    let mut alice = node.connect("shop", agent("alice"));
+    let mut bob = node.connect("shop", agent("bob"));
+    node.dispatcher
+        .submit(alice.join_command(conversation.id(), Seq::new(2)))
+        .await
+        .unwrap();
+    assert!(matches!(alice.next().await, ServerFrame::Replayed { .. }));
+
+    node.change(conversation.id(), Change::Transfer(agent_id("bob")))
+        .await;
+    let transfer = Body::Event(Event::Transfer {
+        from: agent_id("alice"),
+        to: agent_id("bob"),
+    });
+    assert_eq!(
+        alice.next_message().await.body,
+        transfer,
+        "alice sees the hand-over"
+    );
+    assert_eq!(
+        bob.next_message().await.body,
+        transfer,
+        "bob's console joined"
+    );
+    // Alice has left the conversation: she no longer gets its messages.
+    node.host_send(conversation.id(), visitor("ann"), "thanks")
+        .await;
+    assert_eq!(bob.next_message().await.body, Body::text("thanks"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(alice.try_next().is_none());
+
+    // An illegal change is refused and changes nothing.
+    let refused = node
+        .dispatcher
+        .submit_and_wait(Command::Change {
+            conversation: conversation.id(),
+            change: Change::Reopen,
+        })
+        .await;
+    assert!(matches!(
+        refused,
+        Err(SubmitError::Rejected(PathError::IllegalChange(_)))
+    ));
+    node.change(
+        conversation.id(),
+        Change::Close {
+            reason: Some("solved".into()),
+        },
+    )
+    .await;
+    let saved = node.store.conversation(conversation.id()).await.unwrap();
+    assert_eq!(saved.state(), &ConversationState::Closed);
+    assert_eq!(saved.last_agent(), Some(&agent_id("bob")));
+    // A closed conversation takes no new messages until reopened.
+    let late = node
+        .dispatcher
+        .submit_and_wait(Command::Send {
+            origin: Origin::Host,
+            message: NewMessage::text(conversation.id(), visitor("ann"), "one more thing"),
+        })
+        .await;
+    assert!(matches!(
+        late,
+        Err(SubmitError::Rejected(PathError::Closed(_)))
+    ));
+}
+
+#[tokio::test]
+async fn a_panicking_store_does_not_take_the_shard_down() {
+    let config = DispatcherConfig {
+        shards: 1,
+        ..DispatcherConfig::default()
+    };
+    let node = Node::start(
+        config,
+        Arc::new(PanickyStore(MemoryStore::new())),
+        Vec::new(),
+    );
+    let conversation = node.conversation("shop", "ann", None).await.id();
+    let boom = Command::Send {
+        origin: Origin::Host,
+        message: NewMessage::text(conversation, visitor("ann"), "panic"),
+    };
+    assert!(matches!(
+        node.dispatcher.submit_and_wait(boom).await,
+        Err(SubmitError::Panicked)
+    ));
+    // The only shard still serves.
+    let after = node
+        .host_send(conversation, visitor("ann"), "still there?")
+        .await;
+    assert_eq!(after.seq, Seq::new(1));
+}

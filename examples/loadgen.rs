@@ -1,0 +1,791 @@
+//! The load generator for the network path.
+//!
+//! ```sh
+//! cargo run --release --example loadgen -- --connections 2000 --rate 30000 --duration 10 --baseline
+//! ```
+//!
+//! It opens N WebSocket clients in visitor/agent pairs over loopback. Each
+//! visitor sends its share of `--rate` messages per second into its pair's
+//! conversation; each agent receives them. The send time travels in the
+//! message text, so the end-to-end latency (visitor socket → server: dispatch,
+//! store, route → agent socket) is measured in this one process, on one clock.
+//!
+//! Without `--url` it starts its own server as a separate process (this same
+//! binary, `--serve cs`), built from cs-transport with `MemoryStore`, so the
+//! server's memory is its own and can be read from `/proc`. With `--baseline`
+//! it then runs the same load against a plain tokio-tungstenite relay
+//! (`--serve relay`: no pool, no dispatcher, no store) and reports the ratio.
+//! With `--url ws://HOST:PORT/ws` it loads a running server that offers the
+//! same two endpoints (`GET /pair/{n}` and `/ws?pair={n}&role=visitor|agent`).
+//!
+//! The last line of stdout is one JSON object: connections, msgs_per_sec,
+//! p50_ms, p99_ms, p999_ms, refused, degraded, server_rss_mb,
+//! server_kb_per_connection, and with `--baseline` baseline_msgs_per_sec and
+//! ratio. Progress goes to stderr every second.
+//!
+//! `--ws-buffer-bytes` sets both servers' socket read and write buffers
+//! (default: the adapter's own default), for the memory-per-connection table.
+//!
+//! These machines cap open files at 20,000 per process, so one server holds at
+//! most about 19,900 connections; clients spread over 127.0.0.x source
+//! addresses so that the ephemeral ports of one address are not the limit.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Json;
+use clap::{Parser, ValueEnum};
+use dashmap::DashMap;
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::OnceCell;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+
+use cs::core::store::{MemoryStore, MessageStore};
+use cs::core::{AgentId, Conversation, ConversationId, Party, TenantId, Timestamp, VisitorId};
+use cs::transport::websocket::{self, WsConfig};
+use cs::transport::{
+    Change, ClientFrame, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, PoolConfig,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "Load generator for the cs network path")]
+struct Args {
+    /// WebSocket clients to open, in visitor/agent pairs.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Messages per second to send, across all visitors.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Seconds to send for.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Also run the same load against a plain tokio-tungstenite relay, and report the ratio.
+    #[arg(long)]
+    baseline: bool,
+    /// Load a running server instead of starting one (ws://HOST:PORT/ws).
+    #[arg(long)]
+    url: Option<String>,
+    /// Socket read and write buffer of the servers it starts, in bytes.
+    #[arg(long, default_value_t = WsConfig::default().read_buffer_bytes)]
+    ws_buffer_bytes: usize,
+    /// Internal: run a server of this kind and print its address.
+    #[arg(long, hide = true)]
+    serve: Option<ServerKind>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ServerKind {
+    /// cs-transport: pool, dispatcher, MemoryStore, axum adapter.
+    Cs,
+    /// A plain tokio-tungstenite relay.
+    Relay,
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("loadgen: cannot start the tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.serve {
+            Some(ServerKind::Cs) => serve_cs(args.ws_buffer_bytes).await,
+            Some(ServerKind::Relay) => serve_relay(args.ws_buffer_bytes).await,
+            None => drive(&args).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1);
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+// ---------------------------------------------------------------------------
+// The driver: start servers, run the load, report.
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct LoadResult {
+    connections: usize,
+    msgs_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    refused: u64,
+    degraded: Option<u64>,
+    server_rss_mb: Option<f64>,
+    server_kb_per_connection: Option<f64>,
+    sent: u64,
+    delivered: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_msgs_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio: Option<f64>,
+}
+
+async fn drive(args: &Args) -> Result<(), BoxError> {
+    if args.connections < 2 {
+        return Err("--connections must be at least 2 (one visitor/agent pair)".into());
+    }
+    let mut result = match &args.url {
+        Some(url) => {
+            eprintln!("loading {url}");
+            run_load(args, url, Mode::Cs, None).await?
+        }
+        None => {
+            let server = ServerProcess::start(ServerKind::Cs, args.ws_buffer_bytes).await?;
+            eprintln!("cs server: pid {} at {}", server.pid, server.addr);
+            let url = format!("ws://{}/ws", server.addr);
+            let mut result = run_load(args, &url, Mode::Cs, Some(server.pid)).await?;
+            result.degraded = Some(server.finish().await?.degraded);
+            result
+        }
+    };
+    if args.baseline {
+        let relay = ServerProcess::start(ServerKind::Relay, args.ws_buffer_bytes).await?;
+        eprintln!("baseline relay: pid {} at {}", relay.pid, relay.addr);
+        let url = format!("ws://{}/ws", relay.addr);
+        let baseline = run_load(args, &url, Mode::Relay, Some(relay.pid)).await?;
+        relay.finish().await.ok();
+        eprintln!(
+            "baseline: {:.0} msgs/s, p99 {:.2} ms, {:.1} KB/connection",
+            baseline.msgs_per_sec,
+            baseline.p99_ms,
+            baseline.server_kb_per_connection.unwrap_or(0.0)
+        );
+        result.baseline_msgs_per_sec = Some(baseline.msgs_per_sec);
+        result.ratio = Some(if baseline.msgs_per_sec > 0.0 {
+            result.msgs_per_sec / baseline.msgs_per_sec
+        } else {
+            0.0
+        });
+    }
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+/// A server run as a child process of this binary.
+struct ServerProcess {
+    child: tokio::process::Child,
+    pid: u32,
+    addr: SocketAddr,
+    stdout: BufReader<tokio::process::ChildStdout>,
+}
+
+#[derive(Deserialize, Default)]
+struct ServerReport {
+    degraded: u64,
+}
+
+impl ServerProcess {
+    async fn start(kind: ServerKind, ws_buffer_bytes: usize) -> Result<Self, BoxError> {
+        let exe = std::env::current_exe()?;
+        let mode = match kind {
+            ServerKind::Cs => "cs",
+            ServerKind::Relay => "relay",
+        };
+        let mut child = tokio::process::Command::new(exe)
+            .args([
+                "--serve",
+                mode,
+                "--ws-buffer-bytes",
+                &ws_buffer_bytes.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().ok_or("the server exited at once")?;
+        let stdout = child.stdout.take().ok_or("no stdout from the server")?;
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        stdout.read_line(&mut line).await?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .ok_or_else(|| format!("unexpected first line from the server: {line:?}"))?
+            .parse()?;
+        Ok(Self {
+            child,
+            pid,
+            addr,
+            stdout,
+        })
+    }
+
+    /// Closes its stdin (its signal to stop) and reads its final report.
+    async fn finish(mut self) -> Result<ServerReport, BoxError> {
+        drop(self.child.stdin.take());
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).await?;
+        let _ = self.child.wait().await;
+        let last = rest.lines().last().unwrap_or("{}");
+        Ok(serde_json::from_str(last).unwrap_or_default())
+    }
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// The load itself.
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Our protocol: look up the pair's conversation, agents resume it.
+    Cs,
+    /// The relay: no conversation, raw frames.
+    Relay,
+}
+
+/// Counters shared by every client task.
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    refused: AtomicU64,
+    connected: AtomicU64,
+}
+
+/// The instant all send times are measured from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+async fn run_load(
+    args: &Args,
+    url: &str,
+    mode: Mode,
+    server_pid: Option<u32>,
+) -> Result<LoadResult, BoxError> {
+    let pairs = args.connections / 2;
+    let url: Arc<str> = Arc::from(url);
+    let counters = Arc::new(Counters::default());
+    let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let rss_before = server_pid.and_then(rss_kb);
+
+    // Connect every pair first (agents before visitors), then start sending.
+    // Tokens, not `Notify`: a task that is busy when the signal comes must
+    // still see it.
+    let start_sending = CancellationToken::new();
+    let stop_sending = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let per_visitor = Duration::from_secs_f64(pairs as f64 / args.rate.max(1) as f64);
+    let mut tasks = Vec::with_capacity(args.connections);
+    let connect_started = Instant::now();
+    for pair in 0..pairs {
+        let conversation = match mode {
+            Mode::Cs => Some(lookup_pair(&url, pair).await?),
+            Mode::Relay => None,
+        };
+        let agent = connect(&url, pair, "agent").await?;
+        counters.connected.fetch_add(1, Ordering::Relaxed);
+        tasks.push(tokio::spawn(run_agent(
+            agent,
+            conversation,
+            Arc::clone(&counters),
+            Arc::clone(&latencies),
+            stop.clone(),
+        )));
+        let visitor = connect(&url, pair, "visitor").await?;
+        counters.connected.fetch_add(1, Ordering::Relaxed);
+        tasks.push(tokio::spawn(run_visitor(
+            visitor,
+            conversation,
+            per_visitor,
+            Arc::clone(&counters),
+            start_sending.clone(),
+            stop_sending.clone(),
+        )));
+        if pair % 1000 == 999 {
+            eprintln!("connected {} of {}", (pair + 1) * 2, pairs * 2);
+        }
+    }
+    eprintln!(
+        "{} connections open in {:.1} s",
+        pairs * 2,
+        connect_started.elapsed().as_secs_f64()
+    );
+    // Let the server settle, then read its memory with every connection idle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = server_pid.and_then(rss_kb);
+    let kb_per_connection = match (rss_before, rss_idle) {
+        (Some(before), Some(idle)) => Some(idle.saturating_sub(before) as f64 / (pairs * 2) as f64),
+        _ => None,
+    };
+
+    start_sending.cancel();
+    let started = Instant::now();
+    let duration = Duration::from_secs(args.duration);
+    let mut last_delivered = 0;
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let delivered = counters.delivered.load(Ordering::Relaxed);
+        let p99 = latencies
+            .lock()
+            .map(|h| h.value_at_quantile(0.99))
+            .unwrap_or(0);
+        eprintln!(
+            "t={:>3}s sent={} delivered={} ({}/s) refused={} p99={:.2}ms",
+            started.elapsed().as_secs(),
+            counters.sent.load(Ordering::Relaxed),
+            delivered,
+            delivered - last_delivered,
+            counters.refused.load(Ordering::Relaxed),
+            p99 as f64 / 1000.0
+        );
+        last_delivered = delivered;
+    }
+    stop_sending.cancel();
+    let sending_time = started.elapsed();
+    // Give in-flight messages a moment to arrive; they count, late.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let rss_end = server_pid.and_then(rss_kb);
+    // Each agent merges its last latencies as it stops.
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(tasks)).await;
+
+    let histogram = latencies
+        .lock()
+        .map(|h| h.clone())
+        .map_err(|_| "a client task panicked")?;
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    let delivered = counters.delivered.load(Ordering::Relaxed);
+    Ok(LoadResult {
+        connections: pairs * 2,
+        msgs_per_sec: delivered as f64 / sending_time.as_secs_f64(),
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        refused: counters.refused.load(Ordering::Relaxed),
+        degraded: None,
+        server_rss_mb: rss_end.map(|kb| kb as f64 / 1024.0),
+        server_kb_per_connection: kb_per_connection,
+        sent: counters.sent.load(Ordering::Relaxed),
+        delivered,
+        baseline_msgs_per_sec: None,
+        ratio: None,
+    })
+}
+
+type Client = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Spreads clients over 127.0.0.1 to 127.0.0.50, so one source address's
+/// ephemeral ports are not what limits the connection count.
+fn source_addr(pair: usize) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(127, 0, 0, 1 + (pair % 50) as u8), 0))
+}
+
+fn server_addr(url: &str) -> Result<(String, String), BoxError> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or("--url must start with ws://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, "ws"));
+    Ok((host.to_owned(), format!("/{path}")))
+}
+
+async fn connect(url: &str, pair: usize, role: &str) -> Result<Client, BoxError> {
+    let (host, path) = server_addr(url)?;
+    let addr: SocketAddr = tokio::net::lookup_host(&host)
+        .await?
+        .next()
+        .ok_or("cannot resolve the server")?;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(source_addr(pair))?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let request = format!("ws://{host}{path}?pair={pair}&role={role}");
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(4096);
+    let (client, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
+    Ok(client)
+}
+
+/// `GET /pair/{n}`: the conversation of pair n. One small request per pair at
+/// setup, so a plain HTTP/1.1 exchange is written out here rather than
+/// pulling an HTTP client crate into the examples.
+async fn lookup_pair(url: &str, pair: usize) -> Result<ConversationId, BoxError> {
+    let (host, _) = server_addr(url)?;
+    let mut stream = TcpStream::connect(&host).await?;
+    let request = format!("GET /pair/{pair} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "GET /pair/{pair} failed: {}",
+            head.lines().next().unwrap_or("")
+        )
+        .into());
+    }
+    let pair: PairInfo = serde_json::from_str(body.trim())?;
+    Ok(pair.conversation)
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct PairInfo {
+    conversation: ConversationId,
+}
+
+async fn run_visitor(
+    client: Client,
+    conversation: Option<ConversationId>,
+    period: Duration,
+    counters: Arc<Counters>,
+    start: CancellationToken,
+    stop: CancellationToken,
+) {
+    let (mut sink, mut stream) = client.split();
+    // Acks and errors come back; count refusals, ignore the rest.
+    let reader_counters = Arc::clone(&counters);
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            if let WsMessage::Text(text) = message {
+                if text.contains("\"overloaded\"") || text.contains("\"rate_limited\"") {
+                    reader_counters.refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    start.cancelled().await;
+    // Spread the visitors' ticks over one period, so the load is smooth.
+    let offset = Duration::from_nanos(fastrand_u64() % period.as_nanos().max(1) as u64);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let conversation =
+        conversation.unwrap_or_else(|| ConversationId::from_uuid(Default::default()));
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let sent_at = epoch().elapsed().as_micros() as u64;
+        let frame = ClientFrame::Send {
+            conversation,
+            client_msg_id: None,
+            body: cs::core::Body::text(sent_at.to_string()),
+        };
+        let Ok(text) = String::from_utf8(frame.encode().to_vec()) else {
+            break;
+        };
+        if sink.send(WsMessage::Text(text.into())).await.is_err() {
+            break;
+        }
+        counters.sent.fetch_add(1, Ordering::Relaxed);
+    }
+    reader.abort();
+}
+
+/// A cheap per-task random number for tick offsets (not cryptographic).
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(epoch().elapsed().as_nanos() as u64);
+    hasher.finish()
+}
+
+async fn run_agent(
+    client: Client,
+    conversation: Option<ConversationId>,
+    counters: Arc<Counters>,
+    latencies: Arc<Mutex<Histogram<u64>>>,
+    stop: CancellationToken,
+) {
+    let (mut sink, mut stream) = client.split();
+    if let Some(conversation) = conversation {
+        let resume = ClientFrame::Resume {
+            conversation,
+            last_seq: cs::core::Seq::ZERO,
+        };
+        let Ok(text) = String::from_utf8(resume.encode().to_vec()) else {
+            return;
+        };
+        if sink.send(WsMessage::Text(text.into())).await.is_err() {
+            return;
+        }
+    }
+    // A local histogram, merged every so often: no lock per message.
+    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+    let mut last_merge = Instant::now();
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = stop.cancelled() => None,
+        };
+        let Some(Ok(WsMessage::Text(text))) = next else {
+            break;
+        };
+        if let Some(sent_at) = sent_at_micros(&text) {
+            let now = epoch().elapsed().as_micros() as u64;
+            if let Some(local) = local.as_mut() {
+                local.saturating_record(now.saturating_sub(sent_at).max(1));
+            }
+            counters.delivered.fetch_add(1, Ordering::Relaxed);
+            if last_merge.elapsed() > Duration::from_millis(250) {
+                merge(&latencies, &mut local);
+                last_merge = Instant::now();
+            }
+        }
+    }
+    merge(&latencies, &mut local);
+}
+
+fn merge(into: &Mutex<Histogram<u64>>, local: &mut Option<Histogram<u64>>) {
+    if let (Ok(mut shared), Some(local)) = (into.lock(), local.as_mut()) {
+        let _ = shared.add(&*local);
+        local.reset();
+    }
+}
+
+/// The send time in a delivered frame: the digits of its `"text"` field.
+/// A scan rather than a JSON parse, because the client shares the two cores
+/// with the server and must not be the bottleneck it measures.
+fn sent_at_micros(frame: &str) -> Option<u64> {
+    let start = frame.find("\"text\":\"")? + 8;
+    let digits = &frame[start..];
+    let end = digits.find('"')?;
+    digits[..end].parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// Server 1: cs-transport.
+
+#[derive(Clone)]
+struct CsServer {
+    pool: Arc<ConnectionPool>,
+    dispatcher: Dispatcher,
+    store: Arc<dyn MessageStore>,
+    pairs: Arc<DashMap<usize, Arc<OnceCell<ConversationId>>>>,
+    ws: WsConfig,
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    pair: usize,
+    role: String,
+}
+
+fn tenant() -> TenantId {
+    TenantId::new("loadgen").unwrap_or_else(|e| unreachable!("constant id: {e}"))
+}
+
+impl CsServer {
+    /// The pair's conversation, created and assigned to its agent on first use.
+    async fn conversation(&self, pair: usize) -> Result<ConversationId, String> {
+        let cell = Arc::clone(&self.pairs.entry(pair).or_default());
+        cell.get_or_try_init(|| async {
+            let visitor = VisitorId::new(format!("visitor-{pair}")).map_err(|e| e.to_string())?;
+            let agent = AgentId::new(format!("agent-{pair}")).map_err(|e| e.to_string())?;
+            let conversation = Conversation::open(tenant(), visitor, Timestamp::now());
+            let id = conversation.id();
+            self.store
+                .create_conversation(&conversation)
+                .await
+                .map_err(|e| e.to_string())?;
+            for change in [
+                Change::HandOff {
+                    reason: "load test".into(),
+                },
+                Change::Assign(agent),
+            ] {
+                let command = Command::Change {
+                    conversation: id,
+                    change,
+                };
+                self.dispatcher
+                    .submit_and_wait(command)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(id)
+        })
+        .await
+        .copied()
+    }
+}
+
+async fn pair_info(
+    Path(pair): Path<usize>,
+    State(server): State<CsServer>,
+) -> Result<Json<PairInfo>, String> {
+    Ok(Json(PairInfo {
+        conversation: server.conversation(pair).await?,
+    }))
+}
+
+async fn cs_socket(
+    upgrade: WebSocketUpgrade,
+    Query(query): Query<WsQuery>,
+    State(server): State<CsServer>,
+) -> Response {
+    let party = match query.role.as_str() {
+        "agent" => AgentId::new(format!("agent-{}", query.pair)).map(Party::Agent),
+        _ => VisitorId::new(format!("visitor-{}", query.pair)).map(Party::Visitor),
+    };
+    let party = party.unwrap_or(Party::System);
+    let CsServer {
+        pool,
+        dispatcher,
+        ws,
+        ..
+    } = server;
+    websocket::upgrade(upgrade, &ws)
+        .on_upgrade(move |socket| websocket::serve(socket, tenant(), party, pool, dispatcher, ws))
+}
+
+async fn serve_cs(ws_buffer_bytes: usize) -> Result<(), BoxError> {
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new());
+    let pool = ConnectionPool::new(PoolConfig::default(), Arc::clone(&metrics));
+    let dispatcher = Dispatcher::start(
+        DispatcherConfig::default(),
+        Arc::clone(&store),
+        Arc::clone(&pool),
+        Vec::new(),
+        Arc::clone(&metrics),
+    );
+    let server = CsServer {
+        pool,
+        dispatcher: dispatcher.clone(),
+        store,
+        pairs: Arc::new(DashMap::new()),
+        ws: WsConfig {
+            // The load generator decides the rate; the limiter is tested elsewhere.
+            rate_per_second: 1_000_000,
+            rate_burst: 1_000_000,
+            idle_timeout: Duration::from_secs(600),
+            read_buffer_bytes: ws_buffer_bytes,
+            write_buffer_bytes: ws_buffer_bytes,
+            ..WsConfig::default()
+        },
+    };
+    let app = axum::Router::new()
+        .route("/ws", get(cs_socket))
+        .route("/pair/{pair}", get(pair_info))
+        .with_state(server);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening {}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    wait_for_stdin_close().await;
+    dispatcher.shutdown().await;
+    println!("{}", serde_json::to_string(&metrics.snapshot())?);
+    Ok(())
+}
+
+/// The driver closes our stdin to stop us.
+async fn wait_for_stdin_close() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server 2: the baseline relay. A visitor's frames go to its pair's agent,
+// byte for byte; nothing is parsed, stored or indexed beyond the pair.
+
+type AgentTx = tokio::sync::mpsc::UnboundedSender<WsMessage>;
+
+async fn serve_relay(ws_buffer_bytes: usize) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening {}", listener.local_addr()?);
+    let agents: Arc<DashMap<usize, AgentTx>> = Arc::new(DashMap::new());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let agents = Arc::clone(&agents);
+            tokio::spawn(async move {
+                let _ = relay_connection(stream, agents, ws_buffer_bytes).await;
+            });
+        }
+    });
+    wait_for_stdin_close().await;
+    println!("{{\"degraded\":0}}");
+    Ok(())
+}
+
+async fn relay_connection(
+    stream: TcpStream,
+    agents: Arc<DashMap<usize, AgentTx>>,
+    ws_buffer_bytes: usize,
+) -> Result<(), BoxError> {
+    let _ = stream.set_nodelay(true);
+    let query = Arc::new(std::sync::Mutex::new(HashMap::<String, String>::new()));
+    let seen = Arc::clone(&query);
+    // The callback's error type is tungstenite's handshake response; not ours to shrink.
+    #[allow(clippy::result_large_err)]
+    let callback =
+        move |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+              response: tokio_tungstenite::tungstenite::handshake::server::Response| {
+            if let (Some(q), Ok(mut seen)) = (request.uri().query(), seen.lock()) {
+                for part in q.split('&') {
+                    if let Some((k, v)) = part.split_once('=') {
+                        seen.insert(k.to_owned(), v.to_owned());
+                    }
+                }
+            }
+            Ok(response)
+        };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(ws_buffer_bytes)
+        .write_buffer_size(ws_buffer_bytes);
+    let socket =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
+    let (pair, role) = {
+        let query = query.lock().map_err(|_| "poisoned")?;
+        let pair: usize = query.get("pair").ok_or("no pair")?.parse()?;
+        (pair, query.get("role").cloned().unwrap_or_default())
+    };
+    let (mut sink, mut stream) = socket.split();
+    if role == "agent" {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        agents.insert(pair, tx);
+        while let Some(message) = rx.recv().await {
+            sink.send(message).await?;
+        }
+    } else {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, WsMessage::Text(_)) {
+                let tx = agents.get(&pair).map(|tx| tx.clone());
+                if let Some(tx) = tx {
+                    let _ = tx.send(message);
+                }
+            }
+        }
+    }
+    Ok(())
+}
