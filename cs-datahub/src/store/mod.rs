@@ -23,6 +23,8 @@ mod sql;
 mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -37,6 +39,8 @@ pub use stats::{DailyStats, Day};
 pub use mysql::MySqlStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+#[cfg(feature = "redis")]
+pub use redis::{BeyondWindow, RedisStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 

@@ -78,10 +78,15 @@ impl MySqlStore {
         })?;
         if let Some(database) = database {
             sql::check_identifier(&shown, database)?;
-            let mut conn = options
-                .connect()
-                .await
-                .map_err(|e| sql::connect_error(&shown, e))?;
+        }
+        // One plain connection first: it fails at once when nothing listens,
+        // where the pool would keep retrying until its acquire timeout.
+        let mut conn = options
+            .connect()
+            .await
+            .map_err(|e| sql::connect_error(&shown, e))?;
+
+        if let Some(database) = database {
             // The name was checked above, so quoting it is enough.
             sqlx::query(&format!(
                 "CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
@@ -92,9 +97,9 @@ impl MySqlStore {
                 url: shown.clone(),
                 source: Box::new(e),
             })?;
-            let _ = conn.close().await;
             options = options.database(database);
         }
+        let _ = conn.close().await;
         let pool = MySqlPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(5))

@@ -74,10 +74,15 @@ impl PostgresStore {
         })?;
         if let Some(schema) = schema {
             sql::check_identifier(&shown, schema)?;
-            let mut conn = options
-                .connect()
-                .await
-                .map_err(|e| sql::connect_error(&shown, e))?;
+        }
+        // One plain connection first: it fails at once when nothing listens,
+        // where the pool would keep retrying until its acquire timeout.
+        let mut conn = options
+            .connect()
+            .await
+            .map_err(|e| sql::connect_error(&shown, e))?;
+
+        if let Some(schema) = schema {
             // The name was checked above, so quoting it is enough.
             sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
                 .execute(&mut conn)
@@ -86,9 +91,9 @@ impl PostgresStore {
                     url: shown.clone(),
                     source: Box::new(e),
                 })?;
-            let _ = conn.close().await;
             options = options.options([("search_path", schema)]);
         }
+        let _ = conn.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(connections)
             .acquire_timeout(Duration::from_secs(5))
