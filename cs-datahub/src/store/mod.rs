@@ -42,7 +42,7 @@ pub use postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use redis::{BeyondWindow, RedisStore};
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use sqlite::{Durability, SqliteStore};
 
 /// What the cs-datahub stores offer beyond [`MessageStore`]: batched appends
 /// and the queries behind an agent's inbox and a manager's report.
