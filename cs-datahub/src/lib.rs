@@ -19,12 +19,21 @@
 //!
 //! It depends only on `cs-core` among the cs crates.
 //!
+//! # Examples
+//!
+//! [`DataHub`] and [`DataAdapter`] have runnable examples on their pages, and
+//! so does `store::SqliteStore` (feature `sqlite`). In the workspace,
+//! `examples/store_bench.rs` drives every store and `examples/datahub_profile.rs`
+//! merges an ERP (a SQL table) and a CRM (an HTTP/JSON service) into one profile.
+//!
 //! # Not built yet
 //!
 //! - Redis as a hot cache *in front of* a SQL store (today [`store`] has a
 //!   Redis store of its own, holding a recent window per conversation).
-//! - Persistence of visitors beyond their conversations (a visitor is the id
-//!   the host gives; the stores index conversations by it).
+//! - An automated restart test against PostgreSQL: the pools reconnect by
+//!   themselves, but no test restarts the server yet.
+//! - Visitor records beyond their conversations (a visitor is the id the host
+//!   gives; the stores index conversations by it).
 
 #![warn(missing_docs)]
 
