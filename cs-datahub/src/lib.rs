@@ -30,8 +30,6 @@
 //!
 //! - Redis as a hot cache *in front of* a SQL store (today [`store`] has a
 //!   Redis store of its own, holding a recent window per conversation).
-//! - An automated restart test against PostgreSQL: the pools reconnect by
-//!   themselves, but no test restarts the server yet.
 //! - Visitor records beyond their conversations (a visitor is the id the host
 //!   gives; the stores index conversations by it).
 

@@ -36,6 +36,7 @@ pub(crate) struct Dialect {
 }
 
 /// Reads a text column as it is (SQLite, PostgreSQL).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn plain_text(column: &str) -> String {
     column.to_owned()
 }
@@ -142,6 +143,7 @@ impl Statements {
 }
 
 /// The standard `ON CONFLICT` upsert (SQLite, PostgreSQL).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) const ON_CONFLICT_ADD: &str = "ON CONFLICT (tenant, day) DO UPDATE SET \
      conversations = cs_daily_stats.conversations + excluded.conversations, \
      messages = cs_daily_stats.messages + excluded.messages, \
