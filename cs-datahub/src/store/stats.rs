@@ -96,6 +96,7 @@ pub(crate) struct StatsDelta {
 }
 
 impl StatsDelta {
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
     pub(crate) fn add(&mut self, other: StatsDelta) {
         self.conversations += other.conversations;
         self.messages += other.messages;
