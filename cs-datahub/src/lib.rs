@@ -35,13 +35,13 @@
 
 #![warn(missing_docs)]
 
+pub mod adapter;
+pub mod breaker;
 pub mod error;
+pub mod hub;
 pub mod store;
 
 pub use error::{redact_url, OpenError};
-pub mod adapter;
-pub mod breaker;
-pub mod hub;
 
 pub use adapter::{
     AdapterError, Capabilities, Capability, DataAdapter, Order, OrderLine, Product, UserProfile,
