@@ -21,7 +21,9 @@ CREATE TABLE cs_messages (
     created_at BIGINT NOT NULL,
     PRIMARY KEY (conversation_id, seq)
 );
-CREATE UNIQUE INDEX cs_messages_by_client_id ON cs_messages (conversation_id, client_msg_id);
+-- Partial: messages without a client id (bot, system) need no entry.
+CREATE UNIQUE INDEX cs_messages_by_client_id ON cs_messages (conversation_id, client_msg_id)
+    WHERE client_msg_id IS NOT NULL;
 
 CREATE TABLE cs_daily_stats (
     tenant TEXT NOT NULL,

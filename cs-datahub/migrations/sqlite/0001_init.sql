@@ -28,7 +28,9 @@ CREATE TABLE cs_messages (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (conversation_id, seq)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX cs_messages_by_client_id ON cs_messages (conversation_id, client_msg_id);
+-- Partial: messages without a client id (bot, system) need no entry.
+CREATE UNIQUE INDEX cs_messages_by_client_id ON cs_messages (conversation_id, client_msg_id)
+    WHERE client_msg_id IS NOT NULL;
 
 -- Per-tenant, per-UTC-day counters, bumped in the same transaction as the
 -- write they count, so a 30-day report reads 30 rows.
