@@ -1,19 +1,50 @@
 //! One door to the shop's other systems, and the storage engines of the cs
 //! customer-service crates.
 //!
-//! **Status: not built yet.** This crate holds its place in the crate map; its
-//! issue ("cs-datahub: DataAdapter/DataHub … and conversation storage") fills
-//! it. Nothing here is usable today, and nothing pretends to be. Until then,
-//! `cs_core::store::MemoryStore` is the only `MessageStore`.
+//! # Layout
 //!
-//! # Planned layout
+//! - [`adapter`]: the [`DataAdapter`] trait a shop implements once per system
+//!   (ERP, CRM, order service), with only the capabilities it has, and the
+//!   shapes of what they answer ([`UserProfile`], [`Order`], [`Product`]).
+//! - [`hub`]: [`DataHub`], which fans a request out to every adapter that can
+//!   answer, with a timeout each, merges the answers and lists which adapters
+//!   failed: a partial answer, not an error. A TTL cache in front, a
+//!   [`breaker`] per adapter, and a panicking adapter is contained.
+//! - [`store`]: implementations of [`cs_core::store::MessageStore`], each
+//!   behind its cargo feature and each passing cs-core's contract suite
+//!   against a real server: SQLite (`sqlite`), PostgreSQL (`postgres`),
+//!   MariaDB/MySQL (`mysql`), Redis (`redis`); plus [`store::MessageStoreExt`]
+//!   for batched appends, inbox queries and per-day statistics.
+//! - [`error`]: [`OpenError`], for a store that cannot be opened.
 //!
-//! - `adapter`: the `DataAdapter` trait a shop implements once per system
-//!   (ERP, CRM, order service), with only the capabilities it has.
-//! - `hub`: `DataHub`, which fans a request out to every adapter with a
-//!   timeout each, merges the answers and reports which adapters failed.
-//! - `store` (features `sqlite`, `postgres`, `mysql`, `redis`): implementations
-//!   of `cs_core::store::MessageStore`, each passing cs-core's contract suite
-//!   against a real server.
+//! It depends only on `cs-core` among the cs crates.
 //!
-//! It depends only on `cs-core`.
+//! # Examples
+//!
+//! [`DataHub`] and [`DataAdapter`] have runnable examples on their pages, and
+//! so does `store::SqliteStore` (feature `sqlite`). In the workspace,
+//! `examples/store_bench.rs` drives every store and `examples/datahub_profile.rs`
+//! merges an ERP (a SQL table) and a CRM (an HTTP/JSON service) into one profile.
+//!
+//! # Not built yet
+//!
+//! - Redis as a hot cache *in front of* a SQL store (today [`store`] has a
+//!   Redis store of its own, holding a recent window per conversation).
+//! - Visitor records beyond their conversations (a visitor is the id the host
+//!   gives; the stores index conversations by it).
+
+#![warn(missing_docs)]
+
+pub mod adapter;
+pub mod breaker;
+pub mod error;
+pub mod hub;
+pub mod store;
+
+pub use error::{redact_url, OpenError};
+
+pub use adapter::{
+    AdapterError, Capabilities, Capability, DataAdapter, Order, OrderLine, Product, UserProfile,
+};
+pub use breaker::{BreakerConfig, BreakerState};
+pub use hub::{AdapterFailure, Answer, DataHub, DuplicateAdapter, FailureReason, HubConfig};

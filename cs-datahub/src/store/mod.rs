@@ -1,0 +1,109 @@
+//! Storage engines: implementations of [`cs_core::store::MessageStore`], and
+//! the queries a shop needs beyond it ([`MessageStoreExt`]).
+//!
+//! | Store | Feature | Keeps |
+//! |---|---|---|
+//! | [`SqliteStore`] | `sqlite` | everything, in a file or in memory; no server |
+//! | [`PostgresStore`] | `postgres` | everything, in PostgreSQL |
+//! | [`MySqlStore`] | `mysql` | everything, in MariaDB or MySQL |
+//! | [`RedisStore`] | `redis` | a recent window of each conversation, in Redis |
+//!
+//! The three SQL stores share one schema shape (`migrations/<dialect>/`,
+//! embedded in the binary and applied on connect) and one code path
+//! (`sql.rs`); only the SQL dialect differs. Every store passes cs-core's
+//! contract suite against the real server in this crate's tests.
+
+// Shared by the stores: with only some store features on, parts go unused.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(dead_code)
+)]
+mod codec;
+#[cfg_attr(
+    not(any(
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis"
+    )),
+    allow(dead_code)
+)]
+mod stats;
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod sql;
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use async_trait::async_trait;
+use cs_core::store::{Appended, MessageStore, StoreError};
+use cs_core::{AgentId, Conversation, NewMessage, TenantId, VisitorId};
+
+pub use codec::{OversizeValue, MAX_BODY_JSON_BYTES};
+pub use stats::{DailyStats, Day};
+
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+#[cfg(feature = "redis")]
+pub use redis::{BeyondWindow, RedisStore};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{Durability, SqliteStore};
+
+/// What the cs-datahub stores offer beyond [`MessageStore`]: batched appends
+/// and the queries behind an agent's inbox and a manager's report.
+#[async_trait]
+pub trait MessageStoreExt: MessageStore {
+    /// Appends many messages in one transaction: all are stored, or none
+    /// (an error). Each gets the next seq of its own conversation, in the
+    /// order given; `client_msg_id` retries are deduplicated as in
+    /// [`MessageStore::append`], also within the batch. Results come back in
+    /// the order of `messages`.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownConversation`] if any message names one, or a
+    /// backend error; nothing of the batch is stored then.
+    async fn append_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError>;
+
+    /// A visitor's conversations in `tenant`, newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn visitor_conversations(
+        &self,
+        tenant: &TenantId,
+        visitor: &VisitorId,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError>;
+
+    /// The conversations assigned to `agent` in `tenant` right now, oldest first.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn agent_open_conversations(
+        &self,
+        tenant: &TenantId,
+        agent: &AgentId,
+    ) -> Result<Vec<Conversation>, StoreError>;
+
+    /// The per-day counters of `tenant` for `from..=to` (UTC days), oldest
+    /// first; days with no activity are absent. Reads one row per day: the
+    /// counters are kept up to date by every write (see [`DailyStats`]).
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn daily_stats(
+        &self,
+        tenant: &TenantId,
+        from: Day,
+        to: Day,
+    ) -> Result<Vec<DailyStats>, StoreError>;
+}

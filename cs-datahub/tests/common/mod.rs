@@ -1,0 +1,457 @@
+//! What every cs-datahub store must do beyond cs-core's contract: batched
+//! appends, the inbox queries and the per-day counters. Each store's test
+//! file runs these with `ext_contract!(make_store)`.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use cs_core::store::{MessageStore, StoreError};
+use cs_core::{
+    AgentId, Body, ClientMsgId, Conversation, Event, NewMessage, Party, Seq, TenantId, Timestamp,
+    VisitorId,
+};
+use cs_datahub::store::{Day, MessageStoreExt};
+
+#[macro_export]
+macro_rules! ext_contract {
+    ($make:ident) => {
+        mod ext_contract {
+            $crate::ext_contract!(@cases $make;
+                batch_appends_number_and_dedup,
+                batch_with_unknown_conversation_stores_nothing,
+                visitor_and_agent_queries,
+                daily_stats_follow_writes,
+                oversize_bodies_are_refused,
+            );
+        }
+    };
+    (@cases $make:ident; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(store) = super::$make().await else { return };
+                $crate::common::$case(::std::sync::Arc::new(store)).await;
+            }
+        )+
+    };
+}
+
+/// A tenant of its own per call, so parallel cases never share stats rows.
+pub fn fresh_tenant() -> TenantId {
+    TenantId::new(format!("t-{}", uuid::Uuid::now_v7())).unwrap()
+}
+
+fn visitor(name: &str) -> VisitorId {
+    VisitorId::new(name).unwrap()
+}
+
+async fn open<S: MessageStore + ?Sized>(store: &S, tenant: &TenantId, v: &str) -> Conversation {
+    let c = Conversation::open(tenant.clone(), visitor(v), Timestamp::now());
+    store.create_conversation(&c).await.unwrap();
+    c
+}
+
+pub async fn batch_appends_number_and_dedup<S: MessageStoreExt + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    let a = open(&*store, &tenant, "va").await;
+    let b = open(&*store, &tenant, "vb").await;
+    store
+        .append(
+            NewMessage::text(a.id(), Party::Bot, "before")
+                .with_client_msg_id(ClientMsgId::new("x").unwrap()),
+        )
+        .await
+        .unwrap();
+    let batch = vec![
+        NewMessage::text(a.id(), Party::Bot, "a2"),
+        NewMessage::text(b.id(), Party::Bot, "b1")
+            .with_client_msg_id(ClientMsgId::new("y").unwrap()),
+        NewMessage::text(a.id(), Party::Bot, "retry of before")
+            .with_client_msg_id(ClientMsgId::new("x").unwrap()),
+        NewMessage::text(b.id(), Party::Bot, "b1 again")
+            .with_client_msg_id(ClientMsgId::new("y").unwrap()),
+        NewMessage::text(a.id(), Party::Bot, "a3"),
+    ];
+    let out = store.append_batch(batch).await.unwrap();
+    let got: Vec<(u64, bool)> = out
+        .iter()
+        .map(|a| (a.message.seq.get(), a.duplicate))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(2, false), (1, false), (1, true), (1, true), (3, false)]
+    );
+    assert_eq!(
+        out[2].message.body,
+        Body::text("before"),
+        "a retry returns the original"
+    );
+    assert_eq!(
+        out[3].message.body,
+        Body::text("b1"),
+        "a retry within the batch returns the first"
+    );
+    assert_eq!(store.last_seq(a.id()).await.unwrap(), Seq::new(3));
+    assert_eq!(store.last_seq(b.id()).await.unwrap(), Seq::new(1));
+    let texts: Vec<Body> = store
+        .after(a.id(), Seq::ZERO, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(
+        texts,
+        vec![Body::text("before"), Body::text("a2"), Body::text("a3")]
+    );
+    assert!(store.append_batch(Vec::new()).await.unwrap().is_empty());
+}
+
+pub async fn batch_with_unknown_conversation_stores_nothing<S: MessageStoreExt + ?Sized>(
+    store: Arc<S>,
+) {
+    let tenant = fresh_tenant();
+    let a = open(&*store, &tenant, "va").await;
+    let ghost = cs_core::ConversationId::new();
+    let result = store
+        .append_batch(vec![
+            NewMessage::text(a.id(), Party::Bot, "kept?"),
+            NewMessage::text(ghost, Party::Bot, "nowhere"),
+        ])
+        .await;
+    assert!(
+        matches!(result, Err(StoreError::UnknownConversation(id)) if id == ghost),
+        "{result:?}"
+    );
+    assert_eq!(
+        store.last_seq(a.id()).await.unwrap(),
+        Seq::ZERO,
+        "all or nothing"
+    );
+}
+
+pub async fn visitor_and_agent_queries<S: MessageStoreExt + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    let first = open(&*store, &tenant, "alice").await;
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    let mut second = open(&*store, &tenant, "alice").await;
+    let _other = open(&*store, &tenant, "bob").await;
+    let found = store
+        .visitor_conversations(&tenant, &visitor("alice"), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        found.iter().map(Conversation::id).collect::<Vec<_>>(),
+        vec![second.id(), first.id()],
+        "newest first"
+    );
+    assert_eq!(
+        store
+            .visitor_conversations(&tenant, &visitor("alice"), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let elsewhere = fresh_tenant();
+    assert!(store
+        .visitor_conversations(&elsewhere, &visitor("alice"), 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let agent = AgentId::new("agent-1").unwrap();
+    assert!(store
+        .agent_open_conversations(&tenant, &agent)
+        .await
+        .unwrap()
+        .is_empty());
+    second.enqueue(Timestamp::now()).unwrap();
+    second.assign(agent.clone()).unwrap();
+    store.save_conversation(&second).await.unwrap();
+    let open_now = store
+        .agent_open_conversations(&tenant, &agent)
+        .await
+        .unwrap();
+    assert_eq!(open_now, vec![second.clone()]);
+    second.close(Timestamp::now()).unwrap();
+    store.save_conversation(&second).await.unwrap();
+    assert!(
+        store
+            .agent_open_conversations(&tenant, &agent)
+            .await
+            .unwrap()
+            .is_empty(),
+        "closed is not open"
+    );
+}
+
+pub async fn daily_stats_follow_writes<S: MessageStoreExt + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    let day = |d: i64| Timestamp::from_millis(u64::try_from(d).unwrap() * 86_400_000 + 3_600_000);
+    let today = Day::today();
+    let yesterday = today.minus(1);
+    let at = |d: Day| day(d.0);
+
+    // Yesterday: a conversation the bot settled alone.
+    let mut by_bot = Conversation::open(tenant.clone(), visitor("v1"), at(yesterday));
+    store.create_conversation(&by_bot).await.unwrap();
+    by_bot.start_bot().unwrap();
+    store.save_conversation(&by_bot).await.unwrap();
+    let mut m = NewMessage::text(by_bot.id(), Party::Bot, "It ships tomorrow.");
+    m.created_at = at(yesterday);
+    store.append(m).await.unwrap();
+    by_bot.close(at(yesterday)).unwrap();
+    store.save_conversation(&by_bot).await.unwrap();
+
+    // Today: a hand-off, then an agent answers 30 s after the queue.
+    let start = at(today);
+    let mut human = Conversation::open(tenant.clone(), visitor("v2"), start);
+    store.create_conversation(&human).await.unwrap();
+    human.start_bot().unwrap();
+    let mut handoff = NewMessage::new(
+        human.id(),
+        Party::System,
+        Body::Event(Event::Handoff {
+            reason: "asked for a person".into(),
+        }),
+    );
+    handoff.created_at = start;
+    store.append(handoff).await.unwrap();
+    human.enqueue(start).unwrap();
+    human.assign(AgentId::new("a").unwrap()).unwrap();
+    store.save_conversation(&human).await.unwrap();
+    let mut reply = NewMessage::text(
+        human.id(),
+        Party::Agent(AgentId::new("a").unwrap()),
+        "Hi, I'm here.",
+    );
+    reply.created_at = start.saturating_add(std::time::Duration::from_secs(30));
+    let stored = store.append(reply).await.unwrap();
+    human.record_message(&stored.message);
+    store.save_conversation(&human).await.unwrap();
+    store.save_conversation(&human).await.unwrap(); // saving again counts nothing twice
+    human
+        .close(start.saturating_add(std::time::Duration::from_secs(60)))
+        .unwrap();
+    store.save_conversation(&human).await.unwrap();
+
+    let stats = store
+        .daily_stats(&tenant, today.minus(29), today)
+        .await
+        .unwrap();
+    assert_eq!(stats.len(), 2, "{stats:?}");
+    let (y, t) = (&stats[0], &stats[1]);
+    assert_eq!(
+        (
+            y.day,
+            y.conversations,
+            y.messages,
+            y.closed,
+            y.bot_resolved,
+            y.handoffs
+        ),
+        (yesterday, 1, 1, 1, 1, 0)
+    );
+    assert_eq!(
+        (
+            t.day,
+            t.conversations,
+            t.messages,
+            t.closed,
+            t.bot_resolved,
+            t.handoffs
+        ),
+        (today, 1, 2, 1, 0, 1)
+    );
+    assert_eq!((t.first_responses, t.first_response_ms_total), (1, 30_000));
+    assert_eq!(
+        t.mean_first_response(),
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(y.bot_resolved_share(), Some(1.0));
+    assert!(store
+        .daily_stats(&fresh_tenant(), today.minus(29), today)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn oversize_bodies_are_refused<S: MessageStoreExt + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    let c = open(&*store, &tenant, "v").await;
+    let huge = NewMessage::text(
+        c.id(),
+        Party::Bot,
+        "x".repeat(cs_datahub::store::MAX_BODY_JSON_BYTES + 1),
+    );
+    match store.append(huge).await {
+        Err(StoreError::Backend { source, .. }) => {
+            assert!(
+                source
+                    .downcast_ref::<cs_datahub::store::OversizeValue>()
+                    .is_some(),
+                "{source}"
+            );
+        }
+        other => panic!("an oversize body must be refused with OversizeValue, got {other:?}"),
+    }
+    assert_eq!(store.last_seq(c.id()).await.unwrap(), Seq::ZERO);
+    store
+        .append(NewMessage::text(c.id(), Party::Bot, "still serving"))
+        .await
+        .unwrap();
+}
+
+type Cleanup = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
+/// A store that runs `cleanup` (dropping its test schema, database or keys)
+/// when the test is done with it, pass or fail.
+pub struct Scratch<S> {
+    pub store: S,
+    // In a mutex only so the wrapper is `Sync`, as a store must be.
+    cleanup: std::sync::Mutex<Option<Cleanup>>,
+}
+
+impl<S> Scratch<S> {
+    /// `cleanup` must open its own connection: it runs on a runtime of its
+    /// own, because the test's runtime may be shutting down by then.
+    pub fn new(store: S, cleanup: Cleanup) -> Self {
+        Self {
+            store,
+            cleanup: std::sync::Mutex::new(Some(cleanup)),
+        }
+    }
+}
+
+impl<S> Drop for Scratch<S> {
+    fn drop(&mut self) {
+        let Some(cleanup) = self.cleanup.get_mut().ok().and_then(Option::take) else {
+            return;
+        };
+        let done = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if tokio::time::timeout(std::time::Duration::from_secs(20), cleanup())
+                    .await
+                    .is_err()
+                {
+                    eprintln!("test cleanup timed out; the next run's sweep removes what is left");
+                }
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+/// A fresh name for a test schema, database or key prefix:
+/// `cs_test_<unix seconds>_<random>`, so a later run can sweep leftovers of a
+/// crashed run by age.
+pub fn scratch_name() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("cs_test_{secs}_{}", &random[..12])
+}
+
+/// Whether a scratch name is from a run over an hour ago.
+pub fn is_stale_scratch(name: &str) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    name.strip_prefix("cs_test_")
+        .and_then(|rest| rest.split('_').next())
+        .and_then(|secs| secs.parse::<u64>().ok())
+        .is_some_and(|secs| secs + 3600 < now)
+}
+
+macro_rules! delegate_store {
+    () => {
+        #[async_trait::async_trait]
+        impl<S: MessageStoreExt> MessageStore for Scratch<S> {
+            async fn create_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
+                self.store.create_conversation(c).await
+            }
+            async fn save_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
+                self.store.save_conversation(c).await
+            }
+            async fn conversation(
+                &self,
+                id: cs_core::ConversationId,
+            ) -> Result<Conversation, StoreError> {
+                self.store.conversation(id).await
+            }
+            async fn append(&self, m: NewMessage) -> Result<cs_core::store::Appended, StoreError> {
+                self.store.append(m).await
+            }
+            async fn last_seq(&self, c: cs_core::ConversationId) -> Result<Seq, StoreError> {
+                self.store.last_seq(c).await
+            }
+            async fn range(
+                &self,
+                c: cs_core::ConversationId,
+                from: Seq,
+                to: Seq,
+                limit: usize,
+            ) -> Result<Vec<cs_core::Message>, StoreError> {
+                self.store.range(c, from, to, limit).await
+            }
+            async fn recent(
+                &self,
+                c: cs_core::ConversationId,
+                n: usize,
+            ) -> Result<Vec<cs_core::Message>, StoreError> {
+                self.store.recent(c, n).await
+            }
+            async fn after(
+                &self,
+                c: cs_core::ConversationId,
+                after: Seq,
+                limit: usize,
+            ) -> Result<Vec<cs_core::Message>, StoreError> {
+                self.store.after(c, after, limit).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl<S: MessageStoreExt> MessageStoreExt for Scratch<S> {
+            async fn append_batch(
+                &self,
+                m: Vec<NewMessage>,
+            ) -> Result<Vec<cs_core::store::Appended>, StoreError> {
+                self.store.append_batch(m).await
+            }
+            async fn visitor_conversations(
+                &self,
+                t: &TenantId,
+                v: &VisitorId,
+                limit: usize,
+            ) -> Result<Vec<Conversation>, StoreError> {
+                self.store.visitor_conversations(t, v, limit).await
+            }
+            async fn agent_open_conversations(
+                &self,
+                t: &TenantId,
+                a: &AgentId,
+            ) -> Result<Vec<Conversation>, StoreError> {
+                self.store.agent_open_conversations(t, a).await
+            }
+            async fn daily_stats(
+                &self,
+                t: &TenantId,
+                from: Day,
+                to: Day,
+            ) -> Result<Vec<cs_datahub::store::DailyStats>, StoreError> {
+                self.store.daily_stats(t, from, to).await
+            }
+        }
+    };
+}
+delegate_store!();

@@ -1,0 +1,163 @@
+//! SQLite: cs-core's store contract, the cs-datahub extras, and what a bad
+//! file does. No server needed.
+#![cfg(feature = "sqlite")]
+
+mod common;
+
+use cs_core::store::{MessageStore, StoreError};
+use cs_core::{Conversation, NewMessage, Party, Seq, TenantId, Timestamp, VisitorId};
+use cs_datahub::store::SqliteStore;
+use cs_datahub::OpenError;
+
+async fn make_store() -> Option<SqliteStore> {
+    Some(SqliteStore::in_memory().await.expect("in-memory sqlite"))
+}
+
+cs_core::message_store_contract!(make_store);
+ext_contract!(make_store);
+
+/// The file-backed store (one writer, several readers) keeps the contract too.
+mod file_backed {
+    use super::*;
+
+    async fn make_file_store() -> Option<SqliteStore> {
+        let dir = std::env::temp_dir().join(format!("cs-datahub-test-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The directory is left for the OS temp cleaner if the test dies.
+        Some(
+            SqliteStore::open(dir.join("chat.db"))
+                .await
+                .expect("sqlite file"),
+        )
+    }
+
+    cs_core::message_store_contract!(make_file_store);
+}
+
+fn temp_db() -> (tempdir::Dir, std::path::PathBuf) {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("chat.db");
+    (dir, path)
+}
+
+mod tempdir {
+    /// A temporary directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            let p = std::env::temp_dir().join(format!("cs-datahub-test-{}", uuid::Uuid::now_v7()));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_file_store_keeps_messages_across_reopen() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let visitor = VisitorId::new("v").unwrap();
+    let c = Conversation::open(
+        TenantId::new("t").unwrap(),
+        visitor.clone(),
+        Timestamp::now(),
+    );
+    store.create_conversation(&c).await.unwrap();
+    store
+        .append(NewMessage::text(c.id(), Party::Visitor(visitor), "kept"))
+        .await
+        .unwrap();
+    store.close().await;
+    drop(store);
+
+    let again = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(again.last_seq(c.id()).await.unwrap(), Seq::new(1));
+    assert_eq!(again.conversation(c.id()).await.unwrap(), c);
+}
+
+#[tokio::test]
+async fn a_schema_from_a_newer_version_is_refused() {
+    let (_dir, path) = temp_db();
+    SqliteStore::open(&path).await.unwrap().close().await;
+    // What a newer cs-datahub would leave behind: a migration this build lacks.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (9999, 'from the future', 1, x'00', 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    match SqliteStore::open(&path).await {
+        Err(e @ OpenError::SchemaMismatch { .. }) => {
+            assert!(e.to_string().contains("9999"), "{e}");
+        }
+        other => panic!("expected SchemaMismatch, got {:?}", other.err()),
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_sqlite_is_an_error() {
+    let (_dir, path) = temp_db();
+    std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+    match SqliteStore::open(&path).await {
+        Err(OpenError::Migration { .. } | OpenError::Unreachable { .. }) => {}
+        other => panic!("expected an open error, got {:?}", other.err()),
+    }
+}
+
+#[tokio::test]
+async fn a_directory_that_does_not_exist_names_the_path() {
+    let err = SqliteStore::open("/nonexistent-dir-cs/chat.db")
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, OpenError::Unreachable { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("/nonexistent-dir-cs/chat.db"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_row_edited_by_hand_reads_as_corrupt() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let visitor = VisitorId::new("v").unwrap();
+    let c = Conversation::open(
+        TenantId::new("t").unwrap(),
+        visitor.clone(),
+        Timestamp::now(),
+    );
+    store.create_conversation(&c).await.unwrap();
+    store
+        .append(NewMessage::text(
+            c.id(),
+            Party::Visitor(visitor.clone()),
+            "fine",
+        ))
+        .await
+        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE cs_messages SET body = '{not json'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    match store.recent(c.id(), 10).await {
+        Err(StoreError::Corrupt(what)) => assert!(what.contains("body"), "{what}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // Everything else keeps working.
+    store
+        .append(NewMessage::text(c.id(), Party::Visitor(visitor), "next"))
+        .await
+        .unwrap();
+}

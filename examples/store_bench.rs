@@ -1,0 +1,496 @@
+//! The storage benchmark: bulk-load N messages, then time the reads a chat
+//! server makes and the per-day report a manager opens.
+//!
+//! ```sh
+//! cargo run --release --example store_bench -- --store sqlite --messages 1000000
+//! cargo run --release --example store_bench -- --store postgres|mysql|redis --messages N
+//! ```
+//!
+//! What it does, in order (progress on stderr, results on stdout):
+//!
+//! 1. creates N/100 conversations of one tenant, spread over the last 30 days;
+//! 2. loads 100 messages into each, 1,000 messages per `append_batch`
+//!    (10 conversations × 100), reporting the load rate;
+//! 3. times `recent(50)` of a random conversation, a page of 50 by seq
+//!    (`range`), a resume (`after` a random seq, up to 100) and the 30-day
+//!    `daily_stats` report, with hdrhistogram percentiles;
+//! 4. times batched appends to a loaded store: batches of 1,000 messages to
+//!    50 random conversations (20 each).
+//!
+//! The last line of stdout is one JSON object with at least `store, messages,
+//! load_msgs_per_sec, recent50_p50_ms, recent50_p99_ms, resume_p99_ms,
+//! stats30d_ms, append_msgs_per_sec` (other tooling reads it: keep the names).
+//!
+//! Flags: `--store`, `--messages` (default 100,000), `--url` (server stores;
+//! default the CS_TEST_* variable, then the local default), `--path` (SQLite
+//! file; default a fresh file in the temp dir), `--samples` (default 2,000),
+//! `--keep` (leave the data instead of deleting it), `--sqlite-sync full|normal`
+//! (SQLite's [`Durability`]: `full`, the default, syncs every commit; `normal`
+//! survives a process crash but not a power cut).
+//!
+//! Every run writes into a fresh SQLite file, PostgreSQL schema, MariaDB
+//! database or Redis key prefix named `cs_bench_<unix seconds>`, removed at
+//! the end unless `--keep`.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use cs::core::{
+    Conversation, ConversationId, NewMessage, Party, Seq, TenantId, Timestamp, VisitorId,
+};
+use cs::datahub::store::{
+    Day, Durability, MessageStoreExt, MySqlStore, PostgresStore, RedisStore, SqliteStore,
+};
+use hdrhistogram::Histogram;
+
+const MESSAGES_PER_CONVERSATION: u64 = 100;
+const LOAD_BATCH_CONVERSATIONS: usize = 10;
+const APPEND_BATCH: usize = 1_000;
+const APPEND_BATCH_CONVERSATIONS: usize = 50;
+
+#[derive(Clone, Debug)]
+struct Args {
+    store: String,
+    messages: u64,
+    url: Option<String>,
+    path: Option<String>,
+    samples: usize,
+    keep: bool,
+    durability: Durability,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        store: String::new(),
+        messages: 100_000,
+        url: None,
+        path: None,
+        samples: 2_000,
+        keep: false,
+        durability: Durability::PowerLoss,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--store" => args.store = value()?,
+            "--messages" => {
+                let v = value()?.replace(['_', ','], "");
+                args.messages = v.parse().map_err(|e| format!("--messages {v}: {e}"))?;
+            }
+            "--url" => args.url = Some(value()?),
+            "--path" => args.path = Some(value()?),
+            "--samples" => {
+                let v = value()?;
+                args.samples = v.parse().map_err(|e| format!("--samples {v}: {e}"))?;
+            }
+            "--keep" => args.keep = true,
+            "--sqlite-sync" => {
+                args.durability = match value()?.as_str() {
+                    "full" => Durability::PowerLoss,
+                    "normal" => Durability::ProcessCrash,
+                    other => return Err(format!("--sqlite-sync {other}: use full or normal")),
+                }
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if !["sqlite", "postgres", "mysql", "redis"].contains(&args.store.as_str()) {
+        return Err("--store must be sqlite, postgres, mysql or redis".into());
+    }
+    if args.messages < MESSAGES_PER_CONVERSATION || args.samples == 0 {
+        return Err(format!(
+            "--messages must be at least {MESSAGES_PER_CONVERSATION}, --samples at least 1"
+        ));
+    }
+    Ok(args)
+}
+
+const USAGE: &str = "usage: store_bench --store sqlite|postgres|mysql|redis [--messages N] [--url URL] [--path FILE] [--samples N] [--keep] [--sqlite-sync full|normal]";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("store_bench: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("store_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn url_for(args: &Args, var: &str, default: &str) -> String {
+    args.url
+        .clone()
+        .or_else(|| std::env::var(var).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| default.to_owned())
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let name = format!(
+        "cs_bench_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+    );
+    match args.store.as_str() {
+        "sqlite" => {
+            let path = args
+                .path
+                .clone()
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| std::env::temp_dir().join(format!("{name}.db")));
+            eprintln!("sqlite file: {} ({:?})", path.display(), args.durability);
+            let store = SqliteStore::open_with(&path, args.durability).await?;
+            let result = bench(&args, &store).await;
+            store.close().await;
+            if !args.keep {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            result
+        }
+        "postgres" => {
+            let url = url_for(
+                &args,
+                "CS_TEST_POSTGRES_URL",
+                "postgres://postgres@127.0.0.1:5432/test",
+            );
+            eprintln!("postgres: {}, schema {name}", cs::datahub::redact_url(&url));
+            let store = PostgresStore::connect_in_schema(&url, &name).await?;
+            let result = bench(&args, &store).await;
+            store.close().await;
+            if !args.keep {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url).await?;
+                sqlx::query(&format!("DROP SCHEMA \"{name}\" CASCADE"))
+                    .execute(&mut conn)
+                    .await?;
+            }
+            result
+        }
+        "mysql" => {
+            let url = url_for(
+                &args,
+                "CS_TEST_MYSQL_URL",
+                "mysql://root@127.0.0.1:3306/test",
+            );
+            eprintln!("mysql: {}, database {name}", cs::datahub::redact_url(&url));
+            let store = MySqlStore::connect_in_database(&url, &name).await?;
+            let result = bench(&args, &store).await;
+            store.close().await;
+            if !args.keep {
+                use sqlx::Connection;
+                let mut conn = sqlx::MySqlConnection::connect(&url).await?;
+                sqlx::query(&format!("DROP DATABASE `{name}`"))
+                    .execute(&mut conn)
+                    .await?;
+            }
+            result
+        }
+        _ => {
+            let url = url_for(&args, "CS_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+            let prefix = format!("{name}:");
+            eprintln!("redis: {}, prefix {prefix}", cs::datahub::redact_url(&url));
+            // A window larger than any conversation here, so every read is served.
+            let store = RedisStore::connect(&url, &prefix, 1_000).await?;
+            let result = bench(&args, &store).await;
+            if !args.keep {
+                delete_redis_prefix(&url, &prefix).await?;
+            }
+            result
+        }
+    }
+}
+
+async fn delete_redis_prefix(url: &str, prefix: &str) -> Result<(), BoxError> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let () = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// A small deterministic generator for picking conversations and seqs, so two
+/// runs measure the same access pattern; no statistical quality is needed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+const TEXTS: [&str; 6] = [
+    "Hi, where is my order? It was supposed to arrive yesterday.",
+    "Can I change the delivery address for order 88412?",
+    "您好，我的快递到哪里了？",
+    "The parcel left the warehouse this morning; here is the tracking link.",
+    "I'd like to return the blue jacket, it's too small.",
+    "Thanks, that solved it!",
+];
+
+fn message(conversation: ConversationId, i: u64, at: Timestamp) -> NewMessage {
+    let sender = if i % 2 == 0 {
+        Party::Visitor(VisitorId::new("bench-visitor").expect("a valid id"))
+    } else {
+        Party::Bot
+    };
+    let mut m = NewMessage::text(
+        conversation,
+        sender,
+        TEXTS[(i % TEXTS.len() as u64) as usize],
+    );
+    m.created_at = at;
+    m
+}
+
+struct Latency(Histogram<u64>);
+
+impl Latency {
+    fn new() -> Self {
+        // Microseconds from 1 µs to 60 s, 3 significant digits.
+        Self(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"))
+    }
+    fn record(&mut self, took: Duration) {
+        let micros = u64::try_from(took.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, 60_000_000);
+        // Clamped into the histogram's range above, so recording cannot fail.
+        let _ = self.0.record(micros);
+    }
+    fn ms(&self, quantile: f64) -> f64 {
+        self.0.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<(), BoxError> {
+    let tenant = TenantId::new("bench-shop")?;
+    let conversations = (args.messages / MESSAGES_PER_CONVERSATION) as usize;
+    let messages = conversations as u64 * MESSAGES_PER_CONVERSATION;
+    let today = Day::today();
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+
+    // 1. Conversations, one per visitor, spread over the last 30 days.
+    eprintln!("creating {conversations} conversations");
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(conversations);
+    for i in 0..conversations {
+        let day = today.minus((i % 30) as i64);
+        let at = day
+            .start()
+            .saturating_add(Duration::from_secs(i as u64 % 80_000));
+        let c = Conversation::open(tenant.clone(), VisitorId::new(format!("visitor-{i}"))?, at);
+        store.create_conversation(&c).await?;
+        ids.push((c.id(), at));
+        if (i + 1) % (conversations / 10).max(1) == 0 {
+            eprintln!("  {} / {conversations} conversations", i + 1);
+        }
+    }
+    let create_secs = started.elapsed().as_secs_f64();
+
+    // 2. Bulk load: 100 messages per conversation, 10 conversations per batch.
+    eprintln!(
+        "loading {messages} messages in batches of {}",
+        LOAD_BATCH_CONVERSATIONS as u64 * MESSAGES_PER_CONVERSATION
+    );
+    let started = Instant::now();
+    let mut loaded = 0u64;
+    let mut next_report = messages / 20;
+    for group in ids.chunks(LOAD_BATCH_CONVERSATIONS) {
+        let mut batch = Vec::with_capacity(group.len() * MESSAGES_PER_CONVERSATION as usize);
+        for &(id, at) in group {
+            for i in 0..MESSAGES_PER_CONVERSATION {
+                batch.push(message(
+                    id,
+                    i,
+                    at.saturating_add(Duration::from_secs(i * 20)),
+                ));
+            }
+        }
+        loaded += batch.len() as u64;
+        store.append_batch(batch).await?;
+        if loaded >= next_report {
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "  {loaded} / {messages} messages ({:.0}%), {:.0} msgs/s",
+                100.0 * loaded as f64 / messages as f64,
+                loaded as f64 / secs
+            );
+            next_report += messages / 20;
+        }
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+    let load_rate = messages as f64 / load_secs;
+    eprintln!("loaded in {load_secs:.1} s: {load_rate:.0} msgs/s");
+
+    let pick = |rng: &mut XorShift| ids[rng.below(ids.len() as u64) as usize].0;
+
+    // 3. Reads.
+    eprintln!("timing {} reads of each kind", args.samples);
+    let mut recent = Latency::new();
+    let mut page = Latency::new();
+    let mut resume = Latency::new();
+    for _ in 0..args.samples {
+        let id = pick(&mut rng);
+        let t = Instant::now();
+        let got = store.recent(id, 50).await?;
+        recent.record(t.elapsed());
+        check(
+            got.len() == 50,
+            "recent(50) returned fewer than 50 messages",
+        )?;
+
+        let id = pick(&mut rng);
+        let end = 51 + rng.below(MESSAGES_PER_CONVERSATION - 50);
+        let t = Instant::now();
+        let got = store
+            .range(id, Seq::new(end - 50), Seq::new(end - 1), 50)
+            .await?;
+        page.record(t.elapsed());
+        check(got.len() == 50, "a page of 50 by seq came back short")?;
+
+        let id = pick(&mut rng);
+        let after = rng.below(MESSAGES_PER_CONVERSATION);
+        let t = Instant::now();
+        let got = store.after(id, Seq::new(after), 100).await?;
+        resume.record(t.elapsed());
+        check(
+            got.len() as u64 == MESSAGES_PER_CONVERSATION - after,
+            "a resume missed messages",
+        )?;
+    }
+    let mut stats = Latency::new();
+    let mut counted = 0;
+    for _ in 0..50 {
+        let t = Instant::now();
+        let days = store.daily_stats(&tenant, today.minus(29), today).await?;
+        stats.record(t.elapsed());
+        counted = days.iter().map(|d| d.messages).sum::<u64>();
+    }
+    check(
+        counted == messages,
+        "the 30-day report does not add up to the messages loaded",
+    )?;
+
+    // 4. Batched appends into the loaded store.
+    let append_total = (messages / 10).clamp(10_000, 200_000) as usize;
+    eprintln!("appending {append_total} more messages in batches of {APPEND_BATCH}");
+    let started = Instant::now();
+    let mut appended = 0;
+    let now = Timestamp::now();
+    while appended < append_total {
+        let targets: Vec<ConversationId> = (0..APPEND_BATCH_CONVERSATIONS)
+            .map(|_| pick(&mut rng))
+            .collect();
+        let batch: Vec<NewMessage> = (0..APPEND_BATCH)
+            .map(|i| message(targets[i % targets.len()], i as u64, now))
+            .collect();
+        appended += store.append_batch(batch).await?.len();
+    }
+    let append_rate = appended as f64 / started.elapsed().as_secs_f64();
+
+    println!("store            {}", args.store);
+    println!("messages         {messages} in {conversations} conversations");
+    println!(
+        "create           {:.0} conversations/s",
+        conversations as f64 / create_secs
+    );
+    println!("load             {load_rate:.0} msgs/s (batches of 1,000)");
+    println!(
+        "recent(50)       p50 {:.3} ms  p99 {:.3} ms",
+        recent.ms(0.5),
+        recent.ms(0.99)
+    );
+    println!(
+        "page by seq (50) p50 {:.3} ms  p99 {:.3} ms",
+        page.ms(0.5),
+        page.ms(0.99)
+    );
+    println!(
+        "resume after seq p50 {:.3} ms  p99 {:.3} ms",
+        resume.ms(0.5),
+        resume.ms(0.99)
+    );
+    println!(
+        "30-day stats     p50 {:.3} ms  p99 {:.3} ms",
+        stats.ms(0.5),
+        stats.ms(0.99)
+    );
+    println!("batched append   {append_rate:.0} msgs/s (batches of {APPEND_BATCH} over {APPEND_BATCH_CONVERSATIONS} conversations)");
+    let json = serde_json::json!({
+        "store": args.store,
+        "messages": messages,
+        "conversations": conversations,
+        "create_convs_per_sec": round(conversations as f64 / create_secs),
+        "load_msgs_per_sec": round(load_rate),
+        "recent50_p50_ms": recent.ms(0.5),
+        "recent50_p99_ms": recent.ms(0.99),
+        "page_p50_ms": page.ms(0.5),
+        "page_p99_ms": page.ms(0.99),
+        "resume_p50_ms": resume.ms(0.5),
+        "resume_p99_ms": resume.ms(0.99),
+        "stats30d_ms": stats.ms(0.5),
+        "stats30d_p99_ms": stats.ms(0.99),
+        "append_msgs_per_sec": round(append_rate),
+        "samples": args.samples,
+    });
+    let mut json = json;
+    if args.store == "sqlite" {
+        json["sqlite_sync"] = match args.durability {
+            Durability::PowerLoss => "full",
+            Durability::ProcessCrash => "normal",
+        }
+        .into();
+    }
+    println!("{json}");
+    Ok(())
+}
+
+fn round(x: f64) -> f64 {
+    x.round()
+}
+
+fn check(ok: bool, what: &str) -> Result<(), BoxError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(what.into())
+    }
+}
