@@ -3,9 +3,11 @@
 
 /// The domain: ids, messages, conversations, the router and the store contract.
 pub use cs_core as core;
-/// Adapters to the shop's systems, and the storage engines. Not built yet: see its crate docs.
+/// Adapters to the shop's systems (`DataHub`), and the storage engines:
+/// SQLite, PostgreSQL, MariaDB/MySQL and Redis, each behind its feature.
 pub use cs_datahub as datahub;
-/// The local bot. Not built yet: see its crate docs.
+/// The local bot: intent classifier, calibrated hand-off, knowledge base.
 pub use cs_intent as intent;
-/// Connections and the message path. Not built yet: see its crate docs.
+/// Connections, the flood-handling dispatcher, the message path and the
+/// axum WebSocket adapter (feature `axum`).
 pub use cs_transport as transport;

@@ -95,7 +95,7 @@ pub enum PathError {
     /// The conversation refused the change (or a read receipt past the end).
     #[error(transparent)]
     IllegalChange(#[from] ConversationError),
-    /// The store failed; nothing was stored.
+    /// The store failed; the message may not be stored (see `StoreError::Unavailable`): retry with the same `client_msg_id`.
     #[error(transparent)]
     Store(StoreError),
 }

@@ -37,11 +37,11 @@ pub enum StoreError {
     /// `create_conversation` with an id that is already taken.
     #[error("conversation {0} already exists; use MessageStore::save_conversation to update it")]
     ConversationExists(ConversationId),
-    /// The backend cannot be reached (down, restarting, network). Nothing was
-    /// stored; the caller may retry.
-    #[error(
-        "the message store is unavailable ({backend}); nothing was stored, retry later: {source}"
-    )]
+    /// The backend cannot be reached (down, restarting, network). The request
+    /// most likely did not take effect, but if the connection died while a
+    /// commit's reply was in flight it may have: retry an append with the
+    /// same `client_msg_id`, which stores it at most once.
+    #[error("the message store is unavailable ({backend}); the message may not be stored, retry with the same client_msg_id: {source}")]
     Unavailable {
         /// Which backend, such as `"postgres at 127.0.0.1:5432"` (never a password).
         backend: String,
@@ -104,7 +104,8 @@ pub trait MessageStore: Send + Sync + 'static {
     /// `Ok`, the message is as durable as the backend makes anything.
     ///
     /// # Errors
-    /// [`StoreError::UnknownConversation`], or a backend error (nothing stored).
+    /// [`StoreError::UnknownConversation`], or a backend error (see
+    /// [`StoreError::Unavailable`] on retrying).
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
 
     /// The seq of the conversation's last message ([`Seq::ZERO`] if none).
