@@ -109,7 +109,16 @@ struct Setup {
 const CONVERSATIONS: usize = 200;
 const BATCH: usize = 20_000;
 
-async fn setup(config: DispatcherConfig) -> Setup {
+/// A node on `MemoryStore` whose connections never overflow, so the
+/// measurement is the path, not slow-consumer closes.
+struct Node {
+    dispatcher: Dispatcher,
+    pool: Arc<ConnectionPool>,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn MessageStore>,
+}
+
+fn start_node(config: DispatcherConfig) -> Node {
     let metrics = Arc::new(Metrics::new());
     let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new());
     let pool = ConnectionPool::new(
@@ -126,6 +135,21 @@ async fn setup(config: DispatcherConfig) -> Setup {
         Vec::new(),
         Arc::clone(&metrics),
     );
+    Node {
+        dispatcher,
+        pool,
+        metrics,
+        store,
+    }
+}
+
+async fn setup(config: DispatcherConfig) -> Setup {
+    let Node {
+        dispatcher,
+        pool,
+        metrics,
+        store,
+    } = start_node(config);
     let tenant = name(TenantId::new("bench"));
     let mut conversations = Vec::new();
     for i in 0..CONVERSATIONS {
@@ -280,22 +304,12 @@ fn resume(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("resume");
     let (dispatcher, pool, conversation, tenant, party) = rt.block_on(async {
-        let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new());
-        let pool = ConnectionPool::new(
-            PoolConfig {
-                outbound_limit_bytes: 1 << 30,
-                ..PoolConfig::default()
-            },
-            Arc::clone(&metrics),
-        );
-        let dispatcher = Dispatcher::start(
-            DispatcherConfig::default(),
-            Arc::clone(&store),
-            Arc::clone(&pool),
-            Vec::new(),
-            metrics,
-        );
+        let Node {
+            dispatcher,
+            pool,
+            store,
+            ..
+        } = start_node(DispatcherConfig::default());
         let tenant = name(TenantId::new("bench"));
         let visitor = name(VisitorId::new("v"));
         let conversation = Conversation::open(tenant.clone(), visitor.clone(), Timestamp::now());
