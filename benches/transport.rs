@@ -6,8 +6,9 @@
 //!   persist in `MemoryStore`, route to a joined connection), in batches of
 //!   20,000 over 200 conversations, against pushing the same messages straight
 //!   into `MemoryStore` with no dispatcher.
-//! - `dispatch_degraded`: the same with every shard saturated (one slot, no
-//!   wait), so nearly every message takes the spill path.
+//! - `dispatch/degraded_spill_path`: the same through one saturated shard
+//!   (one slot, no wait), so most messages take the spill path; the share
+//!   that did is printed.
 //! - `resume`: a join with a 100-message gap, replayed and live (p99 printed).
 //!
 //! Run with `cargo bench --bench transport`.
@@ -21,9 +22,10 @@ use dashmap::DashMap;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
-use cs::core::store::{MemoryStore, MessageStore};
+use cs::core::store::{Appended, MemoryStore, MessageStore, StoreError};
 use cs::core::{
-    ConnId, Conversation, ConversationId, NewMessage, Party, Seq, TenantId, Timestamp, VisitorId,
+    ConnId, Conversation, ConversationId, Message, NewMessage, Party, Seq, TenantId, Timestamp,
+    VisitorId,
 };
 use cs::transport::{
     CloseReason, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, Origin, PoolConfig,
@@ -118,9 +120,8 @@ struct Node {
     store: Arc<dyn MessageStore>,
 }
 
-fn start_node(config: DispatcherConfig) -> Node {
+fn start_node(config: DispatcherConfig, store: Arc<dyn MessageStore>) -> Node {
     let metrics = Arc::new(Metrics::new());
-    let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new());
     let pool = ConnectionPool::new(
         PoolConfig {
             outbound_limit_bytes: 1 << 30,
@@ -143,13 +144,13 @@ fn start_node(config: DispatcherConfig) -> Node {
     }
 }
 
-async fn setup(config: DispatcherConfig) -> Setup {
+async fn setup(config: DispatcherConfig, store: Arc<dyn MessageStore>) -> Setup {
     let Node {
         dispatcher,
         pool,
         metrics,
         store,
-    } = start_node(config);
+    } = start_node(config, store);
     let tenant = name(TenantId::new("bench"));
     let mut conversations = Vec::new();
     for i in 0..CONVERSATIONS {
@@ -180,6 +181,13 @@ async fn setup(config: DispatcherConfig) -> Setup {
 async fn run_batch(setup: &Setup) -> Duration {
     let target = setup.metrics.snapshot().persisted + BATCH as u64;
     let start = Instant::now();
+    submit_batch(setup).await;
+    wait_persisted(setup, target).await;
+    start.elapsed()
+}
+
+/// Submits `BATCH` messages over the conversations, from two tasks.
+async fn submit_batch(setup: &Setup) {
     let halves = [0usize, 1].map(|half| {
         let dispatcher = setup.dispatcher.clone();
         let conversations = setup.conversations.clone();
@@ -197,11 +205,13 @@ async fn run_batch(setup: &Setup) -> Duration {
     for half in halves {
         let _ = half.await;
     }
+}
+
+async fn wait_persisted(setup: &Setup, target: u64) {
     // Poll gently: a spinning waiter would take a core from the workers.
     while setup.metrics.snapshot().persisted < target {
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
-    start.elapsed()
 }
 
 fn dispatch(c: &mut Criterion) {
@@ -210,7 +220,10 @@ fn dispatch(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(20);
 
-    let direct = rt.block_on(setup(DispatcherConfig::default()));
+    let direct = rt.block_on(setup(
+        DispatcherConfig::default(),
+        Arc::new(MemoryStore::new()),
+    ));
     group.bench_function("full_path_memory_store", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let direct = &direct;
@@ -224,29 +237,57 @@ fn dispatch(c: &mut Criterion) {
         });
     });
 
-    let saturated = rt.block_on(setup(DispatcherConfig {
+    // The degrade path: one shard, one slot, no wait, and a store that holds
+    // every append until the whole batch is admitted. All but the first
+    // commands spill; then the gate opens and the spill drains in order.
+    // Compared with the same single shard taking the batch directly.
+    let one_shard = DispatcherConfig {
+        shards: 1,
         queue_capacity: 1,
         enqueue_deadline: Duration::ZERO,
         max_spill_bytes: 1 << 30,
         ..DispatcherConfig::default()
-    }));
-    group.bench_function("degraded_spill_path", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let saturated = &saturated;
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += run_batch(saturated).await;
+    };
+    let degraded = Arc::new(Mutex::new((0, 0)));
+    for (name, gated) in [
+        ("one_shard_direct", false),
+        ("one_shard_degraded_spill", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let config = one_shard.clone();
+                let degraded = Arc::clone(&degraded);
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let store = Arc::new(GatedStore::new(gated));
+                        let setup = setup(config.clone(), store.clone()).await;
+                        let target = setup.metrics.snapshot().persisted + BATCH as u64;
+                        let start = Instant::now();
+                        // Gated: every command is admitted (spilled) before any is stored.
+                        submit_batch(&setup).await;
+                        store.open();
+                        wait_persisted(&setup, target).await;
+                        total += start.elapsed();
+                        if gated {
+                            let counts = setup.metrics.snapshot();
+                            if let Ok(mut seen) = degraded.lock() {
+                                *seen = (counts.degraded, counts.accepted);
+                            }
+                        }
+                        setup.dispatcher.shutdown().await;
+                    }
+                    total
                 }
-                total
-            }
+            });
         });
-    });
-    let counts = saturated.metrics.snapshot();
-    eprintln!(
-        "degraded_spill_path: {} of {} messages took the spill path",
-        counts.degraded, counts.accepted
-    );
+    }
+    if let Ok(seen) = degraded.lock() {
+        eprintln!(
+            "one_shard_degraded_spill: {} of {} messages in the last batch took the spill path",
+            seen.0, seen.1
+        );
+    }
 
     // Baseline: the store alone, appended from two tasks, no dispatcher.
     let store = Arc::new(MemoryStore::new());
@@ -309,7 +350,7 @@ fn resume(c: &mut Criterion) {
             pool,
             store,
             ..
-        } = start_node(DispatcherConfig::default());
+        } = start_node(DispatcherConfig::default(), Arc::new(MemoryStore::new()));
         let tenant = name(TenantId::new("bench"));
         let visitor = name(VisitorId::new("v"));
         let conversation = Conversation::open(tenant.clone(), visitor.clone(), Timestamp::now());
@@ -365,6 +406,77 @@ fn resume(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// A `MemoryStore` whose appends can be held at a gate, so a shard stays
+/// saturated while a batch is admitted. With the gate open it adds an atomic
+/// load per append.
+struct GatedStore {
+    inner: MemoryStore,
+    open: std::sync::atomic::AtomicBool,
+    opened: tokio::sync::Notify,
+}
+
+impl GatedStore {
+    fn new(gated: bool) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            open: std::sync::atomic::AtomicBool::new(!gated),
+            opened: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.opened.notify_waiters();
+    }
+}
+
+#[async_trait::async_trait]
+impl MessageStore for GatedStore {
+    async fn create_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
+        self.inner.create_conversation(c).await
+    }
+    async fn save_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
+        self.inner.save_conversation(c).await
+    }
+    async fn conversation(&self, id: ConversationId) -> Result<Conversation, StoreError> {
+        self.inner.conversation(id).await
+    }
+    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+        use std::sync::atomic::Ordering;
+        if !self.open.load(Ordering::SeqCst) {
+            // Register before re-checking, so an `open` in between is not missed.
+            let opened = self.opened.notified();
+            if !self.open.load(Ordering::SeqCst) {
+                opened.await;
+            }
+        }
+        self.inner.append(m).await
+    }
+    async fn last_seq(&self, id: ConversationId) -> Result<Seq, StoreError> {
+        self.inner.last_seq(id).await
+    }
+    async fn range(
+        &self,
+        id: ConversationId,
+        from: Seq,
+        to: Seq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.inner.range(id, from, to, limit).await
+    }
+    async fn recent(&self, id: ConversationId, n: usize) -> Result<Vec<Message>, StoreError> {
+        self.inner.recent(id, n).await
+    }
+    async fn after(
+        &self,
+        id: ConversationId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.inner.after(id, after, limit).await
+    }
 }
 
 criterion_group!(benches, pool_send, dispatch, resume);

@@ -408,6 +408,9 @@ impl Inner {
         let slot = match Arc::clone(&shard.slots).try_acquire_owned() {
             Ok(slot) => Some(slot),
             Err(TryAcquireError::Closed) => return self.refuse(DispatchError::ShuttingDown),
+            // No wait configured: degrade at once rather than arm a timer,
+            // whose resolution (1 ms) would be the real wait.
+            Err(TryAcquireError::NoPermits) if self.config.enqueue_deadline.is_zero() => None,
             Err(TryAcquireError::NoPermits) => {
                 match tokio::time::timeout(
                     self.config.enqueue_deadline,
