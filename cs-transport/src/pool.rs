@@ -138,13 +138,21 @@ impl ConnectionPool {
         });
         // The listener holds only a weak reference, so dropping the pool ends it.
         let weak = Arc::downgrade(&pool);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                while let Some(envelope) = inbox.recv().await {
-                    let Some(pool) = weak.upgrade() else { break };
-                    pool.deliver_local(&envelope.target, &envelope.frame);
-                }
-            });
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    while let Some(envelope) = inbox.recv().await {
+                        let Some(pool) = weak.upgrade() else { break };
+                        pool.deliver_local(&envelope.target, &envelope.frame);
+                    }
+                });
+            }
+            // Without a runtime nothing can listen: say so loudly, since other
+            // nodes' deliveries to this one would otherwise vanish unseen.
+            Err(_) => tracing::error!(
+                node = %pool.config.node,
+                "ConnectionPool::with_bus called outside a tokio runtime: this node will not receive from the bus"
+            ),
         }
         pool
     }
