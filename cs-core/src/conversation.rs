@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AgentId, ConversationId, Seq, TenantId, VisitorId};
-use crate::message::{Message, Party};
+use crate::message::{Body, Message, Party};
 use crate::timestamp::Timestamp;
 
 /// Where a conversation is in its life.
@@ -421,9 +421,15 @@ impl Conversation {
 
     /// Notes a stored message: advances the last seq and records the first
     /// agent response. Messages recorded out of order never move it back.
+    /// Only something said (text, image, file) is a response: an agent who
+    /// merely opens the chat (a read receipt) has not answered yet.
     pub fn record_message(&mut self, message: &Message) {
         self.last_seq = self.last_seq.max(message.seq);
-        if matches!(message.sender, Party::Agent(_)) && self.first_queued_at.is_some() {
+        let said_something = !matches!(message.body, Body::Event(_));
+        if matches!(message.sender, Party::Agent(_))
+            && said_something
+            && self.first_queued_at.is_some()
+        {
             self.first_response_at.get_or_insert(message.created_at);
         }
     }
@@ -486,6 +492,16 @@ mod tests {
         c.assign(agent("alice")).unwrap();
         assert_eq!(c.agent(), Some(&agent("alice")));
         assert_eq!(c.waiting_since(), None);
+
+        // Opening the chat is not answering it.
+        let mut receipt = NewMessage::new(
+            c.id(),
+            Party::Agent(agent("alice")),
+            Body::Event(crate::message::Event::Read { up_to: Seq::new(1) }),
+        );
+        receipt.created_at = Timestamp::from_millis(6_000);
+        c.record_message(&Message::from_new(receipt, Seq::new(2)));
+        assert_eq!(c.first_response_at(), None);
 
         let mut reply = NewMessage::text(c.id(), Party::Agent(agent("alice")), "hello");
         reply.created_at = Timestamp::from_millis(9_000);

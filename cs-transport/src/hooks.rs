@@ -73,11 +73,13 @@ pub trait Hook: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Whether to run for this message. Called on the message path itself,
-    /// so it must be cheap. The default runs for messages from visitors and
-    /// agents only, so a hook never reacts to its own replies in a loop.
+    /// so it must be cheap. The default runs for what visitors and agents
+    /// *say* (text, images, files): never for the bot's own replies, which
+    /// would loop, nor for events such as read receipts.
     fn wants(&self, message: &Message, conversation: &Conversation) -> bool {
         let _ = conversation;
         matches!(message.sender, Party::Visitor(_) | Party::Agent(_))
+            && !matches!(message.body, Body::Event(_))
     }
 
     /// Reacts to a stored message.

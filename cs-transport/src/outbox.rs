@@ -86,6 +86,11 @@ impl Outbox {
         self.wake.notify_one();
     }
 
+    /// Bytes that can still be queued before the connection overflows.
+    pub(crate) fn room(&self) -> usize {
+        self.limit_bytes.saturating_sub(self.state.lock().bytes)
+    }
+
     #[cfg(test)]
     pub(crate) fn queued_bytes(&self) -> usize {
         self.state.lock().bytes

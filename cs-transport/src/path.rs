@@ -29,7 +29,7 @@ use cs_core::{
 use crate::dispatcher::{Change, Command, DispatcherConfig, Inner, Job, Origin};
 use crate::hooks::{Hook, HookAction, HookContext};
 use crate::metrics::Metrics;
-use crate::pool::{ConnInfo, ConnectionPool};
+use crate::pool::{ConnInfo, ConnectionPool, SendError};
 use crate::protocol::{ErrorCode, ServerFrame};
 
 /// What a processed command did.
@@ -74,6 +74,10 @@ pub enum PathError {
     /// The connection closed before its command ran.
     #[error("connection {0} is gone")]
     UnknownConnection(ConnId),
+    /// The connection could not keep up with what it was sent and was
+    /// closed; its client reconnects and resumes from its last seq.
+    #[error("connection {0} fell behind and was closed; reconnect and resume from the last seq received")]
+    SlowConsumer(ConnId),
     /// The sender may not do this here.
     #[error("not allowed in conversation {conversation}: {reason}")]
     Unauthorized {
@@ -121,7 +125,8 @@ impl PathError {
             | PathError::StateEventAsMessage
             | PathError::Invalid(_)
             | PathError::IllegalChange(_) => ErrorCode::Invalid,
-            PathError::Store(_) => ErrorCode::Unavailable,
+            // A slow consumer's connection is closed, so this never reaches it.
+            PathError::Store(_) | PathError::SlowConsumer(_) => ErrorCode::Unavailable,
         }
     }
 }
@@ -355,10 +360,20 @@ impl MessagePath {
         let conversation = self.conversation(state, id).await?;
         may_read(conversation, &info)?;
 
-        // Replay within a byte budget, so a long gap cannot overflow the
-        // connection's queue; the client asks again for the rest.
+        // Replay only what fits in the connection's queue now, less room for
+        // the closing marker and live traffic, so that several resumes on
+        // one connection (an agent console with many chats) cannot overflow
+        // it. The client asks again for the rest.
         const PAGE: usize = 128;
-        let mut budget = self.config.replay_budget_bytes;
+        const HEADROOM: usize = 4 * 1024;
+        let room = self
+            .pool
+            .outbound_room(conn)
+            .map_err(|e| send_failed(conn, e))?;
+        let mut budget = self
+            .config
+            .replay_budget_bytes
+            .min(room.saturating_sub(HEADROOM));
         let mut up_to = last_seq;
         let mut replayed = 0;
         let complete = 'replay: loop {
@@ -369,13 +384,13 @@ impl MessagePath {
             for message in page {
                 let seq = message.seq;
                 let frame = ServerFrame::encode_message(&message);
-                if frame.len() > budget && replayed > 0 {
+                if frame.len() > budget {
                     break 'replay false;
                 }
-                budget = budget.saturating_sub(frame.len());
+                budget -= frame.len();
                 self.pool
                     .send_to_connection(conn, frame)
-                    .map_err(|_| PathError::UnknownConnection(conn))?;
+                    .map_err(|e| send_failed(conn, e))?;
                 up_to = seq;
                 replayed += 1;
             }
@@ -385,7 +400,12 @@ impl MessagePath {
             // the replay and this line, because this shard stores them.
             self.pool
                 .join_conversation(conn, id)
-                .map_err(|_| PathError::UnknownConnection(conn))?;
+                .map_err(|e| send_failed(conn, e))?;
+        } else {
+            // Live only after a complete replay: a connection joined earlier
+            // (an agent console on assignment) would otherwise get live
+            // messages that its next replay round sends again.
+            self.pool.leave_conversation(conn, id);
         }
         let done = ServerFrame::Replayed {
             conversation: id,
@@ -394,7 +414,7 @@ impl MessagePath {
         };
         self.pool
             .send_to_connection(conn, done.encode())
-            .map_err(|_| PathError::UnknownConnection(conn))?;
+            .map_err(|e| send_failed(conn, e))?;
         Metrics::bump(&self.metrics.resumed);
         Ok(Outcome::Joined {
             replayed,
@@ -562,6 +582,16 @@ impl MessagePath {
                     }
                 }
             });
+        }
+    }
+}
+
+/// A failed send to the joining connection, as a path error.
+fn send_failed(conn: ConnId, error: SendError) -> PathError {
+    match error {
+        SendError::SlowConsumer(_) => PathError::SlowConsumer(conn),
+        SendError::UnknownConnection(_) | SendError::Closing(_) => {
+            PathError::UnknownConnection(conn)
         }
     }
 }

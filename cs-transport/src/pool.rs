@@ -269,6 +269,15 @@ impl ConnectionPool {
             .unwrap_or_default()
     }
 
+    /// Bytes connection `id` can still take before it is closed as a slow
+    /// consumer: what a replay may send now.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownConnection`] if it has closed.
+    pub fn outbound_room(&self, id: ConnId) -> Result<usize, SendError> {
+        Ok(self.connection(id)?.outbox.room())
+    }
+
     /// Sends live messages of `conversation` to connection `id` from now on.
     ///
     /// # Errors

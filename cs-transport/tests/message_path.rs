@@ -12,7 +12,7 @@ use cs_core::store::MemoryStore;
 use cs_core::{Body, ClientMsgId, ConversationState, Event, Message, NewMessage, Party, Seq};
 use cs_transport::{
     Change, Command, DispatcherConfig, ErrorCode, Hook, HookAction, HookContext, HookError, Origin,
-    PathError, PathEvent, ServerFrame, SubmitError,
+    Outcome, PathError, PathEvent, ServerFrame, SubmitError,
 };
 use support::*;
 
@@ -520,4 +520,47 @@ async fn a_panicking_store_does_not_take_the_shard_down() {
         .host_send(conversation, visitor("ann"), "still there?")
         .await;
     assert_eq!(after.seq, Seq::new(1));
+}
+
+#[tokio::test]
+async fn resuming_several_long_gaps_on_one_connection_never_overflows_it() {
+    let node = Node::memory();
+    let (a, b) = (
+        node.conversation("shop", "ann", None).await.id(),
+        node.conversation("shop", "ann", None).await.id(),
+    );
+    let long = "x".repeat(1000);
+    for id in [a, b] {
+        for _ in 0..60 {
+            node.host_send(id, visitor("ann"), &long).await;
+        }
+    }
+    // A client whose socket takes nothing yet: everything stays queued.
+    let stuck = futures::sink::unfold((), |(), _frame: bytes::Bytes| {
+        futures::future::pending::<Result<(), String>>()
+    });
+    let conn = node
+        .pool
+        .register(tenant_id("shop"), visitor("ann"), Box::pin(stuck))
+        .id;
+    for id in [a, b] {
+        let join = Command::Join {
+            conn,
+            conversation: id,
+            last_seq: Seq::ZERO,
+        };
+        match node.dispatcher.submit_and_wait(join).await {
+            Ok(Outcome::Joined {
+                complete: false,
+                replayed,
+                ..
+            }) => assert!(replayed < 60, "a partial replay, to be continued"),
+            other => panic!("expected a partial replay, got {other:?}"),
+        }
+    }
+    assert!(
+        node.pool.info(conn).is_some(),
+        "the connection is still open: the replays fit its queue"
+    );
+    assert_eq!(node.metrics.snapshot().slow_closed, 0);
 }
