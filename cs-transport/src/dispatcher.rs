@@ -24,7 +24,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -35,12 +35,15 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use cs_core::store::MessageStore;
-use cs_core::{AgentId, ConnId, ConversationId, MessageLimits, NewMessage, Seq};
+use cs_core::{
+    AgentId, Body, ClientMsgId, ConnId, ConversationId, Event, MessageLimits, NewMessage, Seq,
+};
 
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
 use crate::path::{MessagePath, Outcome, PathError, PathEvent};
 use crate::pool::ConnectionPool;
+use crate::protocol::{ErrorCode, ServerFrame};
 
 /// Dispatcher settings. The defaults suit a 2-core node.
 #[derive(Clone, Debug)]
@@ -170,19 +173,44 @@ impl Command {
         }
     }
 
-    /// Roughly what it costs to hold in memory, for the spill bound.
+    /// The connection that waits for this command's answer, if any, with
+    /// what the answer must name.
+    fn asking_connection(&self) -> Option<(ConnId, ConversationId, Option<ClientMsgId>)> {
+        match self {
+            Command::Send {
+                origin: Origin::Connection(conn),
+                message,
+            } => Some((*conn, message.conversation, message.client_msg_id.clone())),
+            Command::Join {
+                conn, conversation, ..
+            } => Some((*conn, *conversation, None)),
+            _ => None,
+        }
+    }
+
+    /// Roughly what it costs to hold in memory, for the spill bound. Every
+    /// string a client can fill counts, so a flood of large attachments or
+    /// reasons cannot hold more than the bound says.
     fn approx_bytes(&self) -> usize {
         const OVERHEAD: usize = 256;
-        match self {
-            Command::Send { message, .. } => {
-                OVERHEAD
-                    + match &message.body {
-                        cs_core::Body::Text { text } => text.len(),
-                        _ => 256,
-                    }
-            }
-            _ => OVERHEAD,
-        }
+        let Command::Send { message, .. } = self else {
+            return OVERHEAD;
+        };
+        let body = match &message.body {
+            Body::Text { text } => text.len(),
+            Body::Image { url, mime, .. } => url.len() + mime.len(),
+            Body::File {
+                url, name, mime, ..
+            } => url.len() + name.len() + mime.len(),
+            Body::Event(Event::Handoff { reason }) => reason.len(),
+            Body::Event(Event::Close { reason }) => reason.as_ref().map_or(0, String::len),
+            Body::Event(_) => 0,
+        };
+        let client_id = message
+            .client_msg_id
+            .as_ref()
+            .map_or(0, |id| id.as_str().len());
+        OVERHEAD + body + client_id
     }
 }
 
@@ -263,6 +291,11 @@ pub(crate) struct Inner {
     metrics: Arc<Metrics>,
     spilled_bytes: AtomicUsize,
     accepting: AtomicBool,
+    /// Commands queued or running. With `admitted` and the hook tracker,
+    /// this is how shutdown knows the system is quiet.
+    in_flight: AtomicUsize,
+    /// Commands ever admitted: a change means activity during a check.
+    admitted: AtomicU64,
     pub(crate) hooks: TaskTracker,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -302,6 +335,8 @@ impl Dispatcher {
             metrics: Arc::clone(&metrics),
             spilled_bytes: AtomicUsize::new(0),
             accepting: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
+            admitted: AtomicU64::new(0),
             hooks: TaskTracker::new(),
             workers: Mutex::new(Vec::new()),
         });
@@ -358,11 +393,19 @@ impl Dispatcher {
         self.inner.spilled_bytes.load(Ordering::Relaxed)
     }
 
-    /// Stops taking commands from connections and the host, lets running
-    /// hooks finish (their replies are still accepted), then drains every
-    /// accepted command and stops the workers.
+    /// Stops taking commands from connections and the host, then drains:
+    /// every accepted command runs, every hook it triggers runs, and what
+    /// those hooks say (a reply, a hand-off) is accepted and runs too, until
+    /// nothing is queued, running or hooked. Then the workers stop. Hooks are
+    /// bounded by their timeout, so this ends.
     pub async fn shutdown(&self) {
         self.inner.accepting.store(false, Ordering::SeqCst);
+        // A command can start a hook and a hook can queue a command, so wait
+        // for one moment when neither exists and nothing was admitted while
+        // looking. Polling keeps the hot path free of shutdown bookkeeping.
+        while !self.inner.quiet() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         self.inner.hooks.close();
         self.inner.hooks.wait().await;
         for shard in &self.inner.shards {
@@ -379,6 +422,14 @@ impl Dispatcher {
 }
 
 impl Inner {
+    fn quiet(&self) -> bool {
+        let before = self.admitted.load(Ordering::SeqCst);
+        let quiet = self.hooks.is_empty()
+            && self.in_flight.load(Ordering::SeqCst) == 0
+            && self.hooks.is_empty();
+        quiet && self.admitted.load(Ordering::SeqCst) == before
+    }
+
     /// Hooks may still post replies while the dispatcher drains them.
     pub(crate) fn accepts(&self, from_hook: bool) -> bool {
         from_hook || self.accepting.load(Ordering::SeqCst)
@@ -441,8 +492,12 @@ impl Inner {
             _slot: slot,
             spilled_bytes,
         };
+        // Counted before it is queued, so the worker's decrement never comes first.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.admitted.fetch_add(1, Ordering::SeqCst);
         if shard.queue.send(Work::Job(job)).is_err() {
             // The worker has stopped: shutdown finished between our check and now.
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             self.spilled_bytes
                 .fetch_sub(spilled_bytes, Ordering::SeqCst);
             return self.refuse(DispatchError::ShuttingDown);
@@ -478,6 +533,7 @@ async fn run_shard(
             }
         };
         let spilled = job.spilled_bytes;
+        let asker = job.command.asking_connection();
         let handled = AssertUnwindSafe(path.handle(&mut state, job))
             .catch_unwind()
             .await;
@@ -487,11 +543,22 @@ async fn run_shard(
             // change, so it starts over from the store.
             tracing::error!("the message path panicked on a command; the shard carries on");
             state = path.new_shard_state();
+            if let Some((conn, conversation, client_msg_id)) = asker {
+                // The client is owed an answer; a retry with its id is safe.
+                let frame = ServerFrame::Error {
+                    code: ErrorCode::Unavailable,
+                    message: SubmitError::Panicked.to_string(),
+                    conversation: Some(conversation),
+                    client_msg_id,
+                };
+                let _ = path.pool.send_to_connection(conn, frame.encode());
+            }
         }
-        if spilled > 0 {
-            if let Some(inner) = inner.upgrade() {
+        if let Some(inner) = inner.upgrade() {
+            if spilled > 0 {
                 inner.spilled_bytes.fetch_sub(spilled, Ordering::SeqCst);
             }
+            inner.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

@@ -17,6 +17,9 @@ use tokio::sync::Notify;
 
 use crate::protocol::{CloseReason, ServerFrame};
 
+/// How long the writer tries to send the close frame to a peer that may be stuck.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
@@ -139,9 +142,13 @@ where
             }
         }
         if let Some(reason) = closing {
-            // Best effort: the peer may already be gone.
-            let _ = sink.send(ServerFrame::Close { reason }.encode()).await;
-            let _ = sink.close().await;
+            // Best effort, and bounded: the peer may be gone or stuck, and a
+            // closing connection must not hold its task for minutes.
+            let goodbye = async {
+                let _ = sink.send(ServerFrame::Close { reason }.encode()).await;
+                let _ = sink.close().await;
+            };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
             return WriterExit::Closed(reason);
         }
         outbox.wake.notified().await;

@@ -34,6 +34,8 @@ pub struct PoolConfig {
     /// Bytes a connection may have queued before it is closed as a slow
     /// consumer. Default 64 KiB: a few hundred chat frames, small enough that
     /// 100,000 connections cannot hoard more than a few GiB even when all lag.
+    /// The batch being written to the socket is no longer counted, so a
+    /// connection holds at most about twice this.
     pub outbound_limit_bytes: usize,
     /// This node's name, for the bus.
     pub node: NodeId,
@@ -296,6 +298,11 @@ impl ConnectionPool {
             joined.push(conversation);
         }
         index_add(&self.by_conversation, conversation, id);
+        if !self.connections.contains_key(&id) {
+            // It closed while joining, after its cleanup ran: undo, or the
+            // index would keep a dead id forever.
+            index_remove(&self.by_conversation, &conversation, id);
+        }
         Ok(())
     }
 
@@ -321,7 +328,12 @@ impl ConnectionPool {
             }
             groups.push(Arc::clone(&group));
         }
-        index_add(&self.by_group, (connection.info.tenant.clone(), group), id);
+        let key = (connection.info.tenant.clone(), group);
+        index_add(&self.by_group, key.clone(), id);
+        if !self.connections.contains_key(&id) {
+            // Closed while joining: see `join_conversation`.
+            index_remove(&self.by_group, &key, id);
+        }
         Ok(())
     }
 

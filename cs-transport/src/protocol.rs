@@ -213,6 +213,22 @@ impl ClientFrame {
         serde_json::from_slice(bytes).map_err(|e| FrameError::Malformed(e.to_string()))
     }
 
+    /// The conversation and client message id this frame is about, for an
+    /// error that refers back to it.
+    pub fn subject(&self) -> (Option<ConversationId>, Option<ClientMsgId>) {
+        match self {
+            ClientFrame::Send {
+                conversation,
+                client_msg_id,
+                ..
+            } => (Some(*conversation), client_msg_id.clone()),
+            ClientFrame::Resume { conversation, .. }
+            | ClientFrame::Typing { conversation, .. }
+            | ClientFrame::Read { conversation, .. } => (Some(*conversation), None),
+            ClientFrame::Ping => (None, None),
+        }
+    }
+
     /// Encodes the frame as JSON (what a client library sends).
     pub fn encode(&self) -> Bytes {
         encode_json(self)

@@ -140,8 +140,9 @@ pub async fn serve(
     };
     if let Some(reason) = reason {
         pool.close(conn, reason);
-        // The writer sends the close frame and ends; let it, so the socket closes cleanly.
-        let _ = writer.await;
+        // The writer flushes, sends the close frame and ends; let it, so the
+        // socket closes cleanly, but not forever if the peer stopped reading.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     } else {
         pool.close(conn, CloseReason::ByHost);
     }
@@ -179,14 +180,6 @@ where
                 return CloseReason::ProtocolError;
             }
         };
-        if limiter.check().is_err() {
-            let error = ServerFrame::error(
-                ErrorCode::RateLimited,
-                "too many frames; slow down (the limit is per connection)",
-            );
-            let _ = pool.send_to_connection(conn, error.encode());
-            continue;
-        }
         let frame = match ClientFrame::decode(&bytes, config.max_frame_bytes) {
             Ok(frame) => frame,
             Err(FrameError::TooLarge { .. }) => return CloseReason::FrameTooLarge,
@@ -198,6 +191,20 @@ where
                 continue;
             }
         };
+        // Decoded first (cheap, and the frame is size-bounded), so the refusal
+        // can name the conversation and message the client should retry.
+        if limiter.check().is_err() {
+            let (conversation, client_msg_id) = frame.subject();
+            let error = ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                message: "too many frames; slow down, then retry (the limit is per connection)"
+                    .into(),
+                conversation,
+                client_msg_id,
+            };
+            let _ = pool.send_to_connection(conn, error.encode());
+            continue;
+        }
         if let Some(reason) = handle_frame(frame, conn, party, pool, dispatcher).await {
             return reason;
         }

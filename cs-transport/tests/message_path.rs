@@ -515,11 +515,78 @@ async fn a_panicking_store_does_not_take_the_shard_down() {
         node.dispatcher.submit_and_wait(boom).await,
         Err(SubmitError::Panicked)
     ));
+    // A client that sent it is told, with its message id, so it can retry.
+    let mut ann = node.connect("shop", visitor("ann"));
+    let from_client = Command::Send {
+        origin: Origin::Connection(ann.conn),
+        message: NewMessage::text(conversation, visitor("ann"), "panic")
+            .with_client_msg_id(ClientMsgId::new("p-1").unwrap()),
+    };
+    node.dispatcher.submit(from_client).await.unwrap();
+    match ann.next().await {
+        ServerFrame::Error {
+            code: ErrorCode::Unavailable,
+            client_msg_id: Some(id),
+            ..
+        } => assert_eq!(id.as_str(), "p-1"),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
     // The only shard still serves.
     let after = node
         .host_send(conversation, visitor("ann"), "still there?")
         .await;
     assert_eq!(after.seq, Seq::new(1));
+}
+
+/// Hands off after a pause when asked for a human.
+struct SlowHandOff;
+
+#[async_trait]
+impl Hook for SlowHandOff {
+    fn name(&self) -> &str {
+        "slow-hand-off"
+    }
+
+    async fn on_message(&self, context: HookContext) -> Result<Vec<HookAction>, HookError> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(match &context.message.body {
+            Body::Text { text } if text.contains("human") => vec![HookAction::HandOff {
+                reason: "asked for a human".into(),
+            }],
+            _ => Vec::new(),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_what_hooks_still_have_to_say() {
+    let node = Node::start(
+        DispatcherConfig::default(),
+        Arc::new(MemoryStore::new()),
+        vec![Arc::new(SlowHandOff)],
+    );
+    let conversation = node.conversation("shop", "ann", None).await.id();
+    node.change(conversation, Change::StartBot).await;
+    for n in 0..50 {
+        let command = Command::Send {
+            origin: Origin::Host,
+            message: NewMessage::text(conversation, visitor("ann"), format!("question {n}")),
+        };
+        node.dispatcher.submit(command).await.unwrap();
+    }
+    let human = Command::Send {
+        origin: Origin::Host,
+        message: NewMessage::text(conversation, visitor("ann"), "a human please"),
+    };
+    node.dispatcher.submit(human).await.unwrap();
+    // Stop while the hand-off is still being thought about.
+    node.dispatcher.shutdown().await;
+    let saved = node.store.conversation(conversation).await.unwrap();
+    assert_eq!(
+        saved.state(),
+        &ConversationState::Queued,
+        "the hand-off the visitor asked for happened before the workers stopped"
+    );
 }
 
 #[tokio::test]
