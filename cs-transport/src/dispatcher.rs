@@ -298,6 +298,9 @@ pub(crate) struct Inner {
     admitted: AtomicU64,
     pub(crate) hooks: TaskTracker,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Held for a whole shutdown, so a second caller returns only once the
+    /// first has drained everything.
+    shutting_down: tokio::sync::Mutex<()>,
 }
 
 /// The flood-handling front of the message path. Cheap to clone.
@@ -339,6 +342,7 @@ impl Dispatcher {
             admitted: AtomicU64::new(0),
             hooks: TaskTracker::new(),
             workers: Mutex::new(Vec::new()),
+            shutting_down: tokio::sync::Mutex::new(()),
         });
         let path = Arc::new(MessagePath {
             store,
@@ -384,6 +388,11 @@ impl Dispatcher {
 
     /// Conversation changes and hand-offs, for the host to act on (route a
     /// handed-off conversation, release a closed one).
+    ///
+    /// A broadcast of 4,096 events: a subscriber that falls further behind
+    /// gets `RecvError::Lagged` and has missed events, so it should then
+    /// reread the state it routes from the store (for example the tenant's
+    /// queued conversations) rather than carry on.
     pub fn events(&self) -> broadcast::Receiver<PathEvent> {
         self.events.subscribe()
     }
@@ -399,6 +408,7 @@ impl Dispatcher {
     /// nothing is queued, running or hooked. Then the workers stop. Hooks are
     /// bounded by their timeout, so this ends.
     pub async fn shutdown(&self) {
+        let _one_at_a_time = self.inner.shutting_down.lock().await;
         self.inner.accepting.store(false, Ordering::SeqCst);
         // A command can start a hook and a hook can queue a command, so wait
         // for one moment when neither exists and nothing was admitted while
