@@ -22,10 +22,10 @@ use dashmap::DashMap;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
-use cs::core::store::{Appended, MemoryStore, MessageStore, StoreError};
+use cs::core::store::{MemoryStore, MessageStore};
+use cs::core::testing::{AppendInterceptor, Intercepted};
 use cs::core::{
-    ConnId, Conversation, ConversationId, Message, NewMessage, Party, Seq, TenantId, Timestamp,
-    VisitorId,
+    ConnId, Conversation, ConversationId, NewMessage, Party, Seq, TenantId, Timestamp, VisitorId,
 };
 use cs::transport::{
     CloseReason, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, Origin, PoolConfig,
@@ -260,13 +260,16 @@ fn dispatch(c: &mut Criterion) {
                 async move {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
-                        let store = Arc::new(GatedStore::new(gated));
+                        let store = Arc::new(Intercepted {
+                            inner: MemoryStore::new(),
+                            interceptor: Gate::new(gated),
+                        });
                         let setup = setup(config.clone(), store.clone()).await;
                         let target = setup.metrics.snapshot().persisted + BATCH as u64;
                         let start = Instant::now();
                         // Gated: every command is admitted (spilled) before any is stored.
                         submit_batch(&setup).await;
-                        store.open();
+                        store.interceptor.open();
                         wait_persisted(&setup, target).await;
                         total += start.elapsed();
                         if gated {
@@ -408,20 +411,17 @@ fn resume(c: &mut Criterion) {
     group.finish();
 }
 
-/// A `MemoryStore` whose appends can be held at a gate, so a shard stays
-/// saturated while a batch is admitted. With the gate open it adds an atomic
-/// load per append.
-struct GatedStore {
-    inner: MemoryStore,
+/// Holds appends at a gate until it opens, so a shard stays saturated while a
+/// batch is admitted. Open from the start, it costs an atomic load.
+struct Gate {
     open: std::sync::atomic::AtomicBool,
     opened: tokio::sync::Notify,
 }
 
-impl GatedStore {
-    fn new(gated: bool) -> Self {
+impl Gate {
+    fn new(shut: bool) -> Self {
         Self {
-            inner: MemoryStore::new(),
-            open: std::sync::atomic::AtomicBool::new(!gated),
+            open: std::sync::atomic::AtomicBool::new(!shut),
             opened: tokio::sync::Notify::new(),
         }
     }
@@ -433,17 +433,8 @@ impl GatedStore {
 }
 
 #[async_trait::async_trait]
-impl MessageStore for GatedStore {
-    async fn create_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
-        self.inner.create_conversation(c).await
-    }
-    async fn save_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
-        self.inner.save_conversation(c).await
-    }
-    async fn conversation(&self, id: ConversationId) -> Result<Conversation, StoreError> {
-        self.inner.conversation(id).await
-    }
-    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+impl AppendInterceptor for Gate {
+    async fn before_append(&self, _message: &NewMessage) {
         use std::sync::atomic::Ordering;
         if !self.open.load(Ordering::SeqCst) {
             // Register before re-checking, so an `open` in between is not missed.
@@ -452,30 +443,6 @@ impl MessageStore for GatedStore {
                 opened.await;
             }
         }
-        self.inner.append(m).await
-    }
-    async fn last_seq(&self, id: ConversationId) -> Result<Seq, StoreError> {
-        self.inner.last_seq(id).await
-    }
-    async fn range(
-        &self,
-        id: ConversationId,
-        from: Seq,
-        to: Seq,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        self.inner.range(id, from, to, limit).await
-    }
-    async fn recent(&self, id: ConversationId, n: usize) -> Result<Vec<Message>, StoreError> {
-        self.inner.recent(id, n).await
-    }
-    async fn after(
-        &self,
-        id: ConversationId,
-        after: Seq,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        self.inner.after(id, after, limit).await
     }
 }
 

@@ -1,4 +1,5 @@
-//! Helpers for tests that need a real server (feature `testing`).
+//! Helpers for tests (feature `testing`): reading a real server's URL, and
+//! wrapping a real store to slow it down or make it fail.
 
 /// Set to `1` to turn a missing service URL into a test failure instead of a
 /// skip. CI sets it, so a misconfigured runner cannot pass by skipping.
@@ -39,6 +40,110 @@ fn decide(var: &str, url: Option<String>, required: bool) -> Option<String> {
             eprintln!("skipped: {var} is not set; set it to run this test against a real server");
             None
         }
+    }
+}
+
+/// Runs host code before each append of a wrapped store: latency, a gate, a
+/// fault. See [`Intercepted`].
+#[async_trait::async_trait]
+pub trait AppendInterceptor: Send + Sync + 'static {
+    /// Called before `message` is appended; may wait or panic.
+    async fn before_append(&self, message: &crate::message::NewMessage);
+}
+
+/// A real store with something run before every append: the way tests and
+/// benchmarks slow a store down, hold it at a gate, or make it fail, without
+/// writing another store. Everything else goes straight to `inner`.
+///
+/// ```
+/// use std::time::Duration;
+/// use cs_core::store::MemoryStore;
+/// use cs_core::testing::{AppendInterceptor, Intercepted};
+///
+/// /// A database round trip, roughly.
+/// struct TwoMillis;
+///
+/// #[async_trait::async_trait]
+/// impl AppendInterceptor for TwoMillis {
+///     async fn before_append(&self, _: &cs_core::NewMessage) {
+///         tokio::time::sleep(Duration::from_millis(2)).await;
+///     }
+/// }
+///
+/// let slow_store = Intercepted { inner: MemoryStore::new(), interceptor: TwoMillis };
+/// ```
+pub struct Intercepted<S, I> {
+    /// The real store.
+    pub inner: S,
+    /// What runs before each append.
+    pub interceptor: I,
+}
+
+#[async_trait::async_trait]
+impl<S: crate::store::MessageStore, I: AppendInterceptor> crate::store::MessageStore
+    for Intercepted<S, I>
+{
+    async fn create_conversation(
+        &self,
+        conversation: &crate::conversation::Conversation,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.create_conversation(conversation).await
+    }
+
+    async fn save_conversation(
+        &self,
+        conversation: &crate::conversation::Conversation,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.save_conversation(conversation).await
+    }
+
+    async fn conversation(
+        &self,
+        id: crate::ids::ConversationId,
+    ) -> Result<crate::conversation::Conversation, crate::store::StoreError> {
+        self.inner.conversation(id).await
+    }
+
+    async fn append(
+        &self,
+        message: crate::message::NewMessage,
+    ) -> Result<crate::store::Appended, crate::store::StoreError> {
+        self.interceptor.before_append(&message).await;
+        self.inner.append(message).await
+    }
+
+    async fn last_seq(
+        &self,
+        conversation: crate::ids::ConversationId,
+    ) -> Result<crate::ids::Seq, crate::store::StoreError> {
+        self.inner.last_seq(conversation).await
+    }
+
+    async fn range(
+        &self,
+        conversation: crate::ids::ConversationId,
+        from: crate::ids::Seq,
+        to: crate::ids::Seq,
+        limit: usize,
+    ) -> Result<Vec<crate::message::Message>, crate::store::StoreError> {
+        self.inner.range(conversation, from, to, limit).await
+    }
+
+    async fn recent(
+        &self,
+        conversation: crate::ids::ConversationId,
+        n: usize,
+    ) -> Result<Vec<crate::message::Message>, crate::store::StoreError> {
+        self.inner.recent(conversation, n).await
+    }
+
+    async fn after(
+        &self,
+        conversation: crate::ids::ConversationId,
+        after: crate::ids::Seq,
+        limit: usize,
+    ) -> Result<Vec<crate::message::Message>, crate::store::StoreError> {
+        self.inner.after(conversation, after, limit).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! Flood handling: three times what the shards can take, then shutdown.
 //!
 //! The store is a real `MemoryStore` behind a fixed 2 ms delay per append
-//! (`DelayedStore`), standing in for a database round trip, so the shards'
+//! (`delayed_store`), standing in for a database round trip, so the shards'
 //! capacity is known: 2 shards / 2 ms = about 1,000 messages a second.
 
 mod support;
@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cs_core::store::MemoryStore;
 use cs_core::{Body, NewMessage, Seq};
 use cs_transport::{Admission, Command, DispatchError, DispatcherConfig, Origin};
 use support::*;
@@ -28,10 +27,7 @@ async fn a_flood_is_degraded_in_order_refused_loudly_and_never_dropped() {
         max_spill_bytes: 40 * 270,
         ..DispatcherConfig::default()
     };
-    let store = Arc::new(DelayedStore {
-        inner: MemoryStore::new(),
-        append_delay: Duration::from_millis(2),
-    });
+    let store = delayed_store(Duration::from_millis(2));
     let node = Arc::new(Node::start(config, store, Vec::new()));
     let mut conversations = Vec::new();
     for i in 0..CONVERSATIONS {
@@ -109,10 +105,7 @@ async fn a_flood_is_degraded_in_order_refused_loudly_and_never_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_every_accepted_message_then_refuses() {
-    let store = Arc::new(DelayedStore {
-        inner: MemoryStore::new(),
-        append_delay: Duration::from_millis(1),
-    });
+    let store = delayed_store(Duration::from_millis(1));
     let node = Node::start(DispatcherConfig::default(), store, Vec::new());
     let conversation = node.conversation("shop", "ann", None).await.id();
     for n in 0..200 {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cs_core::store::MemoryStore;
+use cs_core::testing::Intercepted;
 use cs_core::{Body, ClientMsgId, ConversationState, Event, Message, NewMessage, Party, Seq};
 use cs_transport::{
     Change, Command, DispatcherConfig, ErrorCode, Hook, HookAction, HookContext, HookError, Origin,
@@ -503,7 +504,10 @@ async fn a_panicking_store_does_not_take_the_shard_down() {
     };
     let node = Node::start(
         config,
-        Arc::new(PanickyStore(MemoryStore::new())),
+        Arc::new(Intercepted {
+            inner: MemoryStore::new(),
+            interceptor: PanicOnText,
+        }),
         Vec::new(),
     );
     let conversation = node.conversation("shop", "ann", None).await.id();

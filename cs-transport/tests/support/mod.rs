@@ -11,7 +11,8 @@ use bytes::Bytes;
 use futures::channel::mpsc;
 use futures::StreamExt;
 
-use cs_core::store::{Appended, MemoryStore, MessageStore, StoreError};
+use cs_core::store::{MemoryStore, MessageStore};
+use cs_core::testing::{AppendInterceptor, Intercepted};
 use cs_core::{
     AgentId, Conversation, ConversationId, Message, NewMessage, Party, Seq, TenantId, Timestamp,
     VisitorId,
@@ -196,95 +197,34 @@ pub fn agent(name: &str) -> Party {
     Party::Agent(agent_id(name))
 }
 
-/// A real [`MemoryStore`] that panics when asked to store the text "panic",
-/// standing in for a buggy third-party store.
-pub struct PanickyStore(pub MemoryStore);
+/// Holds each append for a fixed time, standing in for a database round
+/// trip, so that shards can be saturated on purpose.
+pub struct Delay(pub Duration);
 
 #[async_trait]
-impl MessageStore for PanickyStore {
-    async fn create_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
-        self.0.create_conversation(c).await
+impl AppendInterceptor for Delay {
+    async fn before_append(&self, _message: &NewMessage) {
+        tokio::time::sleep(self.0).await;
     }
-    async fn save_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
-        self.0.save_conversation(c).await
-    }
-    async fn conversation(&self, id: ConversationId) -> Result<Conversation, StoreError> {
-        self.0.conversation(id).await
-    }
-    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
-        if m.body == cs_core::Body::text("panic") {
+}
+
+/// A real `MemoryStore` behind a fixed delay per append.
+pub fn delayed_store(delay: Duration) -> Arc<Intercepted<MemoryStore, Delay>> {
+    Arc::new(Intercepted {
+        inner: MemoryStore::new(),
+        interceptor: Delay(delay),
+    })
+}
+
+/// Panics when asked to store the text "panic", standing in for a buggy
+/// third-party store.
+pub struct PanicOnText;
+
+#[async_trait]
+impl AppendInterceptor for PanicOnText {
+    async fn before_append(&self, message: &NewMessage) {
+        if message.body == cs_core::Body::text("panic") {
             panic!("a bug in a store");
         }
-        self.0.append(m).await
-    }
-    async fn last_seq(&self, id: ConversationId) -> Result<Seq, StoreError> {
-        self.0.last_seq(id).await
-    }
-    async fn range(
-        &self,
-        id: ConversationId,
-        from: Seq,
-        to: Seq,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        self.0.range(id, from, to, limit).await
-    }
-    async fn recent(&self, id: ConversationId, n: usize) -> Result<Vec<Message>, StoreError> {
-        self.0.recent(id, n).await
-    }
-    async fn after(
-        &self,
-        id: ConversationId,
-        after: Seq,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        self.0.after(id, after, limit).await
-    }
-}
-
-/// A real [`MemoryStore`] behind a fixed delay per append, standing in for a
-/// database round trip so that shards can be saturated on purpose.
-pub struct DelayedStore {
-    pub inner: MemoryStore,
-    pub append_delay: Duration,
-}
-
-#[async_trait]
-impl MessageStore for DelayedStore {
-    async fn create_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
-        self.inner.create_conversation(c).await
-    }
-    async fn save_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
-        self.inner.save_conversation(c).await
-    }
-    async fn conversation(&self, id: ConversationId) -> Result<Conversation, StoreError> {
-        self.inner.conversation(id).await
-    }
-    async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
-        tokio::time::sleep(self.append_delay).await;
-        self.inner.append(m).await
-    }
-    async fn last_seq(&self, id: ConversationId) -> Result<Seq, StoreError> {
-        self.inner.last_seq(id).await
-    }
-    async fn range(
-        &self,
-        id: ConversationId,
-        from: Seq,
-        to: Seq,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        self.inner.range(id, from, to, limit).await
-    }
-    async fn recent(&self, id: ConversationId, n: usize) -> Result<Vec<Message>, StoreError> {
-        self.inner.recent(id, n).await
-    }
-    async fn after(
-        &self,
-        id: ConversationId,
-        after: Seq,
-        limit: usize,
-    ) -> Result<Vec<Message>, StoreError> {
-        self.inner.after(id, after, limit).await
     }
 }
