@@ -250,8 +250,11 @@ impl MessagePath {
             // changes, not on every append.
             conversation.observe_seq(self.store.last_seq(id).await?);
             if state.conversations.len() >= self.config.cached_conversations {
-                // Everything cached is also saved, so starting over is safe.
-                state.conversations.clear();
+                // Everything cached is also saved, so dropping one is safe;
+                // one at a time keeps the rest warm instead of reloading all.
+                if let Some(evicted) = state.conversations.keys().next().copied() {
+                    state.conversations.remove(&evicted);
+                }
             }
             state.conversations.insert(id, conversation);
         }

@@ -635,3 +635,32 @@ async fn resuming_several_long_gaps_on_one_connection_never_overflows_it() {
     );
     assert_eq!(node.metrics.snapshot().slow_closed, 0);
 }
+
+#[tokio::test]
+async fn a_shard_that_forgets_conversations_reloads_them_intact() {
+    let config = DispatcherConfig {
+        shards: 1,
+        cached_conversations: 2,
+        ..DispatcherConfig::default()
+    };
+    let node = Node::start(config, Arc::new(MemoryStore::new()), Vec::new());
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        ids.push(node.conversation("shop", name, Some("alice")).await.id());
+    }
+    // Round-robin over four conversations through a cache of two: every
+    // send may reload its conversation, and seqs must still run on.
+    for round in 1..=3u64 {
+        for (id, name) in ids.iter().zip(["a", "b", "c", "d"]) {
+            let m = node.host_send(*id, visitor(name), "again").await;
+            assert_eq!(
+                m.seq,
+                Seq::new(2 + round),
+                "conversation {name}, round {round}"
+            );
+        }
+    }
+    // The state saved by the assignment survived the evictions.
+    let saved = node.store.conversation(ids[0]).await.unwrap();
+    assert_eq!(saved.agent(), Some(&agent_id("alice")));
+}
