@@ -57,10 +57,12 @@ mod tempdir {
     }
 }
 
-#[tokio::test]
-async fn a_file_store_keeps_messages_across_reopen() {
-    let (_dir, path) = temp_db();
-    let store = SqliteStore::open(&path).await.unwrap();
+/// A file store at `path` holding one conversation with one message.
+async fn file_store_with_one_message(
+    path: &std::path::Path,
+    text: &str,
+) -> (SqliteStore, Conversation, VisitorId) {
+    let store = SqliteStore::open(path).await.unwrap();
     let visitor = VisitorId::new("v").unwrap();
     let c = Conversation::open(
         TenantId::new("t").unwrap(),
@@ -69,9 +71,20 @@ async fn a_file_store_keeps_messages_across_reopen() {
     );
     store.create_conversation(&c).await.unwrap();
     store
-        .append(NewMessage::text(c.id(), Party::Visitor(visitor), "kept"))
+        .append(NewMessage::text(
+            c.id(),
+            Party::Visitor(visitor.clone()),
+            text,
+        ))
         .await
         .unwrap();
+    (store, c, visitor)
+}
+
+#[tokio::test]
+async fn a_file_store_keeps_messages_across_reopen() {
+    let (_dir, path) = temp_db();
+    let (store, c, _) = file_store_with_one_message(&path, "kept").await;
     store.close().await;
     drop(store);
 
@@ -127,22 +140,7 @@ async fn a_directory_that_does_not_exist_names_the_path() {
 #[tokio::test]
 async fn a_row_edited_by_hand_reads_as_corrupt() {
     let (_dir, path) = temp_db();
-    let store = SqliteStore::open(&path).await.unwrap();
-    let visitor = VisitorId::new("v").unwrap();
-    let c = Conversation::open(
-        TenantId::new("t").unwrap(),
-        visitor.clone(),
-        Timestamp::now(),
-    );
-    store.create_conversation(&c).await.unwrap();
-    store
-        .append(NewMessage::text(
-            c.id(),
-            Party::Visitor(visitor.clone()),
-            "fine",
-        ))
-        .await
-        .unwrap();
+    let (store, c, visitor) = file_store_with_one_message(&path, "fine").await;
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
