@@ -242,6 +242,16 @@ impl ConnectionPool {
         true
     }
 
+    /// Closes every connection on this node with `reason`, as a server does
+    /// when it stops: each client gets a `close` frame and reconnects (to
+    /// another node, or to this one when it is back). Returns how many closed.
+    pub fn close_all(&self, reason: CloseReason) -> usize {
+        // Ids first, then close: `close` touches the same map, so no guard
+        // may be held while it runs.
+        let ids: Vec<ConnId> = self.connections.iter().map(|c| *c.key()).collect();
+        ids.into_iter().filter(|id| self.close(*id, reason)).count()
+    }
+
     /// Presence changes on this node, for hosts that show who is online or
     /// update the router (an agent whose last tab closed goes offline).
     pub fn presence(&self) -> broadcast::Receiver<PresenceEvent> {
@@ -501,6 +511,34 @@ mod tests {
         let gone = presence.recv().await.unwrap();
         assert_eq!((gone.party, gone.online), (visitor("ann"), false));
         assert!(pool.is_empty());
+    }
+
+    #[tokio::test]
+    async fn close_all_sends_every_client_the_reason_and_empties_the_pool() {
+        let pool = ConnectionPool::new(PoolConfig::default(), Arc::new(Metrics::new()));
+        let (tx1, mut rx1) = mpsc::unbounded::<Bytes>();
+        let (tx2, mut rx2) = mpsc::unbounded::<Bytes>();
+        let a = pool.register(shop(), visitor("ann"), tx1);
+        let b = pool.register(shop(), visitor("bob"), tx2);
+        pool.join_conversation(a.id, ConversationId::new()).unwrap();
+
+        assert_eq!(pool.close_all(CloseReason::Shutdown), 2);
+        assert!(pool.is_empty());
+        let close = ServerFrame::Close {
+            reason: CloseReason::Shutdown,
+        }
+        .encode();
+        assert_eq!(rx1.next().await.unwrap(), close);
+        assert_eq!(rx2.next().await.unwrap(), close);
+        assert!(matches!(
+            a.writer.await.unwrap(),
+            WriterExit::Closed(CloseReason::Shutdown)
+        ));
+        assert!(matches!(
+            b.writer.await.unwrap(),
+            WriterExit::Closed(CloseReason::Shutdown)
+        ));
+        assert_eq!(pool.close_all(CloseReason::Shutdown), 0);
     }
 
     #[tokio::test]

@@ -1,0 +1,219 @@
+// The visitor's chat widget: a signed session kept in localStorage, the
+// visitor's conversation, and the shared chat client.
+"use strict";
+
+(function () {
+  const { Connection, renderMessage, insertBySeq, el, api, upload } = window.CsChat;
+  const $ = (id) => document.getElementById(id);
+  const names = {};
+  let token = localStorage.getItem("cs.visitor.token");
+  let visitor = null;
+  let conversation = null; // the open conversation's id
+  let connection = null;
+  let readSent = 0;
+  let typingUntil = 0;
+  let typingTimer = null;
+  let theirTyping = null;
+
+  function setStatus(text) {
+    $("status").textContent = text;
+  }
+
+  function describe(chat) {
+    if (chat.state === "bot") return "Chatting with the Demo Shop assistant";
+    if (chat.state === "queued") {
+      return chat.queue_position ? "Waiting for an agent · position " + chat.queue_position : "Waiting for an agent";
+    }
+    if (chat.state === "assigned") return "Chatting with " + (names[chat.agent] || chat.agent);
+    return "";
+  }
+
+  async function start() {
+    const session = await api("POST", "/api/visitor/session", token);
+    token = session.token;
+    visitor = session.visitor;
+    localStorage.setItem("cs.visitor.token", token);
+    connection = new Connection(() => "/ws/visitor?token=" + encodeURIComponent(token), {
+      status: (state) => {
+        if (state !== "online") setStatus(state === "connecting" ? "Connecting…" : "Reconnecting…");
+      },
+      open: () => {
+        if (conversation) refreshStatus();
+      },
+      message: onMessage,
+      typing: onTyping,
+      error: (frame) => showNotice(frame.message),
+      host: onHostFrame,
+    });
+    connection.start();
+    await openConversation();
+  }
+
+  async function openConversation() {
+    const data = await api("POST", "/api/visitor/conversation", token);
+    const chat = data.conversation;
+    Object.assign(names, data.agents);
+    conversation = chat.id;
+    $("messages").replaceChildren();
+    $("ended").hidden = true;
+    $("composer").hidden = false;
+    setStatus(describe(chat));
+    connection.follow(conversation);
+  }
+
+  async function refreshStatus() {
+    try {
+      const data = await api("POST", "/api/visitor/conversation", token);
+      if (data.conversation.id === conversation) setStatus(describe(data.conversation));
+    } catch (_) {
+      /* the socket's own status says enough */
+    }
+  }
+
+  function onMessage(m, c) {
+    if (m.conversation !== conversation) return;
+    const body = m.body;
+    if (body.type === "event") {
+      if (body.event === "assigned") {
+        setStatus("Chatting with " + (names[body.agent] || body.agent));
+      } else if (body.event === "transfer") {
+        setStatus("Chatting with " + (names[body.to] || body.to));
+      } else if (body.event === "handoff") {
+        setStatus("Waiting for an agent");
+      } else if (body.event === "close") {
+        $("ended").hidden = false;
+        $("composer").hidden = true;
+        setStatus("Chat ended");
+      } else if (body.event === "read") {
+        markRead(c);
+      }
+    }
+    const mine = m.sender.kind === "visitor" && m.sender.id === visitor;
+    const node = renderMessage(m, { mine, names });
+    if (node) {
+      insertBySeq($("messages"), node);
+      $("messages").scrollTop = $("messages").scrollHeight;
+    }
+    if (!mine && body.type !== "event") {
+      clearTyping();
+      sendRead(c);
+    }
+    markRead(c);
+  }
+
+  // "Read" under the visitor's messages the agent has read.
+  function markRead(c) {
+    const upTo = c.readUpTo.agent;
+    for (const node of $("messages").querySelectorAll(".msg.mine")) {
+      node.classList.toggle("read", Number(node.dataset.seq) <= upTo);
+    }
+  }
+
+  function sendRead(c) {
+    if (document.hidden || $("widget").hidden) return;
+    if (c.contiguous > readSent) {
+      readSent = c.contiguous;
+      connection.read(conversation, c.contiguous);
+    }
+  }
+
+  function onTyping(frame) {
+    if (frame.conversation !== conversation || frame.from.kind === "visitor") return;
+    if (frame.active) {
+      $("typing").textContent = (names[frame.from.id] || "The agent") + " is typing…";
+      $("typing").hidden = false;
+      clearTimeout(theirTyping);
+      theirTyping = setTimeout(clearTyping, 6000);
+    } else {
+      clearTyping();
+    }
+  }
+
+  function clearTyping() {
+    $("typing").hidden = true;
+  }
+
+  function onHostFrame(frame) {
+    if (frame.type === "queue" && frame.conversation === conversation) {
+      setStatus("Waiting for an agent · position " + frame.position);
+    }
+  }
+
+  function showNotice(text) {
+    const node = el("div", "msg notice", text);
+    node.dataset.seq = Number.MAX_SAFE_INTEGER;
+    $("messages").appendChild(node);
+    setTimeout(() => node.remove(), 6000);
+  }
+
+  function onInput() {
+    const now = Date.now();
+    if (now > typingUntil) {
+      connection.typing(conversation, true);
+      typingUntil = now + 3000;
+    }
+    clearTimeout(typingTimer);
+    typingTimer = setTimeout(() => {
+      connection.typing(conversation, false);
+      typingUntil = 0;
+    }, 4000);
+  }
+
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("input").value.trim();
+    if (!text || !conversation) return;
+    connection.send(conversation, { type: "text", text });
+    $("input").value = "";
+    connection.typing(conversation, false);
+    typingUntil = 0;
+  });
+  $("input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  $("input").addEventListener("input", onInput);
+  $("file").addEventListener("change", async () => {
+    const file = $("file").files[0];
+    $("file").value = "";
+    if (!file) return;
+    try {
+      connection.send(conversation, await upload(file, token));
+    } catch (error) {
+      showNotice("Upload failed: " + error.message);
+    }
+  });
+  $("end").addEventListener("click", async () => {
+    try {
+      await api("POST", "/api/visitor/conversation/close", token);
+    } catch (error) {
+      showNotice(error.message);
+    }
+  });
+  $("restart").addEventListener("click", () => openConversation().catch((e) => showNotice(e.message)));
+  $("launcher").addEventListener("click", () => {
+    $("widget").hidden = false;
+    $("launcher").hidden = true;
+    localStorage.setItem("cs.widget.open", "1");
+    const c = conversation && connection.conversation(conversation);
+    if (c) sendRead(c);
+  });
+  $("minimise").addEventListener("click", () => {
+    $("widget").hidden = true;
+    $("launcher").hidden = false;
+    localStorage.setItem("cs.widget.open", "0");
+  });
+  document.addEventListener("visibilitychange", () => {
+    const c = conversation && connection && connection.conversation(conversation);
+    if (c) sendRead(c);
+  });
+
+  // Open unless the visitor minimised it last time.
+  if (localStorage.getItem("cs.widget.open") !== "0") {
+    $("widget").hidden = false;
+    $("launcher").hidden = true;
+  }
+  start().catch((error) => setStatus("Chat unavailable: " + error.message));
+})();

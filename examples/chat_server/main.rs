@@ -1,0 +1,294 @@
+//! The complete customer-service demo: a visitor widget, an agent console,
+//! the FAQ bot, and the shop's data, served by one axum app built from the
+//! `cs` crates on the embedded defaults.
+//!
+//! ```sh
+//! cargo run --release --example chat_server
+//! # then open http://127.0.0.1:8080/ (a shopper) and http://127.0.0.1:8080/agent (an agent)
+//! ```
+//!
+//! It is also the reference for wiring the crates into an existing axum
+//! backend. Layout, one concept per file:
+//!
+//! - `main.rs`: flags, startup in dependency order, graceful shutdown.
+//! - `app.rs`: the state struct and every route, in one place.
+//! - `auth.rs`: HMAC-signed tokens for visitors and agents; the demo accounts.
+//! - `storage.rs`: the store a `--database` URL names (SQLite by default).
+//! - `bot.rs`: the FAQ bot: training at start, the message-path hook, corrections.
+//! - `desk.rs`: the glue between the message path and the router: hand-offs
+//!   to the queue, assignments, presence, queue positions, transfers.
+//! - `visitor.rs`, `agent.rs`: the HTTP and WebSocket handlers of each side.
+//! - `uploads.rs`: images and files, size-limited, kept in the data dir.
+//! - `shop.rs`: two demo systems (an ERP and a CRM) behind the `DataHub`.
+//! - `ops.rs`: `/metrics` and `/healthz`.
+//! - `loadtest.rs`: the endpoints the load generator drives (`--loadgen` only).
+//! - `error.rs`: one error type for every handler.
+//! - `assets/`: the pages, embedded in the binary.
+
+mod agent;
+mod app;
+mod auth;
+mod bot;
+mod desk;
+mod error;
+mod loadtest;
+mod ops;
+mod shop;
+mod storage;
+mod uploads;
+mod visitor;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use cs::core::router::{BuiltinStrategy, Router};
+use cs::core::TenantId;
+use cs::transport::websocket::WsConfig;
+use cs::transport::{ConnectionPool, Dispatcher, DispatcherConfig, Hook, Metrics, PoolConfig};
+
+use crate::app::App;
+use crate::auth::Signer;
+use crate::bot::{Bot, BotHook, BotSettings};
+use crate::desk::{Desk, DeskHook};
+
+/// Flags; each also reads an environment variable, so a container can be
+/// configured without a command line.
+#[derive(Parser, Debug)]
+#[command(about = "The cs customer-service demo server: visitor widget, agent console, FAQ bot")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CS_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Where the SQLite database, uploaded files and the signing key live.
+    #[arg(long, env = "CS_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// The conversation store: `sqlite://PATH`, `sqlite::memory:`,
+    /// `postgres://…` or `mysql://…`. Default: SQLite at DATA_DIR/cs.db.
+    #[arg(long, env = "CS_DATABASE_URL")]
+    database: Option<String>,
+    /// How queued visitors are given to agents: round-robin, least-busy,
+    /// skill or sticky (back to the agent who served them last).
+    #[arg(long, env = "CS_STRATEGY", default_value = "sticky")]
+    strategy: BuiltinStrategy,
+    /// Conversations each demo agent serves at once.
+    #[arg(long, env = "CS_AGENT_CAPACITY", default_value_t = 3)]
+    agent_capacity: usize,
+    /// Seconds an agent whose last tab closed keeps their conversations
+    /// before they go back to the queue (a page reload is not a departure).
+    #[arg(long, env = "CS_AGENT_GRACE_SECS", default_value_t = 15)]
+    agent_grace_secs: u64,
+    /// The bot hands off when its confidence is below this, on top of its
+    /// own calibrated threshold. 0 trusts the calibration alone.
+    #[arg(long, env = "CS_BOT_MIN_CONFIDENCE", default_value_t = 0.0)]
+    bot_min_confidence: f32,
+    /// Weight of catching out-of-scope questions against answering in-scope
+    /// ones when the bot fits its hand-off threshold (higher hands off more).
+    #[arg(long, env = "CS_BOT_OOS_WEIGHT")]
+    bot_oos_weight: Option<f32>,
+    /// The bot asks which one was meant when the runner-up intent has at
+    /// least this share of the top one's probability.
+    #[arg(long, env = "CS_BOT_CLARIFY_RATIO")]
+    bot_clarify_ratio: Option<f32>,
+    /// Key for signing tokens, any length. Default: a random key kept in
+    /// DATA_DIR/secret.key, so sessions survive a restart.
+    #[arg(long, env = "CS_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Largest upload, in MiB.
+    #[arg(long, env = "CS_MAX_UPLOAD_MB", default_value_t = 10)]
+    max_upload_mb: u64,
+    /// Frames per second one WebSocket connection may send, sustained.
+    #[arg(long, env = "CS_WS_RATE", default_value_t = 20)]
+    ws_rate: u32,
+    /// The tenant (shop) id.
+    #[arg(long, env = "CS_TENANT", default_value = "demo")]
+    tenant: String,
+    /// Serve the load generator's unauthenticated endpoints (`/pair/{n}`,
+    /// `/ws?pair=…`) and lift the per-connection rate limit. Never in production.
+    #[arg(long)]
+    loadgen: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // Logs go to stderr, so stdout carries only the "listening" lines.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat_server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let tenant = TenantId::new(args.tenant.clone())
+        .map_err(|e| format!("--tenant {:?}: {e}", args.tenant))?;
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+        format!(
+            "cannot create the data dir {}: {e}; pass --data-dir to put it elsewhere",
+            args.data_dir.display()
+        )
+    })?;
+    let signer = Signer::load_or_create(&args.data_dir, args.secret.as_deref())?;
+
+    // Storage first: everything else writes to it.
+    let stores = storage::open(args.database.as_deref(), &args.data_dir).await?;
+    tracing::info!(store = %stores.describe, "store ready");
+
+    // The bot trains before the first visitor can ask it anything.
+    let started = Instant::now();
+    let bot = Arc::new(Bot::train_bundled(BotSettings {
+        min_confidence: args.bot_min_confidence,
+        oos_weight: args.bot_oos_weight,
+        clarify_ratio: args.bot_clarify_ratio,
+    })?);
+    tracing::info!(
+        intents = bot.intent_names().len(),
+        examples = bot.training_rows(),
+        seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "bot trained on the bundled retail FAQ"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let pool = ConnectionPool::new(PoolConfig::default(), Arc::clone(&metrics));
+    let desk_hook = Arc::new(DeskHook::new(tenant.clone()));
+    let hooks: Vec<Arc<dyn Hook>> = vec![
+        Arc::new(BotHook::new(Arc::clone(&bot))),
+        Arc::clone(&desk_hook) as Arc<dyn Hook>,
+    ];
+    let max_upload_bytes = args.max_upload_mb * 1024 * 1024;
+    let mut dispatcher_config = DispatcherConfig::default();
+    // A message may announce any file the upload endpoint accepted.
+    dispatcher_config.message_limits.max_attachment_bytes = max_upload_bytes;
+    let dispatcher = Dispatcher::start(
+        dispatcher_config,
+        Arc::clone(&stores.messages),
+        Arc::clone(&pool),
+        hooks,
+        Arc::clone(&metrics),
+    );
+
+    let desk = Desk::new(
+        tenant.clone(),
+        Router::new(args.strategy.build()),
+        dispatcher.clone(),
+        Arc::clone(&pool),
+        stores.clone(),
+        args.agent_capacity,
+        Duration::from_secs(args.agent_grace_secs),
+    )?;
+    desk_hook.attach(&desk);
+    let shutdown = CancellationToken::new();
+    let desk_tasks = desk.spawn(shutdown.clone());
+    let recovered = desk.recover().await;
+    if recovered > 0 {
+        tracing::info!(
+            conversations = recovered,
+            "open conversations recovered from the store"
+        );
+    }
+
+    let ws = WsConfig {
+        rate_per_second: if args.loadgen {
+            1_000_000
+        } else {
+            args.ws_rate
+        },
+        rate_burst: if args.loadgen {
+            1_000_000
+        } else {
+            args.ws_rate * 2
+        },
+        ..WsConfig::default()
+    };
+    let app = App {
+        tenant,
+        signer: Arc::new(signer),
+        stores,
+        pool: Arc::clone(&pool),
+        dispatcher: dispatcher.clone(),
+        desk: Arc::clone(&desk),
+        bot,
+        shop: Arc::new(shop::Shop::new()),
+        uploads: Arc::new(uploads::Uploads::new(
+            args.data_dir.join("uploads"),
+            max_upload_bytes,
+        )?),
+        metrics,
+        ws,
+        loadgen: args.loadgen.then(|| Arc::new(loadtest::Pairs::default())),
+    };
+    let router = app::routes(app);
+
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}: {e}; pass --addr to use another",
+                args.addr
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    // The browser tests read this line to find the port when --addr ends in :0.
+    println!("chat_server listening on http://{addr}/ (agents: http://{addr}/agent)");
+    println!(
+        "demo agent accounts (password \"demo\"): {}",
+        auth::DEMO_AGENTS
+            .iter()
+            .map(|a| a.id)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if args.loadgen {
+        tracing::warn!(
+            "--loadgen: unauthenticated load-test endpoints are on and rate limits are off"
+        );
+    }
+
+    let stop = shutdown.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("Ctrl-C: draining queued messages, then stopping");
+            stop.cancel();
+        })
+        .await?;
+
+    // HTTP has stopped taking requests. Drain the message path (every
+    // accepted message is stored and delivered, and the bot's answers to
+    // them too), then tell the open sockets to reconnect elsewhere.
+    shutdown.cancel();
+    dispatcher.shutdown().await;
+    let closed = pool.close_all(cs::transport::CloseReason::Shutdown);
+    for task in desk_tasks {
+        let _ = task.await;
+    }
+    tracing::info!(connections = closed, "stopped");
+    Ok(())
+}
