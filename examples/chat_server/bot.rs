@@ -62,8 +62,8 @@ struct Answers {
 pub struct BotSettings {
     /// Hand off below this confidence, on top of the calibrated threshold.
     pub min_confidence: f32,
-    /// `ModelConfig::oos_weight`, if set.
-    pub oos_weight: Option<f32>,
+    /// `ModelConfig::oos_weight`.
+    pub oos_weight: f32,
     /// `ModelConfig::clarify_ratio`, if set.
     pub clarify_ratio: Option<f32>,
 }
@@ -140,9 +140,7 @@ impl Bot {
     fn train(faq: &str, settings: BotSettings) -> Result<Bot, BotError> {
         let faq: Faq = serde_json::from_str(faq)?;
         let mut config = AgentConfig::default();
-        if let Some(weight) = settings.oos_weight {
-            config.model.oos_weight = weight;
-        }
+        config.model.oos_weight = settings.oos_weight;
         if let Some(ratio) = settings.clarify_ratio {
             config.model.clarify_ratio = ratio;
         }
