@@ -254,10 +254,17 @@ impl Bot {
             vec![HookAction::Reply(Body::text(text))]
         } else {
             self.counters.answered.fetch_add(1, Ordering::Relaxed);
+            let language = if chinese { "zh" } else { "en" };
             let answer = match (&prediction.answer, faq) {
-                // The knowledge base's best entry for the intent, in the
-                // question's language when the question matched it best.
-                (Some(hit), _) if hit.entry.intent.as_deref() == Some(&*prediction.intent) => {
+                // The knowledge base's best entry for the intent, when it is
+                // in the question's language: a question that matched none
+                // of the intent's entries gets any of them, maybe the other
+                // language's (a corrected question, typically).
+                (Some(hit), _)
+                    if hit.entry.intent.as_deref() == Some(&*prediction.intent)
+                        && hit.entry.metadata.get("language").map(String::as_str)
+                            == Some(language) =>
+                {
                     hit.entry.answer.clone()
                 }
                 (_, Some(faq)) if chinese => faq.answer.zh.clone(),

@@ -218,6 +218,9 @@
       const node = $("messages").querySelector('[data-seq="' + d.question_seq + '"]');
       if (!node) continue;
       let tag = node.querySelector(".bot-tag");
+      // A correction the agent is picking stays open while the bot answers
+      // on: redrawing the tag would throw the form away under their cursor.
+      if (tag && tag.querySelector(".correct")) continue;
       if (tag) tag.remove();
       tag = el("div", "bot-tag");
       const label = d.corrected_to
