@@ -41,6 +41,7 @@ mod postgres;
 mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod visitors;
 
 use async_trait::async_trait;
 use cs_core::store::{Appended, MessageStore, StoreError};
@@ -48,6 +49,9 @@ use cs_core::{AgentId, Conversation, NewMessage, TenantId, VisitorId};
 
 pub use codec::{OversizeValue, MAX_BODY_JSON_BYTES};
 pub use stats::{DailyStats, Day};
+pub use visitors::{
+    VisitorRecord, VisitorStore, MAX_VISITOR_ATTRIBUTES_BYTES, MAX_VISITOR_FIELD_BYTES,
+};
 
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlStore;
@@ -92,6 +96,18 @@ pub trait MessageStoreExt: MessageStore {
         &self,
         tenant: &TenantId,
         agent: &AgentId,
+    ) -> Result<Vec<Conversation>, StoreError>;
+
+    /// The conversations of `tenant` that are not closed (waiting, with the
+    /// bot, queued or assigned), oldest first (by creation time, then id), at
+    /// most `limit`: what a chat server re-queues when it restarts.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn open_conversations(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
     ) -> Result<Vec<Conversation>, StoreError>;
 
     /// The per-day counters of `tenant` for `from..=to` (UTC days), oldest
