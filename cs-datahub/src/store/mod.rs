@@ -41,6 +41,8 @@ mod postgres;
 mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "redis")]
+mod tiered;
 mod visitors;
 
 use async_trait::async_trait;
@@ -61,6 +63,8 @@ pub use postgres::PostgresStore;
 pub use redis::{BeyondWindow, RedisStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
+#[cfg(feature = "redis")]
+pub use tiered::{TieredConfig, TieredStats, TieredStore};
 
 /// What the cs-datahub stores offer beyond [`MessageStore`]: batched appends
 /// and the queries behind an agent's inbox and a manager's report.
