@@ -254,6 +254,55 @@ async fn hits_are_served_from_the_redis_window() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_fill_every_window_they_touch() {
+    let Some(url) = cs_core::testing::service_url("CS_TEST_REDIS_URL") else {
+        return;
+    };
+    let scratch = sqlite_behind(&url).await;
+    let store = &scratch.store;
+    let (a, v) = conversation(store).await;
+    let (b, _) = conversation(store).await;
+    store.append(text(a, &v, 0)).await.unwrap();
+    // 1,100 messages for a (more than one ZADD's worth in the script), 100
+    // for b, interleaved, and a retry of a's first message.
+    let mut batch: Vec<NewMessage> = (1..=1_100)
+        .map(|i| text(a, &v, i))
+        .chain((1..=100).map(|i| text(b, &v, i)))
+        .collect();
+    batch.swap(5, 1_150);
+    let retry = text(a, &v, 0).with_client_msg_id(cs_core::ClientMsgId::new("r").unwrap());
+    store.append(retry.clone()).await.unwrap();
+    batch.push(retry);
+    let out = store.append_batch(batch).await.unwrap();
+    assert!(out.last().unwrap().duplicate);
+
+    let mut conn = raw_redis(&url).await;
+    for (c, top) in [(a, 1_102.0), (b, 100.0)] {
+        let held: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(window_key(store, c))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let scores: Vec<f64> = held.iter().map(|(_, s)| *s).collect();
+        let expected: Vec<f64> = (0..50).map(|i| top - 49.0 + f64::from(i)).collect();
+        assert_eq!(scores, expected, "the last 50 of each, in order");
+    }
+    let before = store.stats();
+    assert_eq!(
+        store.recent(a, 50).await.unwrap(),
+        store.cold().recent(a, 50).await.unwrap()
+    );
+    assert_eq!(
+        store.after(b, Seq::new(60), 100).await.unwrap(),
+        store.cold().after(b, Seq::new(60), 100).await.unwrap()
+    );
+    assert_eq!(delta(before, store.stats()), (2, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_behind_sql_is_never_served() {
     let Some(url) = cs_core::testing::service_url("CS_TEST_REDIS_URL") else {
         return;

@@ -191,20 +191,38 @@ struct Hot {
 const PUSH: &str = r#"
 local window, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local restarted = 0
+-- Per key: the window's last seq as this script moves it (false: empty),
+-- and the (score, member) pairs to add, so each key costs one ZRANGE and
+-- one ZADD rather than two calls per message.
+local last, adds = {}, {}
 for i = 3, #ARGV, 3 do
-  local key = KEYS[tonumber(ARGV[i])]
+  local k = tonumber(ARGV[i])
   local seq = tonumber(ARGV[i + 1])
-  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  local last = top[2] and tonumber(top[2])
-  if last == nil or last == seq - 1 then
-    redis.call('ZADD', key, seq, ARGV[i + 2])
-  elseif last < seq - 1 then
-    redis.call('DEL', key)
-    redis.call('ZADD', key, seq, ARGV[i + 2])
+  if last[k] == nil then
+    local top = redis.call('ZRANGE', KEYS[k], -1, -1, 'WITHSCORES')
+    last[k] = top[2] and tonumber(top[2]) or false
+    adds[k] = {}
+  end
+  local l = last[k]
+  if l == false or l == seq - 1 then
+    local a = adds[k]
+    a[#a + 1] = seq; a[#a + 1] = ARGV[i + 2]
+    last[k] = seq
+  elseif l < seq - 1 then
+    redis.call('DEL', KEYS[k])
+    adds[k] = {seq, ARGV[i + 2]}
+    last[k] = seq
     restarted = restarted + 1
   end
 end
 for k = 1, #KEYS do
+  local a = adds[k]
+  if a then
+    -- unpack is bounded by Lua's stack: at most 1,000 pairs per ZADD.
+    for j = 1, #a, 2000 do
+      redis.call('ZADD', KEYS[k], unpack(a, j, math.min(j + 1999, #a)))
+    end
+  end
   local n = redis.call('ZCARD', KEYS[k])
   if n > window then redis.call('ZREMRANGEBYRANK', KEYS[k], 0, n - window - 1) end
   redis.call('PEXPIRE', KEYS[k], ttl)
