@@ -1,5 +1,6 @@
-//! Storage engines: implementations of [`cs_core::store::MessageStore`], and
-//! the queries a shop needs beyond it ([`MessageStoreExt`]).
+//! Storage engines: implementations of [`cs_core::store::MessageStore`], the
+//! queries a shop needs beyond it ([`MessageStoreExt`]), and visitor records
+//! ([`VisitorStore`]).
 //!
 //! | Store | Feature | Keeps |
 //! |---|---|---|
@@ -7,11 +8,15 @@
 //! | [`PostgresStore`] | `postgres` | everything, in PostgreSQL |
 //! | [`MySqlStore`] | `mysql` | everything, in MariaDB or MySQL |
 //! | [`RedisStore`] | `redis` | a recent window of each conversation, in Redis |
+//! | [`TieredStore`] | `redis` | everything in a SQL store above, with each conversation's recent messages cached in Redis |
 //!
 //! The three SQL stores share one schema shape (`migrations/<dialect>/`,
 //! embedded in the binary and applied on connect) and one code path
-//! (`sql.rs`); only the SQL dialect differs. Every store passes cs-core's
-//! contract suite against the real server in this crate's tests.
+//! (`sql.rs`); only the SQL dialect differs. `tiered.rs` wraps any of them;
+//! `visitors.rs` holds the visitor record and its trait. Every store passes
+//! cs-core's contract suite, and the crate's own suites for
+//! [`MessageStoreExt`] and [`VisitorStore`], against the real server in this
+//! crate's tests.
 
 // Shared by the stores: with only some store features on, parts go unused.
 #[cfg_attr(
