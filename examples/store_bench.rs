@@ -20,13 +20,17 @@
 //! The last line of stdout is one JSON object with at least `store, messages,
 //! load_msgs_per_sec, recent50_p50_ms, recent50_p99_ms, resume_p99_ms,
 //! stats30d_ms, append_msgs_per_sec` (other tooling reads it: keep the names).
+//! With `--cache`, it also has `cache` (`"redis"`) and the cache's counters
+//! `cache_hits, cache_misses, cache_redis_errors`.
 //!
 //! Flags: `--store`, `--messages` (default 100,000), `--url` (server stores;
 //! default the CS_TEST_* variable, then the local default), `--path` (SQLite
 //! file; default a fresh file in the temp dir), `--samples` (default 2,000),
 //! `--keep` (leave the data instead of deleting it), `--sqlite-sync full|normal`
 //! (SQLite's [`Durability`]: `full`, the default, syncs every commit; `normal`
-//! survives a process crash but not a power cut).
+//! survives a process crash but not a power cut), `--cache redis://…` (put a
+//! [`TieredStore`] with that Redis in front of the SQL store; its windows
+//! live under the key prefix `cs_bench_<unix seconds>:hot:`).
 //!
 //! Every run writes into a fresh SQLite file, PostgreSQL schema, MariaDB
 //! database or Redis key prefix named `cs_bench_<unix seconds>`, removed at
@@ -40,6 +44,7 @@ use cs::core::{
 };
 use cs::datahub::store::{
     Day, Durability, MessageStoreExt, MySqlStore, PostgresStore, RedisStore, SqliteStore,
+    TieredConfig, TieredStore,
 };
 use hdrhistogram::Histogram;
 
@@ -57,6 +62,7 @@ struct Args {
     samples: usize,
     keep: bool,
     durability: Durability,
+    cache: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -68,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
         samples: 2_000,
         keep: false,
         durability: Durability::PowerLoss,
+        cache: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -92,12 +99,19 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--sqlite-sync {other}: use full or normal")),
                 }
             }
+            "--cache" => args.cache = Some(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
     }
     if !["sqlite", "postgres", "mysql", "redis"].contains(&args.store.as_str()) {
         return Err("--store must be sqlite, postgres, mysql or redis".into());
+    }
+    if args.cache.is_some() && args.store == "redis" {
+        return Err(
+            "--cache puts Redis in front of a SQL store; use it with sqlite, postgres or mysql"
+                .into(),
+        );
     }
     if args.messages < MESSAGES_PER_CONVERSATION || args.samples == 0 {
         return Err(format!(
@@ -107,7 +121,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-const USAGE: &str = "usage: store_bench --store sqlite|postgres|mysql|redis [--messages N] [--url URL] [--path FILE] [--samples N] [--keep] [--sqlite-sync full|normal]";
+const USAGE: &str = "usage: store_bench --store sqlite|postgres|mysql|redis [--messages N] [--url URL] [--path FILE] [--samples N] [--keep] [--sqlite-sync full|normal] [--cache redis://HOST:PORT]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -155,7 +169,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("{name}.db")));
             eprintln!("sqlite file: {} ({:?})", path.display(), args.durability);
             let store = SqliteStore::open_with(&path, args.durability).await?;
-            let result = bench(&args, &store).await;
+            let result = bench_sql(&args, &store, &name).await;
             store.close().await;
             if !args.keep {
                 for suffix in ["", "-wal", "-shm"] {
@@ -172,7 +186,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             );
             eprintln!("postgres: {}, schema {name}", cs::datahub::redact_url(&url));
             let store = PostgresStore::connect_in_schema(&url, &name).await?;
-            let result = bench(&args, &store).await;
+            let result = bench_sql(&args, &store, &name).await;
             store.close().await;
             if !args.keep {
                 use sqlx::Connection;
@@ -191,7 +205,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             );
             eprintln!("mysql: {}, database {name}", cs::datahub::redact_url(&url));
             let store = MySqlStore::connect_in_database(&url, &name).await?;
-            let result = bench(&args, &store).await;
+            let result = bench_sql(&args, &store, &name).await;
             store.close().await;
             if !args.keep {
                 use sqlx::Connection;
@@ -208,13 +222,56 @@ async fn run(args: Args) -> Result<(), BoxError> {
             eprintln!("redis: {}, prefix {prefix}", cs::datahub::redact_url(&url));
             // A window larger than any conversation here, so every read is served.
             let store = RedisStore::connect(&url, &prefix, 1_000).await?;
-            let result = bench(&args, &store).await;
+            let result = bench(&args, &store).await.map(print_summary);
             if !args.keep {
                 delete_redis_prefix(&url, &prefix).await?;
             }
             result
         }
     }
+}
+
+/// Benchmarks a SQL store, with the Redis cache in front if `--cache`, and
+/// prints the summary.
+async fn bench_sql<S: MessageStoreExt + Clone>(
+    args: &Args,
+    store: &S,
+    name: &str,
+) -> Result<(), BoxError> {
+    let Some(url) = &args.cache else {
+        return bench(args, store).await.map(print_summary);
+    };
+    let prefix = format!("{name}:hot:");
+    eprintln!(
+        "cache: redis at {}, prefix {prefix}",
+        cs::datahub::redact_url(url)
+    );
+    let config = TieredConfig {
+        prefix: prefix.clone(),
+        ..TieredConfig::default()
+    };
+    let tiered = TieredStore::new(store.clone(), url, config)?;
+    let result = bench(args, &tiered).await;
+    if !args.keep {
+        delete_redis_prefix(url, &prefix).await?;
+    }
+    let mut json = result?;
+    let stats = tiered.stats();
+    println!(
+        "cache            redis: {} hits, {} misses, {} Redis errors",
+        stats.hits, stats.misses, stats.redis_errors
+    );
+    json["cache"] = "redis".into();
+    json["cache_hits"] = stats.hits.into();
+    json["cache_misses"] = stats.misses.into();
+    json["cache_redis_errors"] = stats.redis_errors.into();
+    print_summary(json);
+    Ok(())
+}
+
+/// The JSON summary: always the last line of stdout.
+fn print_summary(json: serde_json::Value) {
+    println!("{json}");
 }
 
 async fn delete_redis_prefix(url: &str, prefix: &str) -> Result<(), BoxError> {
@@ -300,7 +357,9 @@ impl Latency {
     }
 }
 
-async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<(), BoxError> {
+/// Runs the benchmark, prints the results, and returns the JSON summary for
+/// the caller to complete and print last.
+async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json::Value, BoxError> {
     let tenant = TenantId::new("bench-shop")?;
     let conversations = (args.messages / MESSAGES_PER_CONVERSATION) as usize;
     let messages = conversations as u64 * MESSAGES_PER_CONVERSATION;
@@ -479,8 +538,7 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<(), BoxErro
         }
         .into();
     }
-    println!("{json}");
-    Ok(())
+    Ok(json)
 }
 
 fn round(x: f64) -> f64 {

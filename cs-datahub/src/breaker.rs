@@ -1,9 +1,10 @@
 //! A circuit breaker per adapter: stop calling a system that keeps failing,
-//! and try it again after a pause.
+//! and try it again after a pause. `TieredStore` guards its Redis with one
+//! too.
 //!
 //! Written here rather than taken from a crate because it is a dozen lines
-//! of state and must be driven by the hub's own notion of failure (an error,
-//! a timeout or a panic; "not applicable" is none).
+//! of state and must be driven by the caller's own notion of failure (for
+//! the hub: an error, a timeout or a panic; "not applicable" is none).
 
 use std::time::Duration;
 

@@ -9,12 +9,17 @@
 //! - [`hub`]: [`DataHub`], which fans a request out to every adapter that can
 //!   answer, with a timeout each, merges the answers and lists which adapters
 //!   failed: a partial answer, not an error. A TTL cache in front, a
-//!   [`breaker`] per adapter, and a panicking adapter is contained.
+//!   [`breaker`] per adapter (the same breaker guards `TieredStore`'s Redis),
+//!   and a panicking adapter is contained.
 //! - [`store`]: implementations of [`cs_core::store::MessageStore`], each
 //!   behind its cargo feature and each passing cs-core's contract suite
 //!   against a real server: SQLite (`sqlite`), PostgreSQL (`postgres`),
-//!   MariaDB/MySQL (`mysql`), Redis (`redis`); plus [`store::MessageStoreExt`]
-//!   for batched appends, inbox queries and per-day statistics.
+//!   MariaDB/MySQL (`mysql`), Redis (`redis`), and `TieredStore` (`redis`):
+//!   Redis as a cache of recent messages in front of any of the SQL stores.
+//!   Plus [`store::MessageStoreExt`] for batched appends, inbox queries, the
+//!   open conversations a restart re-queues and per-day statistics, and
+//!   [`store::VisitorStore`] for visitor records (name, email, first and
+//!   last seen, the host's own attributes).
 //! - [`error`]: [`OpenError`], for a store that cannot be opened.
 //!
 //! It depends only on `cs-core` among the cs crates.
@@ -22,16 +27,9 @@
 //! # Examples
 //!
 //! [`DataHub`] and [`DataAdapter`] have runnable examples on their pages, and
-//! so does `store::SqliteStore` (feature `sqlite`). In the workspace,
+//! so do `store::SqliteStore` and [`store::VisitorStore`] (feature `sqlite`). In the workspace,
 //! `examples/store_bench.rs` drives every store and `examples/datahub_profile.rs`
 //! merges an ERP (a SQL table) and a CRM (an HTTP/JSON service) into one profile.
-//!
-//! # Not built yet
-//!
-//! - Redis as a hot cache *in front of* a SQL store (today [`store`] has a
-//!   Redis store of its own, holding a recent window per conversation).
-//! - Visitor records beyond their conversations (a visitor is the id the host
-//!   gives; the stores index conversations by it).
 
 #![warn(missing_docs)]
 

@@ -1,54 +1,31 @@
 //! PostgreSQL: cs-core's store contract and the cs-datahub extras against the
 //! real server at CS_TEST_POSTGRES_URL, each case in a schema of its own that
-//! is dropped afterwards.
+//! is dropped afterwards; visitor records; open conversations.
 #![cfg(feature = "postgres")]
 
 mod common;
 
-use common::{is_stale_scratch, scratch_name, Scratch};
+use common::{drop_pg_schema, scratch_name, sweep_stale_pg_schemas, Scratch};
 use cs_datahub::store::PostgresStore;
 use cs_datahub::OpenError;
 use sqlx::Connection;
 
 async fn make_store() -> Option<Scratch<PostgresStore>> {
     let url = cs_core::testing::service_url("CS_TEST_POSTGRES_URL")?;
-    sweep_stale_schemas(&url).await;
+    sweep_stale_pg_schemas(&url).await;
     let schema = scratch_name();
     let store = PostgresStore::connect_in_schema(&url, &schema)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let cleanup = Box::new(move || -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(async move { drop_schema(&url, &schema).await })
+        Box::pin(async move { drop_pg_schema(&url, &schema).await })
     });
     Some(Scratch::new(store, cleanup))
 }
 
-async fn drop_schema(url: &str, schema: &str) {
-    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-}
-
-/// Drops schemas left by a run that crashed more than an hour ago.
-async fn sweep_stale_schemas(url: &str) {
-    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT schema_name::text FROM information_schema.schemata WHERE schema_name LIKE 'cs\\_test\\_%'",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .unwrap();
-    for name in names.into_iter().filter(|n| is_stale_scratch(n)) {
-        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-            .execute(&mut conn)
-            .await;
-    }
-}
-
 cs_core::message_store_contract!(make_store);
 ext_contract!(make_store);
+visitor_contract!(make_store);
 
 #[tokio::test]
 async fn an_unreachable_server_is_named_without_its_password() {
@@ -99,7 +76,7 @@ async fn a_schema_from_a_newer_version_is_refused() {
     .await
     .unwrap();
     let result = PostgresStore::connect_in_schema(&url, &schema).await;
-    drop_schema(&url, &schema).await;
+    drop_pg_schema(&url, &schema).await;
     match result {
         Err(e @ OpenError::SchemaMismatch { .. }) => assert!(e.to_string().contains("9999"), "{e}"),
         other => panic!("expected SchemaMismatch, got {:?}", other.err()),

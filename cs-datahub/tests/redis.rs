@@ -5,21 +5,21 @@
 
 mod common;
 
-use common::{is_stale_scratch, scratch_name, Scratch};
+use common::{delete_redis_keys, scratch_name, sweep_stale_redis_keys, Scratch};
 use cs_core::store::{MessageStore, StoreError};
 use cs_core::{ClientMsgId, Conversation, NewMessage, Party, Seq, TenantId, Timestamp, VisitorId};
 use cs_datahub::store::{BeyondWindow, RedisStore};
 use cs_datahub::OpenError;
 
 async fn connect(url: &str, window: usize) -> Scratch<RedisStore> {
-    sweep_stale_keys(url).await;
+    sweep_stale_redis_keys(url).await;
     let prefix = format!("{}:", scratch_name());
     let store = RedisStore::connect(url, &prefix, window)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let url = url.to_owned();
     let cleanup = Box::new(move || -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(async move { delete_keys(&url, &format!("{prefix}*")).await })
+        Box::pin(async move { delete_redis_keys(&url, &format!("{prefix}*")).await })
     });
     Scratch::new(store, cleanup)
 }
@@ -29,60 +29,9 @@ async fn make_store() -> Option<Scratch<RedisStore>> {
     Some(connect(&url, 1_000).await)
 }
 
-async fn delete_keys(url: &str, pattern: &str) {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys = scan(&mut conn, pattern).await;
-    for chunk in keys.chunks(500) {
-        let _: () = redis::cmd("DEL")
-            .arg(chunk)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-    }
-}
-
-async fn scan(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .unwrap();
-        keys.extend(batch);
-        if next == 0 {
-            return keys;
-        }
-        cursor = next;
-    }
-}
-
-/// Deletes keys left by a run that crashed more than an hour ago.
-async fn sweep_stale_keys(url: &str) {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut stale = std::collections::BTreeSet::new();
-    for key in scan(&mut conn, "cs_test_*").await {
-        {
-            let prefix = key.split(':').next().unwrap_or_default().to_owned();
-            if is_stale_scratch(&prefix) {
-                stale.insert(prefix);
-            }
-        }
-    }
-    for prefix in stale {
-        delete_keys(url, &format!("{prefix}:*")).await;
-    }
-}
-
 cs_core::message_store_contract!(make_store);
 ext_contract!(make_store);
+visitor_contract!(make_store);
 
 fn beyond(result: Result<Vec<cs_core::Message>, StoreError>) -> Option<u64> {
     match result {

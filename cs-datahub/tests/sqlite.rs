@@ -15,6 +15,7 @@ async fn make_store() -> Option<SqliteStore> {
 
 cs_core::message_store_contract!(make_store);
 ext_contract!(make_store);
+visitor_contract!(make_store);
 
 /// The file-backed store (one writer, several readers) keeps the contract too.
 mod file_backed {

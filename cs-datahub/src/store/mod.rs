@@ -1,5 +1,6 @@
-//! Storage engines: implementations of [`cs_core::store::MessageStore`], and
-//! the queries a shop needs beyond it ([`MessageStoreExt`]).
+//! Storage engines: implementations of [`cs_core::store::MessageStore`], the
+//! queries a shop needs beyond it ([`MessageStoreExt`]), and visitor records
+//! ([`VisitorStore`]).
 //!
 //! | Store | Feature | Keeps |
 //! |---|---|---|
@@ -7,11 +8,15 @@
 //! | [`PostgresStore`] | `postgres` | everything, in PostgreSQL |
 //! | [`MySqlStore`] | `mysql` | everything, in MariaDB or MySQL |
 //! | [`RedisStore`] | `redis` | a recent window of each conversation, in Redis |
+//! | [`TieredStore`] | `redis` | everything in a SQL store above, with each conversation's recent messages cached in Redis |
 //!
 //! The three SQL stores share one schema shape (`migrations/<dialect>/`,
 //! embedded in the binary and applied on connect) and one code path
-//! (`sql.rs`); only the SQL dialect differs. Every store passes cs-core's
-//! contract suite against the real server in this crate's tests.
+//! (`sql.rs`); only the SQL dialect differs. `tiered.rs` wraps any of them;
+//! `visitors.rs` holds the visitor record and its trait. Every store passes
+//! cs-core's contract suite, and the crate's own suites for
+//! [`MessageStoreExt`] and [`VisitorStore`], against the real server in this
+//! crate's tests.
 
 // Shared by the stores: with only some store features on, parts go unused.
 #[cfg_attr(
@@ -41,6 +46,9 @@ mod postgres;
 mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "redis")]
+mod tiered;
+mod visitors;
 
 use async_trait::async_trait;
 use cs_core::store::{Appended, MessageStore, StoreError};
@@ -48,6 +56,9 @@ use cs_core::{AgentId, Conversation, NewMessage, TenantId, VisitorId};
 
 pub use codec::{OversizeValue, MAX_BODY_JSON_BYTES};
 pub use stats::{DailyStats, Day};
+pub use visitors::{
+    VisitorRecord, VisitorStore, MAX_VISITOR_ATTRIBUTES_BYTES, MAX_VISITOR_FIELD_BYTES,
+};
 
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlStore;
@@ -57,6 +68,8 @@ pub use postgres::PostgresStore;
 pub use redis::{BeyondWindow, RedisStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
+#[cfg(feature = "redis")]
+pub use tiered::{TieredConfig, TieredStats, TieredStore};
 
 /// What the cs-datahub stores offer beyond [`MessageStore`]: batched appends
 /// and the queries behind an agent's inbox and a manager's report.
@@ -92,6 +105,18 @@ pub trait MessageStoreExt: MessageStore {
         &self,
         tenant: &TenantId,
         agent: &AgentId,
+    ) -> Result<Vec<Conversation>, StoreError>;
+
+    /// The conversations of `tenant` that are not closed (waiting, with the
+    /// bot, queued or assigned), oldest first (by creation time, then id), at
+    /// most `limit`: what a chat server re-queues when it restarts.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn open_conversations(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
     ) -> Result<Vec<Conversation>, StoreError>;
 
     /// The per-day counters of `tenant` for `from..=to` (UTC days), oldest

@@ -28,6 +28,18 @@ const DIALECT: Dialect = Dialect {
     // decode as a string; converting in the SELECT drops the flag.
     read_text: |column| format!("CONVERT({column} USING utf8mb4)"),
     retryable_code: |code| code == "40001",
+    // MySQL has no partial indexes: migration 0002 adds a generated column,
+    // `open_since`, that is `created_at` while the conversation is open and
+    // NULL once closed, indexed with the tenant; this reads that index in order.
+    open_filter: "open_since IS NOT NULL",
+    open_order: "open_since, id",
+    upsert: |_key, columns| {
+        let set: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{c} = VALUES({c})"))
+            .collect();
+        format!("ON DUPLICATE KEY UPDATE {}", set.join(", "))
+    },
 };
 
 /// Conversations and messages in MariaDB (10.5+) or MySQL (8+), InnoDB.

@@ -18,6 +18,9 @@ const DIALECT: Dialect = Dialect {
     stats_upsert_tail: sql::ON_CONFLICT_ADD,
     // serialization_failure, deadlock_detected.
     read_text: sql::plain_text,
+    open_filter: sql::OPEN_BY_STATE.0,
+    open_order: sql::OPEN_BY_STATE.1,
+    upsert: sql::on_conflict_update,
     retryable_code: |code| matches!(code, "40001" | "40P01"),
 };
 

@@ -9,7 +9,18 @@
 //! | `dedup:{id}` | hash | `client_msg_id` → seq, for the messages in the window |
 //! | `visitor:{tenant}:{visitor}` | sorted set | conversation ids by creation time |
 //! | `agent:{tenant}:{agent}` | set | the agent's assigned conversations |
+//! | `open:{tenant}` | sorted set | the tenant's conversations that are not closed, by creation time |
 //! | `stats:{tenant}` | hash | `{day}:{counter}` → count |
+//! | `vrec:{tenant length}:{tenant}:{visitor}` | hash | a visitor record: `display_name`, `email`, `first_seen`, `last_seen`, `attributes` (JSON) |
+//! | `visitors:{tenant}` | sorted set | the tenant's visitor ids by `last_seen` |
+//!
+//! A visitor record's key carries the tenant's length because both ids may
+//! contain `:`, and tenant `a:b` with visitor `c` must not share a key with
+//! tenant `a` and visitor `b:c`.
+//!
+//! `open:{tenant}` is kept by the create and save scripts since schema v2 of
+//! this crate; conversations written by an older version and never saved
+//! since are not in it.
 //!
 //! Every write is one Lua script, so it is atomic: the seq counter, the
 //! window, the dedup entry and the day's counters move together, and Redis
@@ -25,14 +36,15 @@ use async_trait::async_trait;
 use cs_core::store::{Appended, MessageStore, StoreError};
 use cs_core::{
     AgentId, Conversation, ConversationId, ConversationState, Message, NewMessage, Seq, TenantId,
-    VisitorId,
+    Timestamp, VisitorId,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use crate::store::codec::{self, MAX_BODY_JSON_BYTES};
 use crate::store::stats::StatsDelta;
-use crate::store::{DailyStats, Day, MessageStoreExt, OversizeValue};
+use crate::store::visitors;
+use crate::store::{DailyStats, Day, MessageStoreExt, OversizeValue, VisitorRecord, VisitorStore};
 use crate::{redact_url, OpenError};
 
 /// A read reached past the window: those messages were evicted from Redis.
@@ -79,15 +91,44 @@ struct Scripts {
     create: Script,
     append: Script,
     save: Script,
+    upsert_visitor: Script,
+    touch_visitor: Script,
 }
 
-/// KEYS: conv, visitor index. ARGV: prefix, data, tenant, created_at, day,
-/// conversation id. Returns 1 if created, 0 if the id was taken.
+/// KEYS: conv, visitor index, tenant's open set. ARGV: prefix, data, tenant,
+/// created_at, day, conversation id, open (1 unless created closed).
+/// Returns 1 if created, 0 if the id was taken.
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'data', ARGV[2], 'tenant', ARGV[3], 'last_seq', 0)
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[6])
+if ARGV[7] == '1' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6]) end
 redis.call('HINCRBY', ARGV[1] .. 'stats:' .. ARGV[3], ARGV[5] .. ':conversations', 1)
+return 1
+"#;
+
+/// KEYS: visitor record, tenant's by-last-seen set. ARGV: visitor id,
+/// first_seen, last_seen, attributes, has name (0/1), name, has email (0/1),
+/// email. Returns the stored first_seen (an existing record keeps its own).
+const UPSERT_VISITOR: &str = r#"
+local first = redis.call('HGET', KEYS[1], 'first_seen')
+if not first then first = ARGV[2] end
+redis.call('HSET', KEYS[1], 'first_seen', first, 'last_seen', ARGV[3], 'attributes', ARGV[4])
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'display_name', ARGV[6])
+else redis.call('HDEL', KEYS[1], 'display_name') end
+if ARGV[7] == '1' then redis.call('HSET', KEYS[1], 'email', ARGV[8])
+else redis.call('HDEL', KEYS[1], 'email') end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return first
+"#;
+
+/// KEYS: visitor record, tenant's by-last-seen set. ARGV: visitor id, now.
+const TOUCH_VISITOR: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'first_seen', ARGV[2], 'attributes', '{}')
+end
+redis.call('HSET', KEYS[1], 'last_seen', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 "#;
 
@@ -146,9 +187,9 @@ end
 return out
 "#;
 
-/// KEYS: conv. ARGV: prefix, tenant, expected old data, new data,
-/// agent set to leave or '', agent set to join or '', conversation id,
-/// then (stats field, increment) pairs.
+/// KEYS: conv, tenant's open set. ARGV: prefix, tenant, expected old data,
+/// new data, agent set to leave or '', agent set to join or '', conversation
+/// id, open (0/1), created_at, then (stats field, increment) pairs.
 /// Returns 'ok', 'unknown', or 'changed' (someone saved in between: retry).
 const SAVE: &str = r#"
 local old = redis.call('HGET', KEYS[1], 'data')
@@ -157,8 +198,10 @@ if old ~= ARGV[3] then return 'changed' end
 redis.call('HSET', KEYS[1], 'data', ARGV[4])
 if ARGV[5] ~= '' then redis.call('SREM', ARGV[5], ARGV[7]) end
 if ARGV[6] ~= '' then redis.call('SADD', ARGV[6], ARGV[7]) end
+if ARGV[8] == '1' then redis.call('ZADD', KEYS[2], ARGV[9], ARGV[7])
+else redis.call('ZREM', KEYS[2], ARGV[7]) end
 local stats = ARGV[1] .. 'stats:' .. ARGV[2]
-for i = 8, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   redis.call('HINCRBY', stats, ARGV[i], ARGV[i + 1])
 end
 return 'ok'
@@ -222,6 +265,8 @@ impl RedisStore {
                 create: Script::new(CREATE),
                 append: Script::new(APPEND),
                 save: Script::new(SAVE),
+                upsert_visitor: Script::new(UPSERT_VISITOR),
+                touch_visitor: Script::new(TOUCH_VISITOR),
             }),
         })
     }
@@ -242,6 +287,58 @@ impl RedisStore {
 
     fn agent_key(&self, tenant: &TenantId, agent: &AgentId) -> String {
         format!("{}agent:{tenant}:{agent}", self.prefix)
+    }
+
+    fn open_key(&self, tenant: &TenantId) -> String {
+        format!("{}open:{tenant}", self.prefix)
+    }
+
+    fn visitor_record_key(&self, tenant: &TenantId, visitor: &VisitorId) -> String {
+        format!(
+            "{}vrec:{}:{tenant}:{visitor}",
+            self.prefix,
+            tenant.as_str().len()
+        )
+    }
+
+    fn visitors_key(&self, tenant: &TenantId) -> String {
+        format!("{}visitors:{tenant}", self.prefix)
+    }
+
+    /// A visitor record from the fields of its hash (`None` if it has none).
+    fn decode_visitor(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        mut fields: std::collections::HashMap<String, String>,
+    ) -> Result<Option<VisitorRecord>, StoreError> {
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let millis = |fields: &std::collections::HashMap<String, String>, name: &str| {
+            fields
+                .get(name)
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "{}: visitor {id:?} of tenant {tenant}: {name} is missing or not a number",
+                        self.backend
+                    ))
+                })
+        };
+        let first_seen = millis(&fields, "first_seen")?;
+        let last_seen = millis(&fields, "last_seen")?;
+        let attributes = fields.remove("attributes").unwrap_or_else(|| "{}".into());
+        visitors::decode_visitor(
+            tenant,
+            id,
+            fields.remove("display_name"),
+            fields.remove("email"),
+            first_seen,
+            last_seen,
+            &attributes,
+        )
+        .map(Some)
     }
 
     fn error(&self, e: redis::RedisError) -> StoreError {
@@ -450,12 +547,14 @@ impl MessageStore for RedisStore {
                 conversation.tenant(),
                 conversation.visitor()
             ))
+            .key(self.open_key(conversation.tenant()))
             .arg(&*self.prefix)
             .arg(data)
             .arg(conversation.tenant().as_str())
             .arg(conversation.created_at().as_millis())
             .arg(day.0)
             .arg(conversation.id().to_string())
+            .arg(u8::from(is_open(conversation)))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.error(e))?;
@@ -489,13 +588,16 @@ impl MessageStore for RedisStore {
             let (leave, join) = (agent_set(before.state()), agent_set(conversation.state()));
             let mut invocation = self.scripts.save.key(&key);
             invocation
+                .key(self.open_key(tenant))
                 .arg(&*self.prefix)
                 .arg(tenant.as_str())
                 .arg(&old)
                 .arg(&data)
                 .arg(if leave == join { "" } else { leave.as_str() })
                 .arg(join.as_str())
-                .arg(conversation.id().to_string());
+                .arg(conversation.id().to_string())
+                .arg(u8::from(is_open(conversation)))
+                .arg(conversation.created_at().as_millis());
             for (day, delta) in StatsDelta::saved(&before, conversation) {
                 for (name, value) in COUNTERS.iter().zip(delta_values(&delta)) {
                     if value != 0 {
@@ -572,6 +674,10 @@ impl MessageStore for RedisStore {
     }
 }
 
+fn is_open(conversation: &Conversation) -> bool {
+    !matches!(conversation.state(), ConversationState::Closed)
+}
+
 fn delta_values(d: &StatsDelta) -> [i64; 7] {
     [
         d.conversations,
@@ -629,6 +735,27 @@ impl MessageStoreExt for RedisStore {
         Ok(found)
     }
 
+    async fn open_conversations(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        // Score is the creation time; equal scores come back in id order,
+        // as in the SQL stores.
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(self.open_key(tenant))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.load_conversations(ids).await
+    }
+
     async fn daily_stats(
         &self,
         tenant: &TenantId,
@@ -667,6 +794,117 @@ impl MessageStoreExt for RedisStore {
                 bot_resolved: c(5),
                 handoffs: c(6),
             });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl VisitorStore for RedisStore {
+    async fn upsert_visitor(&self, record: &VisitorRecord) -> Result<VisitorRecord, StoreError> {
+        let attributes = visitors::encode_attributes(&self.backend, record)?;
+        let mut conn = self.conn.clone();
+        let first_seen: i64 = self
+            .scripts
+            .upsert_visitor
+            .key(self.visitor_record_key(&record.tenant, &record.id))
+            .key(self.visitors_key(&record.tenant))
+            .arg(record.id.as_str())
+            .arg(codec::millis_to_i64(record.first_seen))
+            .arg(codec::millis_to_i64(record.last_seen))
+            .arg(attributes)
+            .arg(u8::from(record.display_name.is_some()))
+            .arg(record.display_name.as_deref().unwrap_or(""))
+            .arg(u8::from(record.email.is_some()))
+            .arg(record.email.as_deref().unwrap_or(""))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        let first_seen = u64::try_from(first_seen).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "{}: visitor {} of tenant {} has first_seen {first_seen}",
+                self.backend, record.id, record.tenant
+            ))
+        })?;
+        Ok(VisitorRecord {
+            first_seen: Timestamp::from_millis(first_seen),
+            ..record.clone()
+        })
+    }
+
+    async fn visitor(
+        &self,
+        tenant: &TenantId,
+        id: &VisitorId,
+    ) -> Result<Option<VisitorRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.visitor_record_key(tenant, id))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        self.decode_visitor(tenant, id.as_str(), fields)
+    }
+
+    async fn touch_visitor(
+        &self,
+        tenant: &TenantId,
+        id: &VisitorId,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .touch_visitor
+            .key(self.visitor_record_key(tenant, id))
+            .key(self.visitors_key(tenant))
+            .arg(id.as_str())
+            .arg(codec::millis_to_i64(now))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    async fn recent_visitors(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<VisitorRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(self.visitors_key(tenant))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            let visitor = VisitorId::new(id).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "{}: the visitors of tenant {tenant} list a bad id: {e}",
+                    self.backend
+                ))
+            })?;
+            pipe.cmd("HGETALL")
+                .arg(self.visitor_record_key(tenant, &visitor));
+        }
+        let records: Vec<std::collections::HashMap<String, String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.error(e))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, fields) in ids.iter().zip(records) {
+            if let Some(record) = self.decode_visitor(tenant, id, fields)? {
+                out.push(record);
+            }
         }
         Ok(out)
     }

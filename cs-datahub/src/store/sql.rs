@@ -33,6 +33,31 @@ pub(crate) struct Dialect {
     pub retryable_code: fn(&str) -> bool,
     /// How a `SELECT` reads a text column so the driver decodes it as text.
     pub read_text: fn(&str) -> String,
+    /// The `WHERE` condition (after `tenant = ?`) that picks open
+    /// conversations, and the `ORDER BY` that goes with it, both matching
+    /// the dialect's index for that query (migration 0002).
+    pub open_filter: &'static str,
+    /// See `open_filter`.
+    pub open_order: &'static str,
+    /// The tail of an `INSERT` that, when the row with key `key` exists,
+    /// overwrites `columns` with the values given instead.
+    pub upsert: fn(key: &str, columns: &[&str]) -> String,
+}
+
+/// Open conversations in PostgreSQL and SQLite: the partial index
+/// `cs_conversations_open` holds exactly the rows of this condition, in this
+/// order, so the query reads `limit` index entries and sorts nothing.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const OPEN_BY_STATE: (&str, &str) = ("state <> 'closed'", "created_at, id");
+
+/// `ON CONFLICT … DO UPDATE` (SQLite, PostgreSQL).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn on_conflict_update(key: &str, columns: &[&str]) -> String {
+    let set: Vec<String> = columns
+        .iter()
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    format!("ON CONFLICT ({key}) DO UPDATE SET {}", set.join(", "))
 }
 
 /// Reads a text column as it is (SQLite, PostgreSQL).
@@ -58,7 +83,12 @@ pub(crate) struct Statements {
     pub after: String,
     pub visitor_conversations: String,
     pub agent_open_conversations: String,
+    pub open_conversations: String,
     pub daily_stats: String,
+    pub upsert_visitor: String,
+    pub touch_visitor: String,
+    pub visitor: String,
+    pub recent_visitors: String,
     pub retryable_code: fn(&str) -> bool,
 }
 
@@ -82,6 +112,16 @@ impl Statements {
         );
         let data = text("data");
         let tenant = text("tenant");
+        #[allow(non_snake_case)]
+        let VISITOR_COLUMNS = format!(
+            "{}, {}, {}, first_seen, last_seen, {}",
+            text("visitor"),
+            text("display_name"),
+            text("email"),
+            text("attributes")
+        );
+        let visitor_columns =
+            "(tenant, visitor, display_name, email, first_seen, last_seen, attributes)";
         Self {
             insert_conversation: sql("INSERT INTO cs_conversations \
                  (id, tenant, visitor, agent, state, created_at, last_seq, data) \
@@ -132,6 +172,29 @@ impl Statements {
             agent_open_conversations: sql(format!(
                 "SELECT {data} FROM cs_conversations \
                  WHERE tenant = ? AND agent = ? AND state = 'assigned' ORDER BY created_at"
+            )),
+            open_conversations: sql(format!(
+                "SELECT {data} FROM cs_conversations \
+                 WHERE tenant = ? AND {} ORDER BY {} LIMIT ?",
+                dialect.open_filter, dialect.open_order
+            )),
+            upsert_visitor: sql(format!(
+                "INSERT INTO cs_visitors {visitor_columns} VALUES (?, ?, ?, ?, ?, ?, ?) {}",
+                (dialect.upsert)(
+                    "tenant, visitor",
+                    &["display_name", "email", "last_seen", "attributes"]
+                )
+            )),
+            touch_visitor: sql(format!(
+                "INSERT INTO cs_visitors {visitor_columns} VALUES (?, ?, NULL, NULL, ?, ?, '{{}}') {}",
+                (dialect.upsert)("tenant, visitor", &["last_seen"])
+            )),
+            visitor: sql(format!(
+                "SELECT {VISITOR_COLUMNS} FROM cs_visitors WHERE tenant = ? AND visitor = ?"
+            )),
+            recent_visitors: sql(format!(
+                "SELECT {VISITOR_COLUMNS} FROM cs_visitors \
+                 WHERE tenant = ? ORDER BY last_seen DESC, visitor DESC LIMIT ?"
             )),
             daily_stats: sql("SELECT day, conversations, messages, first_responses, \
                  first_response_ms_total, closed, bot_resolved, handoffs FROM cs_daily_stats \
@@ -330,14 +393,16 @@ macro_rules! sql_message_store {
         use async_trait::async_trait;
         use cs_core::store::{Appended, MessageStore, StoreError};
         use cs_core::{
-            AgentId, Conversation, ConversationId, Message, NewMessage, Seq, TenantId, VisitorId,
+            AgentId, Conversation, ConversationId, Message, NewMessage, Seq, TenantId, Timestamp,
+            VisitorId,
         };
         use sqlx::Row as _;
 
         use $crate::store::codec::{self, EncodedMessage};
         use $crate::store::sql::{self as common, TxError};
         use $crate::store::stats::StatsDelta;
-        use $crate::store::{DailyStats, Day, MessageStoreExt};
+        use $crate::store::visitors;
+        use $crate::store::{DailyStats, Day, MessageStoreExt, VisitorRecord, VisitorStore};
 
         type DbRow = <$db as sqlx::Database>::Row;
         type Tx<'a> = sqlx::Transaction<'a, $db>;
@@ -350,6 +415,19 @@ macro_rules! sql_message_store {
                 row.try_get::<&str, _>(2)?,
                 row.try_get(3)?,
                 row.try_get(4)?,
+            )?)
+        }
+
+        /// A row of `Statements::visitor` / `recent_visitors`.
+        fn visitor_from_row(tenant: &TenantId, row: &DbRow) -> Result<VisitorRecord, TxError> {
+            Ok(visitors::decode_visitor(
+                tenant,
+                row.try_get::<&str, _>(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+                row.try_get::<&str, _>(5)?,
             )?)
         }
 
@@ -639,6 +717,34 @@ macro_rules! sql_message_store {
                 Ok(())
             }
 
+            /// The upsert and the read of what it stored, in one transaction,
+            /// so the answer is this write's result whatever runs beside it.
+            async fn upsert_visitor_once(
+                &self,
+                record: &VisitorRecord,
+                attributes: &str,
+            ) -> Result<VisitorRecord, TxError> {
+                let mut tx = self.writer.begin().await?;
+                sqlx::query(&self.statements.upsert_visitor)
+                    .bind(record.tenant.as_str())
+                    .bind(record.id.as_str())
+                    .bind(record.display_name.as_deref())
+                    .bind(record.email.as_deref())
+                    .bind(codec::millis_to_i64(record.first_seen))
+                    .bind(codec::millis_to_i64(record.last_seen))
+                    .bind(attributes)
+                    .execute(&mut *tx)
+                    .await?;
+                let row = sqlx::query(&self.statements.visitor)
+                    .bind(record.tenant.as_str())
+                    .bind(record.id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let stored = visitor_from_row(&record.tenant, &row)?;
+                tx.commit().await?;
+                Ok(stored)
+            }
+
             async fn save_once(&self, c: &Conversation, data: &str) -> Result<(), TxError> {
                 let mut tx = self.writer.begin().await?;
                 let row = sqlx::query(&self.statements.lock_conversation_data)
@@ -801,6 +907,17 @@ macro_rules! sql_message_store {
                 self.read_conversations(query).await
             }
 
+            async fn open_conversations(
+                &self,
+                tenant: &TenantId,
+                limit: usize,
+            ) -> Result<Vec<Conversation>, StoreError> {
+                let query = sqlx::query(&self.statements.open_conversations)
+                    .bind(tenant.as_str())
+                    .bind(codec::limit_to_i64(limit));
+                self.read_conversations(query).await
+            }
+
             async fn daily_stats(
                 &self,
                 tenant: &TenantId,
@@ -838,6 +955,71 @@ macro_rules! sql_message_store {
                         })
                     })
                     .collect()
+            }
+        }
+
+        #[async_trait]
+        impl VisitorStore for $store {
+            async fn upsert_visitor(
+                &self,
+                record: &VisitorRecord,
+            ) -> Result<VisitorRecord, StoreError> {
+                let attributes = visitors::encode_attributes(&self.backend, record)?;
+                self.with_retries(|| self.upsert_visitor_once(record, &attributes))
+                    .await
+            }
+
+            async fn visitor(
+                &self,
+                tenant: &TenantId,
+                id: &VisitorId,
+            ) -> Result<Option<VisitorRecord>, StoreError> {
+                let row = sqlx::query(&self.statements.visitor)
+                    .bind(tenant.as_str())
+                    .bind(id.as_str())
+                    .fetch_optional(&self.reader)
+                    .await
+                    .map_err(|e| common::store_error(&self.backend, e))?;
+                row.map(|row| visitor_from_row(tenant, &row))
+                    .transpose()
+                    .map_err(|e| e.into_store_error(&self.backend))
+            }
+
+            async fn touch_visitor(
+                &self,
+                tenant: &TenantId,
+                id: &VisitorId,
+                now: Timestamp,
+            ) -> Result<(), StoreError> {
+                let now = codec::millis_to_i64(now);
+                self.with_retries(|| async {
+                    sqlx::query(&self.statements.touch_visitor)
+                        .bind(tenant.as_str())
+                        .bind(id.as_str())
+                        .bind(now)
+                        .bind(now)
+                        .execute(&self.writer)
+                        .await?;
+                    Ok(())
+                })
+                .await
+            }
+
+            async fn recent_visitors(
+                &self,
+                tenant: &TenantId,
+                limit: usize,
+            ) -> Result<Vec<VisitorRecord>, StoreError> {
+                let rows = sqlx::query(&self.statements.recent_visitors)
+                    .bind(tenant.as_str())
+                    .bind(codec::limit_to_i64(limit))
+                    .fetch_all(&self.reader)
+                    .await
+                    .map_err(|e| common::store_error(&self.backend, e))?;
+                rows.iter()
+                    .map(|row| visitor_from_row(tenant, row))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| e.into_store_error(&self.backend))
             }
         }
     };

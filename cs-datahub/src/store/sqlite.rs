@@ -21,6 +21,9 @@ const DIALECT: Dialect = Dialect {
     // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with any extended code: another
     // process holds the file's write lock for longer than busy_timeout.
     read_text: sql::plain_text,
+    open_filter: sql::OPEN_BY_STATE.0,
+    open_order: sql::OPEN_BY_STATE.1,
+    upsert: sql::on_conflict_update,
     retryable_code: |code| code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
 };
 

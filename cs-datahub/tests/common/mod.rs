@@ -1,6 +1,9 @@
 //! What every cs-datahub store must do beyond cs-core's contract: batched
-//! appends, the inbox queries and the per-day counters. Each store's test
-//! file runs these with `ext_contract!(make_store)`.
+//! appends, the inbox queries and the per-day counters
+//! (`ext_contract!(make_store)`), and visitor records
+//! (`visitor_contract!(make_store)`). Each store's test file runs both; the
+//! scratch helpers at the end give each case a schema, database or key
+//! prefix of its own.
 
 #![allow(dead_code)]
 
@@ -11,7 +14,9 @@ use cs_core::{
     AgentId, Body, ClientMsgId, Conversation, Event, NewMessage, Party, Seq, TenantId, Timestamp,
     VisitorId,
 };
-use cs_datahub::store::{Day, MessageStoreExt};
+use cs_datahub::store::{
+    Day, MessageStoreExt, OversizeValue, VisitorRecord, VisitorStore, MAX_VISITOR_FIELD_BYTES,
+};
 
 #[macro_export]
 macro_rules! ext_contract {
@@ -23,6 +28,7 @@ macro_rules! ext_contract {
                 visitor_and_agent_queries,
                 daily_stats_follow_writes,
                 oversize_bodies_are_refused,
+                open_conversations_oldest_first,
             );
         }
     };
@@ -34,6 +40,24 @@ macro_rules! ext_contract {
                 $crate::common::$case(::std::sync::Arc::new(store)).await;
             }
         )+
+    };
+}
+
+/// The visitor-record cases, one `#[tokio::test]` each, in a module
+/// `visitor_contract`; `$make` as for [`ext_contract!`], for a store that is
+/// also a `VisitorStore`.
+#[macro_export]
+macro_rules! visitor_contract {
+    ($make:ident) => {
+        mod visitor_contract {
+            $crate::ext_contract!(@cases $make;
+                visitor_records_round_trip,
+                touching_creates_and_bumps_last_seen,
+                recent_visitors_newest_first,
+                oversize_visitor_fields_are_refused,
+                ids_with_colons_stay_apart,
+            );
+        }
     };
 }
 
@@ -304,6 +328,246 @@ pub async fn oversize_bodies_are_refused<S: MessageStoreExt + ?Sized>(store: Arc
         .unwrap();
 }
 
+pub async fn open_conversations_oldest_first<S: MessageStoreExt + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    let base = Timestamp::now().as_millis() - 60_000;
+    let at = |ms: u64| Timestamp::from_millis(base + ms);
+    let create = |v: &str, ms: u64| Conversation::open(tenant.clone(), visitor(v), at(ms));
+    // Created out of order, in every open state, and one closed.
+    let mut middle = create("v2", 2_000);
+    let oldest = create("v1", 1_000);
+    let mut newest = create("v3", 3_000);
+    let mut closed = create("v0", 500);
+    for c in [&middle, &oldest, &newest, &closed] {
+        store.create_conversation(c).await.unwrap();
+    }
+    middle.start_bot().unwrap();
+    store.save_conversation(&middle).await.unwrap();
+    newest.enqueue(at(3_100)).unwrap();
+    newest.assign(AgentId::new("agent-1").unwrap()).unwrap();
+    store.save_conversation(&newest).await.unwrap();
+    closed.close(at(600)).unwrap();
+    store.save_conversation(&closed).await.unwrap();
+    // Another tenant's open conversation is not ours.
+    let elsewhere = Conversation::open(fresh_tenant(), visitor("v1"), at(0));
+    store.create_conversation(&elsewhere).await.unwrap();
+
+    let ids = |v: Vec<Conversation>| v.iter().map(Conversation::id).collect::<Vec<_>>();
+    let open = store.open_conversations(&tenant, 10).await.unwrap();
+    assert_eq!(
+        ids(open.clone()),
+        vec![oldest.id(), middle.id(), newest.id()],
+        "open ones only, oldest first"
+    );
+    assert_eq!(open[1], middle, "the saved state comes back");
+    assert_eq!(
+        ids(store.open_conversations(&tenant, 2).await.unwrap()),
+        vec![oldest.id(), middle.id()]
+    );
+    assert!(store
+        .open_conversations(&tenant, 0)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Closing drops one from the list; reopening brings one back.
+    let mut oldest = oldest;
+    oldest.close(at(4_000)).unwrap();
+    store.save_conversation(&oldest).await.unwrap();
+    closed.reopen(at(4_100)).unwrap();
+    store.save_conversation(&closed).await.unwrap();
+    assert_eq!(
+        ids(store.open_conversations(&tenant, 10).await.unwrap()),
+        vec![closed.id(), middle.id(), newest.id()]
+    );
+    assert!(store
+        .open_conversations(&fresh_tenant(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+fn at(ms: u64) -> Timestamp {
+    Timestamp::from_millis(1_700_000_000_000 + ms)
+}
+
+pub async fn visitor_records_round_trip<S: VisitorStore + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    let ada = visitor("ada");
+    assert_eq!(store.visitor(&tenant, &ada).await.unwrap(), None);
+    let mut record = VisitorRecord::new(tenant.clone(), ada.clone(), at(1_000));
+    record.display_name = Some("Ada Lovelace 艾达".into());
+    record.email = Some("ada@example.com".into());
+    record.attributes.insert("tier".into(), "gold".into());
+    record.attributes.insert("locale".into(), "zh-CN".into());
+    record.last_seen = at(2_000);
+    assert_eq!(store.upsert_visitor(&record).await.unwrap(), record);
+    assert_eq!(
+        store.visitor(&tenant, &ada).await.unwrap().as_ref(),
+        Some(&record)
+    );
+
+    // An update keeps first_seen and replaces the rest, emptied fields too.
+    let update = VisitorRecord {
+        display_name: None,
+        email: Some("ada@new.example".into()),
+        first_seen: at(5_000),
+        last_seen: at(5_000),
+        attributes: [("tier".to_owned(), "platinum".to_owned())].into(),
+        ..record.clone()
+    };
+    let stored = store.upsert_visitor(&update).await.unwrap();
+    assert_eq!(
+        stored,
+        VisitorRecord {
+            first_seen: at(1_000),
+            ..update
+        }
+    );
+    assert_eq!(store.visitor(&tenant, &ada).await.unwrap(), Some(stored));
+    assert_eq!(
+        store.visitor(&fresh_tenant(), &ada).await.unwrap(),
+        None,
+        "tenants do not share visitors"
+    );
+}
+
+pub async fn touching_creates_and_bumps_last_seen<S: VisitorStore + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    let bob = visitor("bob");
+    store.touch_visitor(&tenant, &bob, at(10)).await.unwrap();
+    assert_eq!(
+        store.visitor(&tenant, &bob).await.unwrap(),
+        Some(VisitorRecord::new(tenant.clone(), bob.clone(), at(10))),
+        "a first touch makes a minimal record"
+    );
+    store.touch_visitor(&tenant, &bob, at(20)).await.unwrap();
+    let mut named = store.visitor(&tenant, &bob).await.unwrap().unwrap();
+    assert_eq!((named.first_seen, named.last_seen), (at(10), at(20)));
+
+    named.display_name = Some("Bob".into());
+    named.first_seen = at(30);
+    named.last_seen = at(30);
+    store.upsert_visitor(&named).await.unwrap();
+    store.touch_visitor(&tenant, &bob, at(40)).await.unwrap();
+    let now = store.visitor(&tenant, &bob).await.unwrap().unwrap();
+    assert_eq!(
+        now.display_name.as_deref(),
+        Some("Bob"),
+        "a touch keeps the rest"
+    );
+    assert_eq!((now.first_seen, now.last_seen), (at(10), at(40)));
+}
+
+pub async fn recent_visitors_newest_first<S: VisitorStore + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    for (name, ms) in [("a", 100), ("b", 300), ("c", 200)] {
+        store
+            .touch_visitor(&tenant, &visitor(name), at(ms))
+            .await
+            .unwrap();
+    }
+    let mut d = VisitorRecord::new(tenant.clone(), visitor("d"), at(50));
+    d.last_seen = at(400);
+    store.upsert_visitor(&d).await.unwrap();
+    let names = |v: Vec<VisitorRecord>| {
+        v.iter()
+            .map(|r| r.id.as_str().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(store.recent_visitors(&tenant, 10).await.unwrap()),
+        vec!["d", "b", "c", "a"]
+    );
+    assert_eq!(
+        names(store.recent_visitors(&tenant, 2).await.unwrap()),
+        vec!["d", "b"]
+    );
+    assert!(store.recent_visitors(&tenant, 0).await.unwrap().is_empty());
+    store
+        .touch_visitor(&tenant, &visitor("a"), at(500))
+        .await
+        .unwrap();
+    let recent = store.recent_visitors(&tenant, 1).await.unwrap();
+    assert_eq!(names(recent.clone()), vec!["a"]);
+    assert_eq!(recent[0].first_seen, at(100));
+    assert!(store
+        .recent_visitors(&fresh_tenant(), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn oversize_visitor_fields_are_refused<S: VisitorStore + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    let eve = visitor("eve");
+    let base = VisitorRecord::new(tenant.clone(), eve.clone(), at(0));
+    let too_long = "é".repeat(MAX_VISITOR_FIELD_BYTES / 2 + 1);
+    let cases = [
+        (
+            "visitor display name",
+            VisitorRecord {
+                display_name: Some(too_long.clone()),
+                ..base.clone()
+            },
+        ),
+        (
+            "visitor email",
+            VisitorRecord {
+                email: Some(too_long),
+                ..base.clone()
+            },
+        ),
+        (
+            "visitor attributes",
+            VisitorRecord {
+                attributes: (0..200)
+                    .map(|i| (format!("key-{i}"), "v".repeat(100)))
+                    .collect(),
+                ..base.clone()
+            },
+        ),
+    ];
+    for (field, record) in cases {
+        match store.upsert_visitor(&record).await {
+            Err(StoreError::Backend { source, .. }) => {
+                let oversize = source
+                    .downcast_ref::<OversizeValue>()
+                    .unwrap_or_else(|| panic!("{field}: {source}"));
+                assert_eq!(oversize.field, field);
+            }
+            other => panic!("{field}: expected OversizeValue, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.visitor(&tenant, &eve).await.unwrap(),
+        None,
+        "nothing stored"
+    );
+    let at_limit = VisitorRecord {
+        display_name: Some("n".repeat(MAX_VISITOR_FIELD_BYTES)),
+        email: Some("e".repeat(MAX_VISITOR_FIELD_BYTES)),
+        ..base
+    };
+    assert_eq!(store.upsert_visitor(&at_limit).await.unwrap(), at_limit);
+}
+
+/// Ids may contain `:`; tenant `t:x` with visitor `y` is not tenant `t`
+/// with visitor `x:y`.
+pub async fn ids_with_colons_stay_apart<S: VisitorStore + ?Sized>(store: Arc<S>) {
+    let t = fresh_tenant();
+    let t_x = TenantId::new(format!("{t}:x")).unwrap();
+    let mut one = VisitorRecord::new(t_x.clone(), visitor("y"), at(1));
+    one.display_name = Some("one".into());
+    let mut two = VisitorRecord::new(t.clone(), visitor("x:y"), at(2));
+    two.display_name = Some("two".into());
+    store.upsert_visitor(&one).await.unwrap();
+    store.upsert_visitor(&two).await.unwrap();
+    assert_eq!(store.visitor(&t_x, &visitor("y")).await.unwrap(), Some(one));
+    assert_eq!(store.visitor(&t, &visitor("x:y")).await.unwrap(), Some(two));
+    assert_eq!(store.recent_visitors(&t, 10).await.unwrap().len(), 1);
+}
+
 type Cleanup = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
 
 /// A store that runs `cleanup` (dropping its test schema, database or keys)
@@ -443,6 +707,13 @@ macro_rules! delegate_store {
             ) -> Result<Vec<Conversation>, StoreError> {
                 self.store.agent_open_conversations(t, a).await
             }
+            async fn open_conversations(
+                &self,
+                t: &TenantId,
+                limit: usize,
+            ) -> Result<Vec<Conversation>, StoreError> {
+                self.store.open_conversations(t, limit).await
+            }
             async fn daily_stats(
                 &self,
                 t: &TenantId,
@@ -455,3 +726,110 @@ macro_rules! delegate_store {
     };
 }
 delegate_store!();
+
+#[async_trait::async_trait]
+impl<S: VisitorStore> VisitorStore for Scratch<S> {
+    async fn upsert_visitor(&self, r: &VisitorRecord) -> Result<VisitorRecord, StoreError> {
+        self.store.upsert_visitor(r).await
+    }
+    async fn visitor(
+        &self,
+        t: &TenantId,
+        v: &VisitorId,
+    ) -> Result<Option<VisitorRecord>, StoreError> {
+        self.store.visitor(t, v).await
+    }
+    async fn touch_visitor(
+        &self,
+        t: &TenantId,
+        v: &VisitorId,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.store.touch_visitor(t, v, now).await
+    }
+    async fn recent_visitors(
+        &self,
+        t: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<VisitorRecord>, StoreError> {
+        self.store.recent_visitors(t, limit).await
+    }
+}
+
+/// Deletes every Redis key matching `pattern`.
+pub async fn delete_redis_keys(url: &str, pattern: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = scan_redis(&mut conn, pattern).await;
+    for chunk in keys.chunks(500) {
+        let _: () = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+async fn scan_redis(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// Deletes Redis keys left by a run that crashed more than an hour ago.
+pub async fn sweep_stale_redis_keys(url: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut stale = std::collections::BTreeSet::new();
+    for key in scan_redis(&mut conn, "cs_test_*").await {
+        let prefix = key.split(':').next().unwrap_or_default().to_owned();
+        if is_stale_scratch(&prefix) {
+            stale.insert(prefix);
+        }
+    }
+    for prefix in stale {
+        delete_redis_keys(url, &format!("{prefix}:*")).await;
+    }
+}
+
+/// Drops a PostgreSQL schema and everything in it.
+pub async fn drop_pg_schema(url: &str, schema: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Drops PostgreSQL schemas left by a run that crashed more than an hour ago.
+pub async fn sweep_stale_pg_schemas(url: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT schema_name::text FROM information_schema.schemata WHERE schema_name LIKE 'cs\\_test\\_%'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    for name in names.into_iter().filter(|n| is_stale_scratch(n)) {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+            .execute(&mut conn)
+            .await;
+    }
+}
