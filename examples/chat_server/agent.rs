@@ -260,9 +260,17 @@ pub async fn socket(
         pool,
         dispatcher,
         ws,
+        sockets,
         ..
     } = app;
     websocket::upgrade(upgrade, &ws).on_upgrade(move |socket| {
-        websocket::serve(socket, tenant, Party::Agent(me), pool, dispatcher, ws)
+        sockets.track_future(websocket::serve(
+            socket,
+            tenant,
+            Party::Agent(me),
+            pool,
+            dispatcher,
+            ws,
+        ))
     })
 }

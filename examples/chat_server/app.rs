@@ -47,6 +47,8 @@ pub struct App {
     pub ws: WsConfig,
     /// The load generator's conversations, with `--loadgen` only.
     pub loadgen: Option<Arc<loadtest::Pairs>>,
+    /// Every socket task, so shutdown can wait for their close frames.
+    pub sockets: tokio_util::task::TaskTracker,
 }
 
 /// The pages, embedded in the binary: no build step, nothing to install.

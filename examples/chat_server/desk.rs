@@ -177,28 +177,28 @@ impl Desk {
     /// Puts the conversations a previous run left open back on the desk:
     /// queued ones into the queue, assigned ones back to the queue too (their
     /// agent has to reconnect, and `sticky` routing returns them to that
-    /// agent). Returns how many it found.
+    /// agent), waiting ones to the bot. Returns how many it found.
     pub async fn recover(&self) -> usize {
-        let mut open = Vec::new();
-        for agent in &DEMO_AGENTS {
-            let Ok(agent) = AgentId::new(agent.id) else {
-                continue;
-            };
-            match self
-                .stores
-                .queries
-                .agent_open_conversations(&self.tenant, &agent)
-                .await
-            {
-                Ok(conversations) => open.extend(conversations),
-                Err(e) => tracing::warn!(%agent, error = %e, "could not read open conversations"),
+        let open = match self
+            .stores
+            .queries
+            .open_conversations(&self.tenant, 100_000)
+            .await
+        {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the open conversations; they return when their visitors do");
+                return 0;
             }
-        }
+        };
         let found = open.len();
         for conversation in open {
             self.track(&conversation);
-            if conversation.state().kind() == StateKind::Assigned {
-                self.change(conversation.id(), Change::Requeue).await;
+            match conversation.state().kind() {
+                StateKind::Assigned => self.change(conversation.id(), Change::Requeue).await,
+                StateKind::Queued => self.route_queued(&conversation).await,
+                StateKind::Waiting => self.change(conversation.id(), Change::StartBot).await,
+                _ => {}
             }
         }
         found

@@ -123,8 +123,17 @@ pub async fn socket(
         pool,
         dispatcher,
         ws,
+        sockets,
         ..
     } = app;
-    Ok(websocket::upgrade(upgrade, &ws)
-        .on_upgrade(move |socket| websocket::serve(socket, tenant(), party, pool, dispatcher, ws)))
+    Ok(websocket::upgrade(upgrade, &ws).on_upgrade(move |socket| {
+        sockets.track_future(websocket::serve(
+            socket,
+            tenant(),
+            party,
+            pool,
+            dispatcher,
+            ws,
+        ))
+    }))
 }

@@ -246,7 +246,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
         metrics,
         ws,
         loadgen: args.loadgen.then(|| Arc::new(loadtest::Pairs::default())),
+        sockets: tokio_util::task::TaskTracker::new(),
     };
+    let sockets = app.sockets.clone();
     let router = app::routes(app);
 
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -289,6 +291,15 @@ async fn run(args: Args) -> Result<(), BoxError> {
     shutdown.cancel();
     dispatcher.shutdown().await;
     let closed = pool.close_all(cs::transport::CloseReason::Shutdown);
+    // close_all only queues each close frame; wait (briefly) for the socket
+    // tasks to write them, or clients would see a bare disconnect.
+    sockets.close();
+    if tokio::time::timeout(Duration::from_secs(5), sockets.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some sockets did not close within 5 s");
+    }
     for task in desk_tasks {
         let _ = task.await;
     }

@@ -80,16 +80,17 @@ pub async fn socket(
         pool,
         dispatcher,
         ws,
+        sockets,
         ..
     } = app;
     websocket::upgrade(upgrade, &ws).on_upgrade(move |socket| {
-        websocket::serve(
+        sockets.track_future(websocket::serve(
             socket,
             tenant,
             Party::Visitor(visitor),
             pool,
             dispatcher,
             ws,
-        )
+        ))
     })
 }
