@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 
 use cs::core::router::Presence;
 use cs::core::{AgentId, Body, ConversationId, Party, Seq};
-use cs::transport::websocket;
 
 use crate::app::App;
 use crate::auth::{demo_login, AuthAgent, TokenKind, AGENT_TOKEN_TTL, DEMO_AGENTS};
@@ -255,22 +254,6 @@ pub async fn socket(
     State(app): State<App>,
     AuthAgent(me): AuthAgent,
 ) -> Response {
-    let App {
-        tenant,
-        pool,
-        dispatcher,
-        ws,
-        sockets,
-        ..
-    } = app;
-    websocket::upgrade(upgrade, &ws).on_upgrade(move |socket| {
-        sockets.track_future(websocket::serve(
-            socket,
-            tenant,
-            Party::Agent(me),
-            pool,
-            dispatcher,
-            ws,
-        ))
-    })
+    let tenant = app.tenant.clone();
+    app.serve_socket(upgrade, tenant, Party::Agent(me))
 }

@@ -51,6 +51,30 @@ pub struct App {
     pub sockets: tokio_util::task::TaskTracker,
 }
 
+impl App {
+    /// Upgrades to a chat socket for `party` of `tenant`, which the caller
+    /// has verified, and tracks it so shutdown can wait for its close frame.
+    pub fn serve_socket(
+        self,
+        upgrade: axum::extract::WebSocketUpgrade,
+        tenant: TenantId,
+        party: cs::core::Party,
+    ) -> axum::response::Response {
+        let App {
+            pool,
+            dispatcher,
+            ws,
+            sockets,
+            ..
+        } = self;
+        cs::transport::websocket::upgrade(upgrade, &ws).on_upgrade(move |socket| {
+            sockets.track_future(cs::transport::websocket::serve(
+                socket, tenant, party, pool, dispatcher, ws,
+            ))
+        })
+    }
+}
+
 /// The pages, embedded in the binary: no build step, nothing to install.
 mod assets {
     pub const INDEX: &str = include_str!("assets/index.html");

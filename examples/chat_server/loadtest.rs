@@ -21,7 +21,6 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use cs::core::{AgentId, Conversation, ConversationId, Party, TenantId, Timestamp, VisitorId};
-use cs::transport::websocket;
 use cs::transport::{Change, Command};
 
 use crate::app::App;
@@ -119,21 +118,5 @@ pub async fn socket(
 ) -> Result<Response, ApiError> {
     pairs_of(&app)?;
     let party = party(query.pair, &query.role)?;
-    let App {
-        pool,
-        dispatcher,
-        ws,
-        sockets,
-        ..
-    } = app;
-    Ok(websocket::upgrade(upgrade, &ws).on_upgrade(move |socket| {
-        sockets.track_future(websocket::serve(
-            socket,
-            tenant(),
-            party,
-            pool,
-            dispatcher,
-            ws,
-        ))
-    }))
+    Ok(app.serve_socket(upgrade, tenant(), party))
 }

@@ -8,7 +8,6 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use cs::core::{Party, VisitorId};
-use cs::transport::websocket;
 
 use crate::app::App;
 use crate::auth::{AuthVisitor, TokenKind, DEMO_AGENTS, VISITOR_TOKEN_TTL};
@@ -75,22 +74,6 @@ pub async fn socket(
     State(app): State<App>,
     AuthVisitor(visitor): AuthVisitor,
 ) -> Response {
-    let App {
-        tenant,
-        pool,
-        dispatcher,
-        ws,
-        sockets,
-        ..
-    } = app;
-    websocket::upgrade(upgrade, &ws).on_upgrade(move |socket| {
-        sockets.track_future(websocket::serve(
-            socket,
-            tenant,
-            Party::Visitor(visitor),
-            pool,
-            dispatcher,
-            ws,
-        ))
-    })
+    let tenant = app.tenant.clone();
+    app.serve_socket(upgrade, tenant, Party::Visitor(visitor))
 }
