@@ -15,7 +15,10 @@
 //!    (`range`), a resume (`after` a random seq, up to 100) and the 30-day
 //!    `daily_stats` report, with hdrhistogram percentiles;
 //! 4. times batched appends to a loaded store: batches of 1,000 messages to
-//!    50 random conversations (20 each).
+//!    50 random conversations (20 each);
+//! 5. times single appends, as a chat server makes them: first one caller
+//!    appending one message at a time, then 64 callers at once (one per
+//!    conversation), which the SQL stores commit together (group commit).
 //!
 //! The last line of stdout is one JSON object with at least `store, messages,
 //! load_msgs_per_sec, recent50_p50_ms, recent50_p99_ms, resume_p99_ms,
@@ -52,6 +55,8 @@ const MESSAGES_PER_CONVERSATION: u64 = 100;
 const LOAD_BATCH_CONVERSATIONS: usize = 10;
 const APPEND_BATCH: usize = 1_000;
 const APPEND_BATCH_CONVERSATIONS: usize = 50;
+/// Callers appending at once in step 5: a chat server's dispatcher shards.
+const CONCURRENT_APPENDERS: usize = 64;
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -485,6 +490,34 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json:
     }
     let append_rate = appended as f64 / started.elapsed().as_secs_f64();
 
+    // 5. Single appends: one caller, then many at once.
+    let single_total = (append_total / 20).clamp(500, 5_000);
+    eprintln!("appending {single_total} messages one at a time");
+    let target = pick(&mut rng);
+    let started = Instant::now();
+    for i in 0..single_total {
+        store.append(message(target, i as u64, now)).await?;
+    }
+    let single_rate = single_total as f64 / started.elapsed().as_secs_f64();
+    let concurrent_total = single_total * 10;
+    let each = concurrent_total / CONCURRENT_APPENDERS;
+    eprintln!(
+        "appending {} messages from {CONCURRENT_APPENDERS} callers at once",
+        each * CONCURRENT_APPENDERS
+    );
+    let targets: Vec<ConversationId> = (0..CONCURRENT_APPENDERS).map(|_| pick(&mut rng)).collect();
+    let started = Instant::now();
+    let callers = targets.iter().map(|&target| async move {
+        for i in 0..each {
+            store.append(message(target, i as u64, now)).await?;
+        }
+        Ok::<(), cs::core::store::StoreError>(())
+    });
+    for result in futures::future::join_all(callers).await {
+        result?;
+    }
+    let concurrent_rate = (each * CONCURRENT_APPENDERS) as f64 / started.elapsed().as_secs_f64();
+
     println!("store            {}", args.store);
     println!("messages         {messages} in {conversations} conversations");
     println!(
@@ -513,6 +546,11 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json:
         stats.ms(0.99)
     );
     println!("batched append   {append_rate:.0} msgs/s (batches of {APPEND_BATCH} over {APPEND_BATCH_CONVERSATIONS} conversations)");
+    println!("single append    {single_rate:.0} msgs/s (one caller)");
+    println!(
+        "concurrent       {concurrent_rate:.0} msgs/s ({CONCURRENT_APPENDERS} callers, {:.1}x one caller)",
+        concurrent_rate / single_rate
+    );
     let json = serde_json::json!({
         "store": args.store,
         "messages": messages,
@@ -528,6 +566,9 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json:
         "stats30d_ms": stats.ms(0.5),
         "stats30d_p99_ms": stats.ms(0.99),
         "append_msgs_per_sec": round(append_rate),
+        "single_append_msgs_per_sec": round(single_rate),
+        "concurrent_append_msgs_per_sec": round(concurrent_rate),
+        "concurrent_appenders": CONCURRENT_APPENDERS,
         "samples": args.samples,
     });
     let mut json = json;

@@ -108,6 +108,12 @@ struct Args {
     /// Frames per second one WebSocket connection may send, sustained.
     #[arg(long, env = "CS_WS_RATE", default_value_t = 20)]
     ws_rate: u32,
+    /// Dispatcher shards: conversations processed at once. Each waits on
+    /// the database while it stores a message, and the SQL stores commit
+    /// the messages that wait together in one transaction, so more shards
+    /// mean bigger, cheaper commits under load.
+    #[arg(long, env = "CS_SHARDS", default_value_t = 64)]
+    shards: usize,
     /// The tenant (shop) id.
     #[arg(long, env = "CS_TENANT", default_value = "demo")]
     tenant: String,
@@ -186,7 +192,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
         Arc::clone(&desk_hook) as Arc<dyn Hook>,
     ];
     let max_upload_bytes = args.max_upload_mb * 1024 * 1024;
-    let mut dispatcher_config = DispatcherConfig::default();
+    let mut dispatcher_config = DispatcherConfig {
+        shards: args.shards.max(1),
+        ..DispatcherConfig::default()
+    };
     // A message may announce any file the upload endpoint accepted.
     dispatcher_config.message_limits.max_attachment_bytes = max_upload_bytes;
     let dispatcher = Dispatcher::start(

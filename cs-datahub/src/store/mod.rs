@@ -36,6 +36,8 @@ mod codec;
 mod stats;
 
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod group_commit;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod sql;
 
 #[cfg(feature = "mysql")]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{ConnectOptions, Connection, MySqlPool};
 
+use crate::store::group_commit::GroupCommit;
 use crate::store::sql::{self, Dialect, Statements};
 use crate::{redact_url, OpenError};
 
@@ -59,6 +60,8 @@ pub struct MySqlStore {
     reader: MySqlPool,
     statements: Arc<Statements>,
     backend: Arc<str>,
+    /// Shared by clones: concurrent appends commit together.
+    group: Arc<GroupCommit>,
 }
 
 impl MySqlStore {
@@ -131,6 +134,7 @@ impl MySqlStore {
             reader: pool,
             statements: Arc::new(Statements::new(&DIALECT)),
             backend: backend.into(),
+            group: Arc::default(),
         })
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
+use crate::store::group_commit::GroupCommit;
 use crate::store::sql::{self, Dialect, Statements};
 use crate::{redact_url, OpenError};
 
@@ -45,6 +46,8 @@ pub struct PostgresStore {
     reader: PgPool,
     statements: Arc<Statements>,
     backend: Arc<str>,
+    /// Shared by clones: concurrent appends commit together.
+    group: Arc<GroupCommit>,
 }
 
 impl PostgresStore {
@@ -116,6 +119,7 @@ impl PostgresStore {
             reader: pool,
             statements: Arc::new(Statements::new(&DIALECT)),
             backend: backend.into(),
+            group: Arc::default(),
         })
     }
 

@@ -76,6 +76,11 @@ pub(crate) struct Statements {
     pub last_seq: String,
     pub set_last_seq: String,
     pub find_client_msg: String,
+    /// `… WHERE id IN (` + ids + this: every counter of a batch, locked in id order.
+    pub lock_counters: (String, String),
+    /// `… WHERE (conversation_id, client_msg_id) IN (` + pairs + `)`: a
+    /// batch's retries, with the conversation as the last column.
+    pub find_client_msgs: String,
     pub insert_message: String,
     pub upsert_stats: String,
     pub range: String,
@@ -139,6 +144,14 @@ impl Statements {
             conversation_data: sql(format!("SELECT {data} FROM cs_conversations WHERE id = ?")),
             last_seq: sql("SELECT last_seq FROM cs_conversations WHERE id = ?".into()),
             set_last_seq: sql("UPDATE cs_conversations SET last_seq = ? WHERE id = ?".into()),
+            lock_counters: (
+                format!("SELECT id, {tenant}, last_seq FROM cs_conversations WHERE id IN ("),
+                format!(") ORDER BY id{lock}"),
+            ),
+            find_client_msgs: format!(
+                "SELECT {MESSAGE_COLUMNS}, conversation_id FROM cs_messages \
+                 WHERE (conversation_id, client_msg_id) IN ("
+            ),
             find_client_msg: sql(format!(
                 "SELECT {MESSAGE_COLUMNS} FROM cs_messages \
                  WHERE conversation_id = ? AND client_msg_id = ?"
@@ -611,19 +624,86 @@ macro_rules! sql_message_store {
                 messages: &[NewMessage],
                 encoded: &[EncodedMessage],
             ) -> Result<Vec<Appended>, TxError> {
-                // Conversations in id order, so two batches lock rows in the
-                // same order and cannot deadlock each other.
+                // A statement per step for the whole batch, not per message:
+                // under group commit a batch is dozens of conversations, and
+                // each statement is a round trip (to the server, or to
+                // SQLite's worker thread).
                 let mut by_conversation: BTreeMap<ConversationId, Vec<usize>> = BTreeMap::new();
                 for (i, m) in encoded.iter().enumerate() {
                     by_conversation.entry(m.conversation).or_default().push(i);
                 }
+                let mut tx = self.writer.begin().await?;
+
+                // 1. Lock every counter, in id order, so two batches lock rows
+                //    in the same order and cannot deadlock each other.
+                let (head, tail) = &self.statements.lock_counters;
+                let mut query = sqlx::QueryBuilder::<$db>::new(head);
+                let mut ids = query.separated(", ");
+                for id in by_conversation.keys() {
+                    ids.push_bind(id.as_uuid().as_bytes().to_vec());
+                }
+                query.push(tail);
+                let mut counters: HashMap<ConversationId, (String, i64)> = HashMap::new();
+                for row in query.build().fetch_all(&mut *tx).await? {
+                    let id: Vec<u8> = row.try_get(0)?;
+                    let id = uuid::Uuid::from_slice(&id).map_err(|e| {
+                        StoreError::Corrupt(format!("a conversation id of {} bytes: {e}", id.len()))
+                    })?;
+                    counters.insert(
+                        ConversationId::from_uuid(id),
+                        (row.try_get(1)?, row.try_get(2)?),
+                    );
+                }
+                if let Some(unknown) = by_conversation.keys().find(|id| !counters.contains_key(id))
+                {
+                    return Err(StoreError::UnknownConversation(*unknown).into());
+                }
+
+                // 2. Retries: messages whose client id is stored already.
+                let mut stored: HashMap<(ConversationId, String), Message> = HashMap::new();
+                let retries: Vec<&EncodedMessage> = encoded
+                    .iter()
+                    .filter(|m| m.client_msg_id.is_some())
+                    .collect();
+                for chunk in retries.chunks(common::BATCH_INSERT_ROWS) {
+                    let mut query =
+                        sqlx::QueryBuilder::<$db>::new(&self.statements.find_client_msgs);
+                    let mut pairs = query.separated(", ");
+                    for m in chunk {
+                        pairs.push("(");
+                        pairs.push_bind_unseparated(m.conversation.as_uuid().as_bytes().to_vec());
+                        pairs.push_unseparated(", ");
+                        pairs.push_bind_unseparated(m.client_msg_id.clone());
+                        pairs.push_unseparated(")");
+                    }
+                    query.push(")");
+                    for row in query.build().fetch_all(&mut *tx).await? {
+                        let id: Vec<u8> = row.try_get(5)?;
+                        let id = uuid::Uuid::from_slice(&id).map_err(|e| {
+                            StoreError::Corrupt(format!(
+                                "a conversation id of {} bytes: {e}",
+                                id.len()
+                            ))
+                        })?;
+                        let id = ConversationId::from_uuid(id);
+                        let message = message_from_row(id, &row)?;
+                        if let Some(cid) = message.client_msg_id.as_ref() {
+                            stored.insert((id, cid.as_str().to_owned()), message);
+                        }
+                    }
+                }
+
+                // 3. Number the new ones, per conversation in batch order.
                 let mut results: Vec<Option<Appended>> = vec![None; messages.len()];
                 let mut to_insert: Vec<(usize, i64)> = Vec::with_capacity(messages.len());
+                let mut new_last: Vec<(ConversationId, i64)> = Vec::new();
                 let mut stats: BTreeMap<String, Vec<(Day, StatsDelta)>> = BTreeMap::new();
-                let mut tx = self.writer.begin().await?;
                 for (&id, indexes) in &by_conversation {
-                    let (tenant, mut last) = self.lock_counter(&mut tx, id).await?;
-                    let first_new = last;
+                    let (tenant, first_new) = counters
+                        .get(&id)
+                        .cloned()
+                        .ok_or(StoreError::UnknownConversation(id))?;
+                    let mut last = first_new;
                     let mut in_batch: HashMap<&str, usize> = HashMap::new();
                     for &i in indexes {
                         if let Some(cid) = encoded[i].client_msg_id.as_deref() {
@@ -634,10 +714,9 @@ macro_rules! sql_message_store {
                                 });
                                 continue;
                             }
-                            if let Some(original) = self.find_by_client_id(&mut tx, id, cid).await?
-                            {
+                            if let Some(original) = stored.get(&(id, cid.to_owned())) {
                                 results[i] = Some(Appended {
-                                    message: original,
+                                    message: original.clone(),
                                     duplicate: true,
                                 });
                                 continue;
@@ -656,13 +735,31 @@ macro_rules! sql_message_store {
                             .push(StatsDelta::appended(&messages[i]));
                     }
                     if last != first_new {
-                        sqlx::query(&self.statements.set_last_seq)
-                            .bind(last)
-                            .bind(id.as_uuid().as_bytes().as_slice())
-                            .execute(&mut *tx)
-                            .await?;
+                        new_last.push((id, last));
                     }
                 }
+
+                // 4. Move the counters, in one statement.
+                for chunk in new_last.chunks(common::BATCH_INSERT_ROWS) {
+                    let mut update = sqlx::QueryBuilder::<$db>::new(
+                        "UPDATE cs_conversations SET last_seq = CASE id",
+                    );
+                    for (id, last) in chunk {
+                        update.push(" WHEN ");
+                        update.push_bind(id.as_uuid().as_bytes().to_vec());
+                        update.push(" THEN ");
+                        update.push_bind(*last);
+                    }
+                    update.push(" END WHERE id IN (");
+                    let mut ids = update.separated(", ");
+                    for (id, _) in chunk {
+                        ids.push_bind(id.as_uuid().as_bytes().to_vec());
+                    }
+                    update.push(")");
+                    update.build().execute(&mut *tx).await?;
+                }
+
+                // 5. Insert the messages.
                 for chunk in to_insert.chunks(common::BATCH_INSERT_ROWS) {
                     let mut insert = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO cs_messages \
@@ -691,6 +788,47 @@ macro_rules! sql_message_store {
                         })
                     })
                     .collect()
+            }
+
+            /// Stores one group of the group commit (see `group_commit.rs`):
+            /// one transaction for all of it, or, if that fails because of
+            /// one message (an unknown conversation, a value the database
+            /// refuses), one transaction per message so only that one fails.
+            async fn commit_group(
+                &self,
+                messages: Vec<NewMessage>,
+            ) -> Vec<Result<Appended, StoreError>> {
+                let encoded = match messages
+                    .iter()
+                    .map(|m| codec::encode_message(&self.backend, m))
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(encoded) => encoded,
+                    // Checked before queueing, so this does not happen.
+                    Err(e) => return $crate::store::group_commit::fan_out(&e, messages.len()),
+                };
+                if messages.len() > 1 {
+                    match self
+                        .with_retries(|| self.append_batch_once(&messages, &encoded))
+                        .await
+                    {
+                        Ok(appended) => return appended.into_iter().map(Ok).collect(),
+                        // The backend is down: every message fails alike.
+                        Err(e @ StoreError::Unavailable { .. }) => {
+                            return $crate::store::group_commit::fan_out(&e, messages.len())
+                        }
+                        // One message's own fault: find it below.
+                        Err(_) => {}
+                    }
+                }
+                let mut results = Vec::with_capacity(messages.len());
+                for (message, encoded) in messages.iter().zip(&encoded) {
+                    results.push(
+                        self.with_retries(|| self.append_once(message, encoded))
+                            .await,
+                    );
+                }
+                results
             }
 
             async fn create_once(&self, c: &Conversation, data: &str) -> Result<(), TxError> {
@@ -802,8 +940,10 @@ macro_rules! sql_message_store {
             }
 
             async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
-                let encoded = codec::encode_message(&self.backend, &message)?;
-                self.with_retries(|| self.append_once(&message, &encoded))
+                // Encoding errors are the message's own: report them before queueing.
+                codec::encode_message(&self.backend, &message)?;
+                self.group
+                    .append(message, &self.backend, |group| self.commit_group(group))
                     .await
             }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+use crate::store::group_commit::GroupCommit;
 use crate::store::sql::{self, Dialect, Statements};
 use crate::OpenError;
 
@@ -85,6 +86,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     statements: Arc<Statements>,
     backend: Arc<str>,
+    /// Shared by clones: concurrent appends commit together.
+    group: Arc<GroupCommit>,
 }
 
 impl SqliteStore {
@@ -172,6 +175,7 @@ impl SqliteStore {
             reader,
             statements: Arc::new(Statements::new(&DIALECT)),
             backend: backend.into(),
+            group: Arc::default(),
         }
     }
 

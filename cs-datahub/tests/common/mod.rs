@@ -29,6 +29,7 @@ macro_rules! ext_contract {
                 daily_stats_follow_writes,
                 oversize_bodies_are_refused,
                 open_conversations_oldest_first,
+                concurrent_appends_fail_alone,
             );
         }
     };
@@ -153,6 +154,61 @@ pub async fn batch_with_unknown_conversation_stores_nothing<S: MessageStoreExt +
         Seq::ZERO,
         "all or nothing"
     );
+}
+
+/// Appends made at once share transactions in the SQL stores (group
+/// commit); one that names an unknown conversation, or retries a stored
+/// message, must not change what the others get.
+pub async fn concurrent_appends_fail_alone<S: MessageStoreExt + ?Sized + 'static>(store: Arc<S>) {
+    const TASKS: usize = 8;
+    const EACH: u64 = 25;
+    let tenant = fresh_tenant();
+    let mut conversations = Vec::new();
+    for i in 0..TASKS {
+        conversations.push(open(&*store, &tenant, &format!("v{i}")).await.id());
+    }
+    let ghost = cs_core::ConversationId::new();
+    let mut tasks = Vec::new();
+    for (task, &id) in conversations.iter().enumerate() {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for i in 0..EACH {
+                let client_id = ClientMsgId::new(format!("t{task}-m{i}")).unwrap();
+                let message = NewMessage::text(id, Party::Bot, format!("{task}/{i}"))
+                    .with_client_msg_id(client_id.clone());
+                let first = store.append(message.clone()).await;
+                // The same message again, while others are in flight: a retry.
+                let again = store.append(message).await;
+                // And one for nowhere, from the same task.
+                let lost = store
+                    .append(NewMessage::text(ghost, Party::Bot, "nowhere"))
+                    .await;
+                outcomes.push((first, again, lost));
+            }
+            outcomes
+        }));
+    }
+    for (task, id) in tasks.into_iter().zip(&conversations) {
+        let outcomes = task.await.unwrap();
+        for (i, (first, again, lost)) in outcomes.into_iter().enumerate() {
+            let first = first.unwrap();
+            assert_eq!(
+                first.message.seq,
+                Seq::new(i as u64 + 1),
+                "gap-free per conversation"
+            );
+            assert!(!first.duplicate);
+            let again = again.unwrap();
+            assert!(again.duplicate, "a retry is recognised");
+            assert_eq!(again.message.seq, first.message.seq);
+            assert!(
+                matches!(lost, Err(StoreError::UnknownConversation(g)) if g == ghost),
+                "{lost:?}"
+            );
+        }
+        assert_eq!(store.last_seq(*id).await.unwrap(), Seq::new(EACH));
+    }
 }
 
 pub async fn visitor_and_agent_queries<S: MessageStoreExt + ?Sized>(store: Arc<S>) {
