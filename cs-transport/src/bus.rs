@@ -7,18 +7,24 @@
 //! in here; nothing above this trait changes.
 //!
 //! A bus is allowed to lose envelopes (pub/sub does, when a subscriber lags or
-//! reconnects). That is safe because every stored message can be replayed
-//! from the store by seq: a client that notices a gap resumes.
+//! reconnects). That is safe because every stored message carries its seq and
+//! can be replayed from the store: the pool delivers a conversation's
+//! messages to each connection strictly in seq order, notices a skipped seq
+//! at once, and the dispatcher replays the gap (see
+//! [`ConnectionPool::gaps`](crate::ConnectionPool::gaps)). A loss with no
+//! later message to reveal it is found by the dispatcher's position check,
+//! which runs when the bus reports [`Inbound::Lost`] and, if configured, on
+//! a timer.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
-use cs_core::{ConversationId, Party, TenantId};
+use cs_core::{ConversationId, Party, Seq, TenantId};
 
 /// A node of a deployment: one process holding connections.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,8 +82,22 @@ pub struct Envelope {
     pub from: NodeId,
     /// Who it is for.
     pub target: Target,
+    /// For a stored message sent to a conversation: its seq, which receivers
+    /// use to deliver in order and to notice a lost envelope. `None` for
+    /// frames that are not stored (typing, presence, host notices).
+    pub seq: Option<Seq>,
     /// The encoded frame.
     pub frame: Bytes,
+}
+
+/// What a node receives from the bus.
+#[derive(Clone, Debug)]
+pub enum Inbound {
+    /// An envelope another node published.
+    Envelope(Envelope),
+    /// Envelopes to this node may have been lost: the bus reconnected, or a
+    /// queue overflowed. The receiver checks every position it holds.
+    Lost,
 }
 
 /// Carries envelopes between nodes.
@@ -87,15 +107,22 @@ pub trait Bus: Send + Sync + 'static {
     fn publish(&self, envelope: Envelope);
 
     /// Starts receiving what other nodes publish, for node `node`.
-    fn subscribe(&self, node: &NodeId) -> mpsc::Receiver<Envelope>;
+    fn subscribe(&self, node: &NodeId) -> mpsc::Receiver<Inbound>;
 }
 
 /// Connects the nodes of one process: a single node (the default, where it
 /// forwards nothing) or several pools in one test.
 pub struct InProcessBus {
-    subscribers: RwLock<Vec<(NodeId, mpsc::Sender<Envelope>)>>,
+    subscribers: RwLock<Vec<Subscriber>>,
     capacity: usize,
     dropped: AtomicU64,
+}
+
+struct Subscriber {
+    node: NodeId,
+    tx: mpsc::Sender<Inbound>,
+    /// Set when an envelope to it was dropped and it has not been told yet.
+    lost: AtomicBool,
 }
 
 impl InProcessBus {
@@ -124,22 +151,37 @@ impl Default for InProcessBus {
 impl Bus for InProcessBus {
     fn publish(&self, envelope: Envelope) {
         let subscribers = self.subscribers.read();
-        for (node, tx) in subscribers.iter() {
-            if *node == envelope.from {
+        for subscriber in subscribers.iter() {
+            if subscriber.node == envelope.from {
                 continue;
             }
-            if tx.try_send(envelope.clone()).is_err() {
+            // A node that missed something hears so before its next envelope.
+            if subscriber.lost.load(Ordering::Relaxed)
+                && subscriber.tx.try_send(Inbound::Lost).is_ok()
+            {
+                subscriber.lost.store(false, Ordering::Relaxed);
+            }
+            if subscriber
+                .tx
+                .try_send(Inbound::Envelope(envelope.clone()))
+                .is_err()
+            {
+                subscriber.lost.store(true, Ordering::Relaxed);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    fn subscribe(&self, node: &NodeId) -> mpsc::Receiver<Envelope> {
+    fn subscribe(&self, node: &NodeId) -> mpsc::Receiver<Inbound> {
         let (tx, rx) = mpsc::channel(self.capacity);
         let mut subscribers = self.subscribers.write();
         // A node that subscribes again replaces its old subscription.
-        subscribers.retain(|(n, _)| n != node);
-        subscribers.push((node.clone(), tx));
+        subscribers.retain(|s| s.node != *node);
+        subscribers.push(Subscriber {
+            node: node.clone(),
+            tx,
+            lost: AtomicBool::new(false),
+        });
         rx
     }
 }

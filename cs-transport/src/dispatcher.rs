@@ -32,6 +32,7 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use cs_core::store::MessageStore;
@@ -42,7 +43,7 @@ use cs_core::{
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
 use crate::path::{MessagePath, Outcome, PathError, PathEvent};
-use crate::pool::ConnectionPool;
+use crate::pool::{ConnectionPool, Gap};
 use crate::protocol::{ErrorCode, ServerFrame};
 
 /// Dispatcher settings. The defaults suit a 2-core node.
@@ -70,6 +71,12 @@ pub struct DispatcherConfig {
     /// Conversations each shard keeps in memory before it starts over from
     /// the store. Default 10,000.
     pub cached_conversations: usize,
+    /// How often to compare every joined connection's position with the
+    /// store and replay what it misses. A lost bus envelope followed by
+    /// another message is repaired at once without this; the check catches
+    /// the *last* message of a burst going missing. Default: off, which is
+    /// right for one node; with a network bus, a few seconds.
+    pub position_check_interval: Option<Duration>,
 }
 
 impl Default for DispatcherConfig {
@@ -84,6 +91,7 @@ impl Default for DispatcherConfig {
             hook_timeout: Duration::from_secs(5),
             replay_budget_bytes: 48 * 1024,
             cached_conversations: 10_000,
+            position_check_interval: None,
         }
     }
 }
@@ -153,6 +161,15 @@ pub enum Command {
         /// The conversation.
         conversation: ConversationId,
     },
+    /// Send a joined connection the stored messages it misses after its
+    /// position (see [`ConnectionPool::gaps`]). The dispatcher issues these
+    /// itself; a host rarely needs to.
+    CatchUp {
+        /// The connection.
+        conn: ConnId,
+        /// The conversation.
+        conversation: ConversationId,
+    },
     /// Change a conversation's state (host only).
     Change {
         /// The conversation.
@@ -169,6 +186,7 @@ impl Command {
             Command::Send { message, .. } => message.conversation,
             Command::Join { conversation, .. }
             | Command::Leave { conversation, .. }
+            | Command::CatchUp { conversation, .. }
             | Command::Change { conversation, .. } => *conversation,
         }
     }
@@ -301,6 +319,14 @@ pub(crate) struct Inner {
     /// Held for a whole shutdown, so a second caller returns only once the
     /// first has drained everything.
     shutting_down: tokio::sync::Mutex<()>,
+    /// Stops the gap repairer at shutdown, or when the dispatcher is dropped.
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// The flood-handling front of the message path. Cheap to clone.
@@ -343,6 +369,7 @@ impl Dispatcher {
             hooks: TaskTracker::new(),
             workers: Mutex::new(Vec::new()),
             shutting_down: tokio::sync::Mutex::new(()),
+            stop: CancellationToken::new(),
         });
         let path = Arc::new(MessagePath {
             store,
@@ -358,6 +385,20 @@ impl Dispatcher {
             .map(|rx| tokio::spawn(run_shard(rx, Arc::clone(&path), Arc::downgrade(&inner))))
             .collect();
         *inner.workers.lock() = workers;
+        match path.pool.gaps() {
+            Some(gaps) => {
+                tokio::spawn(repair_gaps(
+                    gaps,
+                    Arc::clone(&path),
+                    Arc::downgrade(&inner),
+                    inner.stop.clone(),
+                ));
+            }
+            // A second dispatcher on one pool: the first one repairs.
+            None => tracing::warn!(
+                "another dispatcher already repairs this pool's gaps; run one dispatcher per pool"
+            ),
+        }
         Self { inner, events }
     }
 
@@ -418,6 +459,7 @@ impl Dispatcher {
         }
         self.inner.hooks.close();
         self.inner.hooks.wait().await;
+        self.inner.stop.cancel();
         for shard in &self.inner.shards {
             // Wakes senders waiting for a slot: they are refused.
             shard.slots.close();
@@ -524,6 +566,72 @@ impl Inner {
     fn refuse(&self, error: DispatchError) -> Result<Admission, DispatchError> {
         Metrics::bump(&self.metrics.refused);
         Err(error)
+    }
+}
+
+/// Repairs what the pool reports missing: a connection's hole at once, and
+/// on a possible bus loss (or the configured timer) every joined
+/// connection whose position is behind the store.
+async fn repair_gaps(
+    mut gaps: mpsc::UnboundedReceiver<Gap>,
+    path: Arc<MessagePath>,
+    inner: Weak<Inner>,
+    stop: CancellationToken,
+) {
+    let mut timer = path.config.position_check_interval.map(|every| {
+        let mut timer = tokio::time::interval(every);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
+    loop {
+        let gap = tokio::select! {
+            () = stop.cancelled() => break,
+            gap = gaps.recv() => match gap {
+                Some(gap) => gap,
+                None => break,
+            },
+            _ = async {
+                match timer.as_mut() {
+                    Some(timer) => timer.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => Gap::Unknown,
+        };
+        let Some(inner) = inner.upgrade() else { break };
+        match gap {
+            Gap::Connection { conn, conversation } => {
+                // Refused only when shutting down or overloaded; the client
+                // then resumes, or the next check finds the hole again.
+                let _ = inner.admit(Command::CatchUp { conn, conversation }, None).await;
+            }
+            Gap::Unknown => check_positions(&path, &inner).await,
+        }
+    }
+}
+
+/// Compares every joined connection's position with its conversation's last
+/// seq in the store, and catches up the ones behind.
+async fn check_positions(path: &MessagePath, inner: &Inner) {
+    let mut failures = 0usize;
+    let mut last_error = None;
+    for (conversation, connections) in path.pool.positions() {
+        let last = match path.store.last_seq(conversation).await {
+            Ok(last) => last,
+            Err(e) => {
+                failures += 1;
+                last_error = Some(e);
+                continue;
+            }
+        };
+        for (conn, position) in connections {
+            if position < last {
+                let _ = inner.admit(Command::CatchUp { conn, conversation }, None).await;
+            }
+        }
+    }
+    if let Some(error) = last_error {
+        // One line per check, not one per conversation, while the store is down.
+        tracing::warn!(failures, %error, "position check: the store did not answer for some conversations; the next check retries");
     }
 }
 

@@ -41,7 +41,7 @@ pub mod protocol;
 #[cfg(feature = "axum")]
 pub mod websocket;
 
-pub use bus::{Bus, Envelope, InProcessBus, NodeId, Target};
+pub use bus::{Bus, Envelope, InProcessBus, Inbound, NodeId, Target};
 pub use dispatcher::{
     Admission, Change, Command, DispatchError, Dispatcher, DispatcherConfig, Origin, SubmitError,
 };
@@ -49,5 +49,7 @@ pub use hooks::{Hook, HookAction, HookContext, HookError};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use outbox::{PushError, WriterExit};
 pub use path::{Outcome, PathError, PathEvent};
-pub use pool::{ConnInfo, ConnectionPool, PoolConfig, PresenceEvent, Registered, SendError};
+pub use pool::{
+    ConnInfo, ConnectionPool, Gap, PoolConfig, PresenceEvent, Registered, SendError,
+};
 pub use protocol::{ClientFrame, CloseReason, ErrorCode, FrameError, ServerFrame};

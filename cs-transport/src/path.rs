@@ -54,8 +54,15 @@ pub enum Outcome {
         /// Whether the connection is now live; if not, resume again from `up_to`.
         complete: bool,
     },
-    /// The connection left the conversation.
+    /// The connection left the conversation (or had, when a catch-up ran).
     Left,
+    /// A joined connection was sent `replayed` messages it missed, up to `up_to`.
+    CaughtUp {
+        /// How many were sent.
+        replayed: usize,
+        /// The last seq covered.
+        up_to: Seq,
+    },
     /// The conversation's state changed.
     Changed {
         /// Its new state.
@@ -198,6 +205,7 @@ impl MessagePath {
                 self.pool.leave_conversation(conn, conversation);
                 Ok(Outcome::Left)
             }
+            Command::CatchUp { conn, conversation } => self.catch_up(conn, conversation).await,
             Command::Change {
                 conversation,
                 change,
@@ -340,8 +348,11 @@ impl MessagePath {
                 tracing::warn!(conversation = %id, error = %e, "could not save the conversation record");
             }
         }
-        self.pool
-            .send_to_conversation(id, ServerFrame::encode_message(&appended.message));
+        self.pool.send_message(
+            id,
+            appended.message.seq,
+            ServerFrame::encode_message(&appended.message),
+        );
         self.run_hooks(&appended.message, conversation);
         Ok(Outcome::Stored {
             message: appended.message,
@@ -363,46 +374,17 @@ impl MessagePath {
         let conversation = self.conversation(state, id).await?;
         may_read(conversation, &info)?;
 
-        // Replay only what fits in the connection's queue now, less room for
-        // the closing marker and live traffic, so that several resumes on
-        // one connection (an agent console with many chats) cannot overflow
-        // it. The client asks again for the rest.
-        const PAGE: usize = 128;
-        const HEADROOM: usize = 4 * 1024;
-        let room = self
-            .pool
-            .outbound_room(conn)
-            .map_err(|e| send_failed(conn, e))?;
-        let mut budget = self
-            .config
-            .replay_budget_bytes
-            .min(room.saturating_sub(HEADROOM));
-        let mut up_to = last_seq;
-        let mut replayed = 0;
-        let complete = 'replay: loop {
-            let page = self.store.after(id, up_to, PAGE).await?;
-            if page.is_empty() {
-                break 'replay true;
-            }
-            for message in page {
-                let seq = message.seq;
-                let frame = ServerFrame::encode_message(&message);
-                if frame.len() > budget {
-                    break 'replay false;
-                }
-                budget -= frame.len();
-                self.pool
-                    .send_to_connection(conn, frame)
-                    .map_err(|e| send_failed(conn, e))?;
-                up_to = seq;
-                replayed += 1;
-            }
-        };
+        // A connection joined already (a console that followed an
+        // assignment) goes back to what its client says it has.
+        self.pool.rewind(conn, id, last_seq);
+        let (replayed, up_to, complete) = self.replay(conn, id, last_seq).await?;
         if complete {
-            // From here on live messages reach it: nothing can slip between
-            // the replay and this line, because this shard stores them.
+            // From here on live messages reach it. Nothing stored on this
+            // node can slip between the replay and this line, because this
+            // shard stores them; one stored on another node in between is
+            // caught by the pool's ordering (a gap) or the position check.
             self.pool
-                .join_conversation(conn, id)
+                .join_conversation(conn, id, up_to)
                 .map_err(|e| send_failed(conn, e))?;
         } else {
             // Live only after a complete replay: a connection joined earlier
@@ -424,6 +406,73 @@ impl MessagePath {
             up_to,
             complete,
         })
+    }
+
+    /// Sends a joined connection what it misses after its position: the
+    /// repair of a [`Gap`](crate::pool::Gap). What does not fit in its queue
+    /// now is left for the next position check.
+    async fn catch_up(&self, conn: ConnId, id: ConversationId) -> Result<Outcome, PathError> {
+        // A hole found from here on is reported again.
+        self.pool.repairing(conn, id);
+        let Some(position) = self.pool.position(conn, id) else {
+            // It left or closed since the gap was reported.
+            return Ok(Outcome::Left);
+        };
+        let (replayed, up_to, _) = self.replay(conn, id, position).await?;
+        if replayed > 0 {
+            Metrics::bump(&self.metrics.gap_repairs);
+        }
+        Ok(Outcome::CaughtUp { replayed, up_to })
+    }
+
+    /// Sends `conn` the stored messages of `id` after `from`, in order, as
+    /// many as fit. Returns how many were sent, the last seq covered, and
+    /// whether that reached the end.
+    async fn replay(
+        &self,
+        conn: ConnId,
+        id: ConversationId,
+        from: Seq,
+    ) -> Result<(usize, Seq, bool), PathError> {
+        // Replay only what fits in the connection's queue now, less room for
+        // the closing marker and live traffic, so that several resumes on
+        // one connection (an agent console with many chats) cannot overflow
+        // it. The client asks again for the rest.
+        const PAGE: usize = 128;
+        const HEADROOM: usize = 4 * 1024;
+        let room = self
+            .pool
+            .outbound_room(conn)
+            .map_err(|e| send_failed(conn, e))?;
+        let mut budget = self
+            .config
+            .replay_budget_bytes
+            .min(room.saturating_sub(HEADROOM));
+        let mut up_to = from;
+        let mut replayed = 0;
+        let complete = 'replay: loop {
+            let page = self.store.after(id, up_to, PAGE).await?;
+            if page.is_empty() {
+                break 'replay true;
+            }
+            for message in page {
+                let seq = message.seq;
+                let frame = ServerFrame::encode_message(&message);
+                if frame.len() > budget {
+                    break 'replay false;
+                }
+                budget -= frame.len();
+                if self
+                    .pool
+                    .send_stored(conn, id, seq, frame)
+                    .map_err(|e| send_failed(conn, e))?
+                {
+                    replayed += 1;
+                }
+                up_to = seq;
+            }
+        };
+        Ok((replayed, up_to, complete))
     }
 
     async fn change(
@@ -491,7 +540,9 @@ impl MessagePath {
                 .pool
                 .connections_of(&tenant, &Party::Agent(agent.clone()))
             {
-                let _ = self.pool.join_conversation(conn, id);
+                // Live from the event below on; the console replays the
+                // history itself when it opens the chat.
+                let _ = self.pool.join_conversation(conn, id, conversation.last_seq());
             }
         }
 
@@ -502,8 +553,11 @@ impl MessagePath {
                 Ok(appended) => {
                     Metrics::bump(&self.metrics.persisted);
                     conversation.record_message(&appended.message);
-                    self.pool
-                        .send_to_conversation(id, ServerFrame::encode_message(&appended.message));
+                    self.pool.send_message(
+                        id,
+                        appended.message.seq,
+                        ServerFrame::encode_message(&appended.message),
+                    );
                     stored_event = Some(appended.message);
                 }
                 Err(e) => {

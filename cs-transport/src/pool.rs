@@ -9,6 +9,14 @@
 //! Indexes hold `Arc<[ConnId]>` lists that are replaced on change, so a send
 //! clones one `Arc` and releases the map guard before touching any
 //! connection: no guard is held across a push, a close, or an `.await`.
+//!
+//! Stored messages reach each connection **in seq order**. Every joined
+//! conversation of a connection has a position, the last seq it was sent;
+//! a message at the next seq is sent and moves it, one it already has is
+//! skipped, and one past a hole is held back and reported on
+//! [`ConnectionPool::gaps`], so the dispatcher replays the hole from the
+//! store. With one node nothing skips; across nodes the bus may lose an
+//! envelope, and this is where that is caught.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,12 +26,12 @@ use dashmap::DashMap;
 use futures::Sink;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
-use cs_core::{ConnId, ConversationId, Party, TenantId};
+use cs_core::{ConnId, ConversationId, Party, Seq, TenantId};
 
-use crate::bus::{Bus, Envelope, InProcessBus, NodeId, Target};
+use crate::bus::{Bus, Envelope, InProcessBus, Inbound, NodeId, Target};
 use crate::metrics::Metrics;
 use crate::outbox::{write_loop, Outbox, PushError, WriterExit};
 use crate::protocol::CloseReason;
@@ -92,12 +100,45 @@ pub struct ConnInfo {
     pub party: Party,
 }
 
+/// A connection may be missing stored messages: what the dispatcher hears
+/// from [`ConnectionPool::gaps`], and repairs by replaying from the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gap {
+    /// A message arrived past a hole in what this connection was sent.
+    Connection {
+        /// The connection.
+        conn: ConnId,
+        /// The conversation with the hole.
+        conversation: ConversationId,
+    },
+    /// The bus may have lost envelopes to this node: check every joined
+    /// connection against the store.
+    Unknown,
+}
+
+/// A joined conversation of one connection.
+struct Joined {
+    conversation: ConversationId,
+    /// The last seq sent to the connection.
+    position: Seq,
+    /// A [`Gap`] was reported and its repair has not started yet.
+    gap_reported: bool,
+}
+
 struct Connection {
     info: ConnInfo,
     outbox: Arc<Outbox>,
-    /// Conversations and groups it joined, so unregistering can clean the indexes.
-    joined: Mutex<Vec<ConversationId>>,
+    /// Conversations and groups it joined, so unregistering can clean the
+    /// indexes; conversations with their positions.
+    joined: Mutex<Vec<Joined>>,
     groups: Mutex<Vec<Arc<str>>>,
+}
+
+/// What ordered delivery decided for one connection.
+enum Ordered {
+    Sent,
+    Skipped,
+    Overflow,
 }
 
 type PartyKey = (TenantId, Party);
@@ -113,6 +154,9 @@ pub struct ConnectionPool {
     by_group: DashMap<GroupKey, ConnList>,
     bus: Arc<dyn Bus>,
     presence: broadcast::Sender<PresenceEvent>,
+    gaps: mpsc::UnboundedSender<Gap>,
+    /// Taken once, by the dispatcher.
+    gap_receiver: Mutex<Option<mpsc::UnboundedReceiver<Gap>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -128,6 +172,9 @@ impl ConnectionPool {
     pub fn with_bus(config: PoolConfig, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Arc<Self> {
         let mut inbox = bus.subscribe(&config.node);
         let (presence, _) = broadcast::channel(1024);
+        // Unbounded, yet small: at most one report per joined conversation
+        // of a connection is outstanding (`Joined::gap_reported`).
+        let (gaps, gap_receiver) = mpsc::unbounded_channel();
         let pool = Arc::new(Self {
             config,
             connections: DashMap::new(),
@@ -136,6 +183,8 @@ impl ConnectionPool {
             by_group: DashMap::new(),
             bus,
             presence,
+            gaps,
+            gap_receiver: Mutex::new(Some(gap_receiver)),
             metrics,
         });
         // The listener holds only a weak reference, so dropping the pool ends it.
@@ -143,9 +192,17 @@ impl ConnectionPool {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    while let Some(envelope) = inbox.recv().await {
+                    while let Some(inbound) = inbox.recv().await {
                         let Some(pool) = weak.upgrade() else { break };
-                        pool.deliver_local(&envelope.target, &envelope.frame);
+                        match inbound {
+                            Inbound::Envelope(envelope) => {
+                                pool.deliver_local(&envelope.target, envelope.seq, &envelope.frame);
+                            }
+                            Inbound::Lost => {
+                                Metrics::bump(&pool.metrics.bus_lost);
+                                let _ = pool.gaps.send(Gap::Unknown);
+                            }
+                        }
                     }
                 });
             }
@@ -221,8 +278,8 @@ impl ConnectionPool {
         };
         connection.outbox.close(reason);
         let joined = std::mem::take(&mut *connection.joined.lock());
-        for conversation in joined {
-            index_remove(&self.by_conversation, &conversation, id);
+        for joined in joined {
+            index_remove(&self.by_conversation, &joined.conversation, id);
         }
         let groups = std::mem::take(&mut *connection.groups.lock());
         for group in groups {
@@ -290,7 +347,9 @@ impl ConnectionPool {
         Ok(self.connection(id)?.outbox.room())
     }
 
-    /// Sends live messages of `conversation` to connection `id` from now on.
+    /// Sends live messages of `conversation` after seq `after` to
+    /// connection `id` from now on, in seq order. If it has joined already,
+    /// its position only moves forward.
     ///
     /// # Errors
     /// [`SendError::UnknownConnection`] if it has closed.
@@ -298,14 +357,20 @@ impl ConnectionPool {
         &self,
         id: ConnId,
         conversation: ConversationId,
+        after: Seq,
     ) -> Result<(), SendError> {
         let connection = self.connection(id)?;
         {
             let mut joined = connection.joined.lock();
-            if joined.contains(&conversation) {
+            if let Some(entry) = joined.iter_mut().find(|j| j.conversation == conversation) {
+                entry.position = entry.position.max(after);
                 return Ok(());
             }
-            joined.push(conversation);
+            joined.push(Joined {
+                conversation,
+                position: after,
+                gap_reported: false,
+            });
         }
         index_add(&self.by_conversation, conversation, id);
         if !self.connections.contains_key(&id) {
@@ -319,9 +384,84 @@ impl ConnectionPool {
     /// Stops sending `conversation` to connection `id`.
     pub fn leave_conversation(&self, id: ConnId, conversation: ConversationId) {
         if let Ok(connection) = self.connection(id) {
-            connection.joined.lock().retain(|c| *c != conversation);
+            connection
+                .joined
+                .lock()
+                .retain(|j| j.conversation != conversation);
         }
         index_remove(&self.by_conversation, &conversation, id);
+    }
+
+    /// The last seq of `conversation` sent to connection `id`, if it has
+    /// joined it.
+    pub fn position(&self, id: ConnId, conversation: ConversationId) -> Option<Seq> {
+        let connection = self.connection(id).ok()?;
+        let joined = connection.joined.lock();
+        joined
+            .iter()
+            .find(|j| j.conversation == conversation)
+            .map(|j| j.position)
+    }
+
+    /// Moves a joined connection's position in `conversation` back to `seq`
+    /// (what its client says it has), so that a replay from there is sent.
+    /// Returns `false` if it has not joined.
+    pub fn rewind(&self, id: ConnId, conversation: ConversationId, seq: Seq) -> bool {
+        let Ok(connection) = self.connection(id) else {
+            return false;
+        };
+        let mut joined = connection.joined.lock();
+        match joined.iter_mut().find(|j| j.conversation == conversation) {
+            Some(entry) => {
+                entry.position = seq;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks the reported gap of a joined connection as being repaired, so
+    /// that a new hole found from now on is reported again.
+    pub fn repairing(&self, id: ConnId, conversation: ConversationId) {
+        if let Ok(connection) = self.connection(id) {
+            if let Some(entry) = connection
+                .joined
+                .lock()
+                .iter_mut()
+                .find(|j| j.conversation == conversation)
+            {
+                entry.gap_reported = false;
+            }
+        }
+    }
+
+    /// Every joined conversation on this node, with each joined connection's
+    /// position: what a position check compares with the store.
+    pub fn positions(&self) -> Vec<(ConversationId, Vec<(ConnId, Seq)>)> {
+        // Lists first, positions after: no map guard is held while a
+        // connection's lock is taken.
+        let lists: Vec<(ConversationId, ConnList)> = self
+            .by_conversation
+            .iter()
+            .map(|entry| (*entry.key(), Arc::clone(entry.value())))
+            .collect();
+        lists
+            .into_iter()
+            .map(|(conversation, list)| {
+                let positions = list
+                    .iter()
+                    .filter_map(|id| Some((*id, self.position(*id, conversation)?)))
+                    .collect();
+                (conversation, positions)
+            })
+            .collect()
+    }
+
+    /// Where this node reports connections that miss stored messages. The
+    /// dispatcher takes it (once) and replays each gap; a host that runs no
+    /// dispatcher gets `None` after the first call.
+    pub fn gaps(&self) -> Option<mpsc::UnboundedReceiver<Gap>> {
+        self.gap_receiver.lock().take()
     }
 
     /// Adds connection `id` to a named group of its tenant (such as `"agents"`).
@@ -366,20 +506,98 @@ impl ConnectionPool {
                 Metrics::bump(&self.metrics.delivered);
                 Ok(())
             }
-            Err(PushError::Overflow) => {
-                Metrics::bump(&self.metrics.slow_closed);
-                self.close(id, CloseReason::SlowResume);
-                Err(SendError::SlowConsumer(id))
-            }
+            Err(PushError::Overflow) => Err(self.overflowed(id)),
             Err(PushError::Closed) => Err(SendError::Closing(id)),
         }
     }
 
-    /// Delivers `frame` to every connection that has joined `conversation`,
-    /// here and (through the bus) on other nodes. Returns how many local
-    /// connections took it.
+    fn overflowed(&self, id: ConnId) -> SendError {
+        Metrics::bump(&self.metrics.slow_closed);
+        self.close(id, CloseReason::SlowResume);
+        SendError::SlowConsumer(id)
+    }
+
+    /// Sends stored message `seq` of `conversation` to connection `id`, as a
+    /// replay does: in order if it has joined (skipped if it has it already),
+    /// unconditionally if it has not (it is catching up before joining).
+    /// Returns whether it was sent.
+    ///
+    /// # Errors
+    /// [`SendError`] saying why it could not be sent.
+    pub fn send_stored(
+        &self,
+        id: ConnId,
+        conversation: ConversationId,
+        seq: Seq,
+        frame: Bytes,
+    ) -> Result<bool, SendError> {
+        let connection = self.connection(id)?;
+        let joined = connection
+            .joined
+            .lock()
+            .iter()
+            .any(|j| j.conversation == conversation);
+        if !joined {
+            return self.send_to_connection(id, frame).map(|()| true);
+        }
+        match self.send_in_order(id, &connection, conversation, seq, frame) {
+            Ordered::Sent => Ok(true),
+            Ordered::Skipped => Ok(false),
+            Ordered::Overflow => Err(self.overflowed(id)),
+        }
+    }
+
+    /// The ordering rule (see the module docs), under the connection's lock
+    /// so that two senders (a shard replaying, the bus listener delivering)
+    /// cannot interleave their pushes out of order.
+    fn send_in_order(
+        &self,
+        id: ConnId,
+        connection: &Connection,
+        conversation: ConversationId,
+        seq: Seq,
+        frame: Bytes,
+    ) -> Ordered {
+        let mut joined = connection.joined.lock();
+        let Some(entry) = joined.iter_mut().find(|j| j.conversation == conversation) else {
+            return Ordered::Skipped;
+        };
+        if seq <= entry.position {
+            return Ordered::Skipped;
+        }
+        if seq != entry.position.next() {
+            if !entry.gap_reported {
+                entry.gap_reported = true;
+                Metrics::bump(&self.metrics.gaps);
+                let _ = self.gaps.send(Gap::Connection { conn: id, conversation });
+            }
+            return Ordered::Skipped;
+        }
+        match connection.outbox.push(frame) {
+            Ok(()) => {
+                entry.position = seq;
+                Metrics::bump(&self.metrics.delivered);
+                Ordered::Sent
+            }
+            // Closing: its client resumes from what it has.
+            Err(PushError::Closed) => Ordered::Skipped,
+            Err(PushError::Overflow) => Ordered::Overflow,
+        }
+    }
+
+    /// Delivers `frame`, which is not a stored message (typing, a notice),
+    /// to every connection that has joined `conversation`, here and (through
+    /// the bus) on other nodes. Returns how many local connections took it.
     pub fn send_to_conversation(&self, conversation: ConversationId, frame: Bytes) -> usize {
-        self.deliver(Target::Conversation(conversation), frame)
+        self.deliver(Target::Conversation(conversation), None, frame)
+    }
+
+    /// Delivers stored message `seq` of `conversation` to every connection
+    /// that has joined it, here and on other nodes, in seq order per
+    /// connection (see the module docs). Returns how many local connections
+    /// took it.
+    pub fn send_message(&self, conversation: ConversationId, seq: Seq, frame: Bytes) -> usize {
+        self.deliver(Target::Conversation(conversation), Some(seq), frame)
     }
 
     /// Delivers `frame` to every connection of `party`, on every node.
@@ -389,6 +607,7 @@ impl ConnectionPool {
                 tenant: tenant.clone(),
                 party: party.clone(),
             },
+            None,
             frame,
         )
     }
@@ -400,21 +619,23 @@ impl ConnectionPool {
                 tenant: tenant.clone(),
                 group: Arc::from(group),
             },
+            None,
             frame,
         )
     }
 
-    fn deliver(&self, target: Target, frame: Bytes) -> usize {
-        let local = self.deliver_local(&target, &frame);
+    fn deliver(&self, target: Target, seq: Option<Seq>, frame: Bytes) -> usize {
+        let local = self.deliver_local(&target, seq, &frame);
         self.bus.publish(Envelope {
             from: self.config.node.clone(),
             target,
+            seq,
             frame,
         });
         local
     }
 
-    fn deliver_local(&self, target: &Target, frame: &Bytes) -> usize {
+    fn deliver_local(&self, target: &Target, seq: Option<Seq>, frame: &Bytes) -> usize {
         // Clone the list and drop the guard before pushing: a push may close a
         // slow connection, which edits these same indexes.
         let list: Option<ConnList> = match target {
@@ -429,9 +650,38 @@ impl ConnectionPool {
                 .map(|l| Arc::clone(&l)),
         };
         let Some(list) = list else { return 0 };
-        list.iter()
-            .filter(|id| self.send_to_connection(**id, frame.clone()).is_ok())
-            .count()
+        match (target, seq) {
+            (Target::Conversation(conversation), Some(seq)) => list
+                .iter()
+                .filter(|id| {
+                    matches!(
+                        self.send_stored_live(**id, *conversation, seq, frame.clone()),
+                        Ordered::Sent
+                    )
+                })
+                .count(),
+            _ => list
+                .iter()
+                .filter(|id| self.send_to_connection(**id, frame.clone()).is_ok())
+                .count(),
+        }
+    }
+
+    fn send_stored_live(
+        &self,
+        id: ConnId,
+        conversation: ConversationId,
+        seq: Seq,
+        frame: Bytes,
+    ) -> Ordered {
+        let Ok(connection) = self.connection(id) else {
+            return Ordered::Skipped;
+        };
+        let ordered = self.send_in_order(id, &connection, conversation, seq, frame);
+        if matches!(ordered, Ordered::Overflow) {
+            self.overflowed(id);
+        }
+        ordered
     }
 }
 
