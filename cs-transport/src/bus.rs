@@ -127,7 +127,10 @@ struct Subscriber {
 
 impl InProcessBus {
     /// A bus whose subscribers each buffer up to `capacity` envelopes; past
-    /// that, envelopes to a lagging node are dropped and counted, as pub/sub does.
+    /// that, envelopes to a lagging node are dropped and counted, as pub/sub
+    /// does, and the node gets [`Inbound::Lost`] just before the next
+    /// envelope that reaches it. A loss with nothing after it goes unnoticed
+    /// by the bus: the dispatcher's position check finds it.
     pub fn new(capacity: usize) -> Self {
         Self {
             subscribers: RwLock::new(Vec::new()),
@@ -155,25 +158,38 @@ impl Bus for InProcessBus {
             if subscriber.node == envelope.from {
                 continue;
             }
-            // A node that missed something hears so before its next envelope.
-            if subscriber.lost.load(Ordering::Relaxed)
-                && subscriber.tx.try_send(Inbound::Lost).is_ok()
+            // One slot of each queue is kept for the loss notice, so that
+            // it never displaces the envelope it comes with: an envelope
+            // goes in only if a slot stays free behind it. `capacity()` may
+            // be stale under concurrent publishers; then a `try_send` fails
+            // and the loss is flagged again, never forgotten.
+            if subscriber.tx.capacity() < 2 {
+                subscriber.lost.store(true, Ordering::Release);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // A node that missed something hears so before its next
+            // envelope. Taken with a swap, so that a loss flagged by another
+            // publisher meanwhile is never cleared unannounced.
+            if subscriber.lost.swap(false, Ordering::AcqRel)
+                && subscriber.tx.try_send(Inbound::Lost).is_err()
             {
-                subscriber.lost.store(false, Ordering::Relaxed);
+                subscriber.lost.store(true, Ordering::Release);
             }
             if subscriber
                 .tx
                 .try_send(Inbound::Envelope(envelope.clone()))
                 .is_err()
             {
-                subscriber.lost.store(true, Ordering::Relaxed);
+                subscriber.lost.store(true, Ordering::Release);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
     fn subscribe(&self, node: &NodeId) -> mpsc::Receiver<Inbound> {
-        let (tx, rx) = mpsc::channel(self.capacity);
+        // One more than `capacity`: the slot for an `Inbound::Lost`.
+        let (tx, rx) = mpsc::channel(self.capacity.saturating_add(1));
         let mut subscribers = self.subscribers.write();
         // A node that subscribes again replaces its old subscription.
         subscribers.retain(|s| s.node != *node);
@@ -183,5 +199,54 @@ impl Bus for InProcessBus {
             lost: AtomicBool::new(false),
         });
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(from: &str, n: u8) -> Envelope {
+        Envelope {
+            from: NodeId::new(from),
+            target: Target::Conversation(ConversationId::new()),
+            seq: Some(Seq::new(u64::from(n))),
+            frame: Bytes::from(vec![n]),
+        }
+    }
+
+    fn frame_of(inbound: Option<Inbound>) -> Option<Bytes> {
+        match inbound {
+            Some(Inbound::Envelope(envelope)) => Some(envelope.frame),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_lagging_node_hears_of_its_loss_before_its_next_envelope() {
+        let bus = InProcessBus::new(1);
+        let mut two = bus.subscribe(&NodeId::new("two"));
+        for n in 1..=3 {
+            bus.publish(envelope("one", n));
+        }
+        assert_eq!(bus.dropped(), 2, "room for one envelope");
+        assert_eq!(frame_of(two.try_recv().ok()), Some(Bytes::from(vec![1])));
+        assert!(
+            two.try_recv().is_err(),
+            "a trailing loss: nothing after it tells the node"
+        );
+
+        bus.publish(envelope("one", 4));
+        assert!(matches!(two.try_recv(), Ok(Inbound::Lost)));
+        assert_eq!(
+            frame_of(two.try_recv().ok()),
+            Some(Bytes::from(vec![4])),
+            "the notice does not take the envelope's place"
+        );
+        assert_eq!(bus.dropped(), 2);
+        // A node never hears its own envelopes.
+        let mut one = bus.subscribe(&NodeId::new("one"));
+        bus.publish(envelope("one", 5));
+        assert!(one.try_recv().is_err());
     }
 }

@@ -22,6 +22,7 @@
 //! accepted command before it returns.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -451,6 +452,9 @@ impl Dispatcher {
     pub async fn shutdown(&self) {
         let _one_at_a_time = self.inner.shutting_down.lock().await;
         self.inner.accepting.store(false, Ordering::SeqCst);
+        // Repairs could no longer be admitted, and the connections are about
+        // to close; their clients resume.
+        self.inner.stop.cancel();
         // A command can start a hook and a hook can queue a command, so wait
         // for one moment when neither exists and nothing was admitted while
         // looking. Polling keeps the hot path free of shutdown bookkeeping.
@@ -459,7 +463,6 @@ impl Dispatcher {
         }
         self.inner.hooks.close();
         self.inner.hooks.wait().await;
-        self.inner.stop.cancel();
         for shard in &self.inner.shards {
             // Wakes senders waiting for a slot: they are refused.
             shard.slots.close();
@@ -571,7 +574,8 @@ impl Inner {
 
 /// Repairs what the pool reports missing: a connection's hole at once, and
 /// on a possible bus loss (or the configured timer) every joined
-/// connection whose position is behind the store.
+/// connection whose position is behind the store. Hands the pool's gap
+/// channel back when it stops.
 async fn repair_gaps(
     mut gaps: mpsc::UnboundedReceiver<Gap>,
     path: Arc<MessagePath>,
@@ -583,11 +587,14 @@ async fn repair_gaps(
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
     });
+    // The last seq of each joined conversation at the previous timer check.
+    let mut previous = HashMap::new();
     loop {
+        // `None` for a timer tick.
         let gap = tokio::select! {
             () = stop.cancelled() => break,
             gap = gaps.recv() => match gap {
-                Some(gap) => gap,
+                Some(gap) => Some(gap),
                 None => break,
             },
             _ = async {
@@ -595,23 +602,67 @@ async fn repair_gaps(
                     Some(timer) => timer.tick().await,
                     None => std::future::pending().await,
                 }
-            } => Gap::Unknown,
+            } => None,
         };
         let Some(inner) = inner.upgrade() else { break };
         match gap {
-            Gap::Connection { conn, conversation } => {
-                // Refused only when shutting down or overloaded; the client
-                // then resumes, or the next check finds the hole again.
-                let _ = inner.admit(Command::CatchUp { conn, conversation }, None).await;
+            Some(Gap::Connection { conn, conversation }) => {
+                match inner
+                    .admit(Command::CatchUp { conn, conversation }, None)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(DispatchError::Overloaded) => {
+                        // Not repaired, so not outstanding: the next message
+                        // past the hole reports it again, and so does the
+                        // retry once the flood has had a moment to pass.
+                        path.pool.repairing(conn, conversation);
+                        retry_report(&path.pool, conn, conversation);
+                    }
+                    // Its connections are about to be closed; they resume.
+                    Err(DispatchError::ShuttingDown) => {}
+                }
             }
-            Gap::Unknown => check_positions(&path, &inner).await,
+            Some(Gap::Unknown) => {
+                // Before the check: a loss during it asks for another.
+                path.pool.unknown_taken();
+                check_positions(&path, None).await;
+            }
+            None => {
+                previous = check_positions(&path, Some(&previous)).await;
+            }
         }
     }
+    path.pool.restore_gaps(gaps);
+}
+
+/// Reports a gap again after a pause.
+fn retry_report(pool: &Arc<ConnectionPool>, conn: ConnId, conversation: ConversationId) {
+    // Weak: a pending retry must not keep a dropped pool alive.
+    let pool = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(pool) = pool.upgrade() {
+            pool.report_gap(conn, conversation, false);
+        }
+    });
 }
 
 /// Compares every joined connection's position with its conversation's last
-/// seq in the store, and catches up the ones behind.
-async fn check_positions(path: &MessagePath, inner: &Inner) {
+/// seq in the store, and reports the ones behind as gaps (at most one
+/// outstanding report per connection and conversation, so a slow repair is
+/// not queued again on every check). Returns the last seqs it read.
+///
+/// With `previous` (a timer check), a connection counts as behind only if
+/// it has not reached the last seq the *previous* check read: a message
+/// stored a moment ago may still be on its way over the bus, and replaying
+/// it would be wasted work, but one stored a whole interval ago is lost.
+/// Without it (the bus said it lost something), the store's last seq counts.
+async fn check_positions(
+    path: &MessagePath,
+    previous: Option<&HashMap<ConversationId, Seq>>,
+) -> HashMap<ConversationId, Seq> {
+    let mut seen = HashMap::new();
     let mut failures = 0usize;
     let mut last_error = None;
     for (conversation, connections) in path.pool.positions() {
@@ -623,9 +674,14 @@ async fn check_positions(path: &MessagePath, inner: &Inner) {
                 continue;
             }
         };
+        seen.insert(conversation, last);
+        let behind = match previous {
+            Some(previous) => previous.get(&conversation).copied().unwrap_or(Seq::ZERO),
+            None => last,
+        };
         for (conn, position) in connections {
-            if position < last {
-                let _ = inner.admit(Command::CatchUp { conn, conversation }, None).await;
+            if position < behind {
+                path.pool.report_gap(conn, conversation, true);
             }
         }
     }
@@ -633,6 +689,7 @@ async fn check_positions(path: &MessagePath, inner: &Inner) {
         // One line per check, not one per conversation, while the store is down.
         tracing::warn!(failures, %error, "position check: the store did not answer for some conversations; the next check retries");
     }
+    seen
 }
 
 async fn run_shard(

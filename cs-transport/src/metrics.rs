@@ -260,6 +260,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cs_message_latency_seconds_count 1\n"));
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 12);
+        for counter in ["gaps", "gap_repairs", "bus_lost"] {
+            assert!(
+                text.contains(&format!(
+                    "# TYPE cs_{counter}_total counter\ncs_{counter}_total 0\n"
+                )),
+                "{text}"
+            );
+        }
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 15);
     }
 }

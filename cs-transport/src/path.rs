@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::broadcast;
@@ -152,6 +153,9 @@ pub enum PathEvent {
         change: Change,
     },
 }
+
+/// How long an unfinished catch-up waits before it is tried again.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(200);
 
 /// A shard's own state: the conversations it owns.
 pub(crate) struct ShardState {
@@ -373,23 +377,47 @@ impl MessagePath {
             .ok_or(PathError::UnknownConnection(conn))?;
         let conversation = self.conversation(state, id).await?;
         may_read(conversation, &info)?;
+        // A client's seq past the end (a bug, or a forged frame) would make
+        // the connection skip every live message up to it. The cache may
+        // lag behind messages stored on other nodes, so the store decides.
+        let mut last_seq = last_seq;
+        if last_seq > conversation.last_seq() {
+            let stored = self.store.last_seq(id).await?;
+            conversation.observe_seq(stored);
+            last_seq = last_seq.min(stored);
+        }
 
-        // A connection joined already (a console that followed an
-        // assignment) goes back to what its client says it has.
-        self.pool.rewind(conn, id, last_seq);
-        let (replayed, up_to, complete) = self.replay(conn, id, last_seq).await?;
-        if complete {
-            // From here on live messages reach it. Nothing stored on this
-            // node can slip between the replay and this line, because this
-            // shard stores them; one stored on another node in between is
-            // caught by the pool's ordering (a gap) or the position check.
+        // Joined *before* the replay, at the client's seq: from here on every
+        // stored message reaches the connection in seq order, from the
+        // replay or live, whichever comes first, and the other is skipped.
+        // Messages this node stores cannot interleave anyway (this shard
+        // stores them); this closes the window for one stored on another
+        // node while the replay reads the store. A connection joined already
+        // (a console that followed an assignment) goes back to what its
+        // client says it has.
+        let was_joined = self.pool.rewind(conn, id, last_seq);
+        if !was_joined {
             self.pool
-                .join_conversation(conn, id, up_to)
+                .join_conversation(conn, id, last_seq)
                 .map_err(|e| send_failed(conn, e))?;
-        } else {
-            // Live only after a complete replay: a connection joined earlier
-            // (an agent console on assignment) would otherwise get live
-            // messages that its next replay round sends again.
+        }
+        let (replayed, complete) = match self.replay(conn, id, last_seq).await {
+            Ok(done) => done,
+            Err(e) => {
+                if !was_joined {
+                    // Not live without its history; the client resumes again.
+                    self.pool.leave_conversation(conn, id);
+                }
+                return Err(e);
+            }
+        };
+        // What the connection has now: the replay, and any live message
+        // from another node that came in order meanwhile.
+        let up_to = self.pool.position(conn, id).unwrap_or(last_seq);
+        if !complete {
+            // Live only after a complete replay: the client asks for the
+            // rest from `up_to`, and live messages past the hole would only
+            // start a repair that its next round sends again.
             self.pool.leave_conversation(conn, id);
         }
         let done = ServerFrame::Replayed {
@@ -410,7 +438,8 @@ impl MessagePath {
 
     /// Sends a joined connection what it misses after its position: the
     /// repair of a [`Gap`](crate::pool::Gap). What does not fit in its queue
-    /// now is left for the next position check.
+    /// now is reported again a moment later, and so is a store failure, so a
+    /// repair never stops halfway for want of a next message or a timer.
     async fn catch_up(&self, conn: ConnId, id: ConversationId) -> Result<Outcome, PathError> {
         // A hole found from here on is reported again.
         self.pool.repairing(conn, id);
@@ -418,22 +447,49 @@ impl MessagePath {
             // It left or closed since the gap was reported.
             return Ok(Outcome::Left);
         };
-        let (replayed, up_to, _) = self.replay(conn, id, position).await?;
+        let (replayed, complete) = match self.replay(conn, id, position).await {
+            Ok(done) => done,
+            Err(e) => {
+                if matches!(e, PathError::Store(_)) {
+                    self.catch_up_later(conn, id);
+                }
+                return Err(e);
+            }
+        };
         if replayed > 0 {
             Metrics::bump(&self.metrics.gap_repairs);
         }
-        Ok(Outcome::CaughtUp { replayed, up_to })
+        if !complete {
+            self.catch_up_later(conn, id);
+        }
+        Ok(Outcome::CaughtUp {
+            replayed,
+            up_to: self.pool.position(conn, id).unwrap_or(position),
+        })
+    }
+
+    /// Reports connection `conn`'s gap in `id` again after a pause: its
+    /// queue drains meanwhile, or the store comes back.
+    fn catch_up_later(&self, conn: ConnId, id: ConversationId) {
+        // Weak: a pending retry must not keep a dropped pool alive.
+        let pool = Arc::downgrade(&self.pool);
+        tokio::spawn(async move {
+            tokio::time::sleep(CATCH_UP_RETRY).await;
+            if let Some(pool) = pool.upgrade() {
+                pool.report_gap(conn, id, false);
+            }
+        });
     }
 
     /// Sends `conn` the stored messages of `id` after `from`, in order, as
-    /// many as fit. Returns how many were sent, the last seq covered, and
-    /// whether that reached the end.
+    /// many as fit. Returns how many were sent (not counting those it had
+    /// already), and whether that reached the end.
     async fn replay(
         &self,
         conn: ConnId,
         id: ConversationId,
         from: Seq,
-    ) -> Result<(usize, Seq, bool), PathError> {
+    ) -> Result<(usize, bool), PathError> {
         // Replay only what fits in the connection's queue now, less room for
         // the closing marker and live traffic, so that several resumes on
         // one connection (an agent console with many chats) cannot overflow
@@ -472,7 +528,7 @@ impl MessagePath {
                 up_to = seq;
             }
         };
-        Ok((replayed, up_to, complete))
+        Ok((replayed, complete))
     }
 
     async fn change(
@@ -542,7 +598,9 @@ impl MessagePath {
             {
                 // Live from the event below on; the console replays the
                 // history itself when it opens the chat.
-                let _ = self.pool.join_conversation(conn, id, conversation.last_seq());
+                let _ = self
+                    .pool
+                    .join_conversation(conn, id, conversation.last_seq());
             }
         }
 

@@ -19,6 +19,7 @@
 //! envelope, and this is where that is caught.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -137,8 +138,23 @@ struct Connection {
 /// What ordered delivery decided for one connection.
 enum Ordered {
     Sent,
+    /// Not sent: it has it already, it lies past a hole (reported), or the
+    /// connection has not joined.
     Skipped,
+    /// The connection is closing.
+    Closing,
+    /// Its queue overflowed; the caller closes it.
     Overflow,
+}
+
+/// What [`ConnectionPool::send_in_order`] does for a connection that has not
+/// joined the conversation.
+#[derive(Clone, Copy)]
+enum Unjoined {
+    /// Live delivery: it is not for this connection.
+    Skip,
+    /// A replay before the connection joins: send it.
+    Send,
 }
 
 type PartyKey = (TenantId, Party);
@@ -155,8 +171,12 @@ pub struct ConnectionPool {
     bus: Arc<dyn Bus>,
     presence: broadcast::Sender<PresenceEvent>,
     gaps: mpsc::UnboundedSender<Gap>,
-    /// Taken once, by the dispatcher.
+    /// Taken by the dispatcher, and handed back when it stops.
     gap_receiver: Mutex<Option<mpsc::UnboundedReceiver<Gap>>>,
+    /// A [`Gap::Unknown`] is queued and not yet taken: a flood of bus losses
+    /// becomes one position check, and the channel stays small even while
+    /// no dispatcher reads it.
+    unknown_pending: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -173,7 +193,8 @@ impl ConnectionPool {
         let mut inbox = bus.subscribe(&config.node);
         let (presence, _) = broadcast::channel(1024);
         // Unbounded, yet small: at most one report per joined conversation
-        // of a connection is outstanding (`Joined::gap_reported`).
+        // of a connection is outstanding (`Joined::gap_reported`), and one
+        // `Gap::Unknown` (`unknown_pending`).
         let (gaps, gap_receiver) = mpsc::unbounded_channel();
         let pool = Arc::new(Self {
             config,
@@ -185,6 +206,7 @@ impl ConnectionPool {
             presence,
             gaps,
             gap_receiver: Mutex::new(Some(gap_receiver)),
+            unknown_pending: AtomicBool::new(false),
             metrics,
         });
         // The listener holds only a weak reference, so dropping the pool ends it.
@@ -200,7 +222,9 @@ impl ConnectionPool {
                             }
                             Inbound::Lost => {
                                 Metrics::bump(&pool.metrics.bus_lost);
-                                let _ = pool.gaps.send(Gap::Unknown);
+                                if !pool.unknown_pending.swap(true, Ordering::AcqRel) {
+                                    let _ = pool.gaps.send(Gap::Unknown);
+                                }
                             }
                         }
                     }
@@ -458,10 +482,63 @@ impl ConnectionPool {
     }
 
     /// Where this node reports connections that miss stored messages. The
-    /// dispatcher takes it (once) and replays each gap; a host that runs no
-    /// dispatcher gets `None` after the first call.
+    /// dispatcher takes it and replays each gap, and hands it back when it
+    /// stops; while it is taken, this returns `None`.
     pub fn gaps(&self) -> Option<mpsc::UnboundedReceiver<Gap>> {
         self.gap_receiver.lock().take()
+    }
+
+    /// Takes back what [`ConnectionPool::gaps`] handed out, so that a
+    /// dispatcher started after this one stopped repairs again.
+    pub(crate) fn restore_gaps(&self, gaps: mpsc::UnboundedReceiver<Gap>) {
+        *self.gap_receiver.lock() = Some(gaps);
+    }
+
+    /// The repairer took a [`Gap::Unknown`]: a bus loss from now on is
+    /// reported again. Called *before* the check it triggers, so that a loss
+    /// during the check leads to one more.
+    pub(crate) fn unknown_taken(&self) {
+        self.unknown_pending.store(false, Ordering::Release);
+    }
+
+    /// Reports that connection `id` may miss messages of `conversation`,
+    /// unless a report is already outstanding (or it has not joined).
+    /// `new_hole` counts it in the `gaps` metric; a retry of a repair that
+    /// did not finish is not a new hole. Returns whether it was reported.
+    pub(crate) fn report_gap(
+        &self,
+        id: ConnId,
+        conversation: ConversationId,
+        new_hole: bool,
+    ) -> bool {
+        let Ok(connection) = self.connection(id) else {
+            return false;
+        };
+        let mut joined = connection.joined.lock();
+        let Some(entry) = joined.iter_mut().find(|j| j.conversation == conversation) else {
+            return false;
+        };
+        self.report(id, entry, new_hole)
+    }
+
+    /// Sends a [`Gap::Connection`] for `entry` if none is outstanding. The
+    /// caller holds the connection's `joined` lock, so the flag and the
+    /// report cannot race with a repair clearing it.
+    fn report(&self, id: ConnId, entry: &mut Joined, new_hole: bool) -> bool {
+        if entry.gap_reported {
+            return false;
+        }
+        entry.gap_reported = true;
+        if new_hole {
+            Metrics::bump(&self.metrics.gaps);
+        }
+        // The receiver is gone only while no dispatcher runs and the pool
+        // is being dropped; nothing is left to repair then.
+        let _ = self.gaps.send(Gap::Connection {
+            conn: id,
+            conversation: entry.conversation,
+        });
+        true
     }
 
     /// Adds connection `id` to a named group of its tenant (such as `"agents"`).
@@ -518,9 +595,9 @@ impl ConnectionPool {
     }
 
     /// Sends stored message `seq` of `conversation` to connection `id`, as a
-    /// replay does: in order if it has joined (skipped if it has it already),
-    /// unconditionally if it has not (it is catching up before joining).
-    /// Returns whether it was sent.
+    /// replay does: in order if it has joined (skipped if it has it already,
+    /// or if it lies past a hole), unconditionally if it has not (it is
+    /// catching up before joining). Returns whether it was sent.
     ///
     /// # Errors
     /// [`SendError`] saying why it could not be sent.
@@ -532,24 +609,21 @@ impl ConnectionPool {
         frame: Bytes,
     ) -> Result<bool, SendError> {
         let connection = self.connection(id)?;
-        let joined = connection
-            .joined
-            .lock()
-            .iter()
-            .any(|j| j.conversation == conversation);
-        if !joined {
-            return self.send_to_connection(id, frame).map(|()| true);
-        }
-        match self.send_in_order(id, &connection, conversation, seq, frame) {
+        match self.send_in_order(id, &connection, conversation, seq, frame, Unjoined::Send) {
             Ordered::Sent => Ok(true),
             Ordered::Skipped => Ok(false),
+            Ordered::Closing => Err(SendError::Closing(id)),
             Ordered::Overflow => Err(self.overflowed(id)),
         }
     }
 
     /// The ordering rule (see the module docs), under the connection's lock
     /// so that two senders (a shard replaying, the bus listener delivering)
-    /// cannot interleave their pushes out of order.
+    /// cannot interleave their pushes out of order, and a repair cannot
+    /// clear the gap flag between a check and a report.
+    ///
+    /// Never closes the connection itself: `close` takes the same lock. An
+    /// overflow is returned for the caller to handle once the lock is gone.
     fn send_in_order(
         &self,
         id: ConnId,
@@ -557,32 +631,31 @@ impl ConnectionPool {
         conversation: ConversationId,
         seq: Seq,
         frame: Bytes,
+        unjoined: Unjoined,
     ) -> Ordered {
         let mut joined = connection.joined.lock();
         let Some(entry) = joined.iter_mut().find(|j| j.conversation == conversation) else {
-            return Ordered::Skipped;
+            return match unjoined {
+                // Left or closed since the index was read.
+                Unjoined::Skip => Ordered::Skipped,
+                Unjoined::Send => push(&self.metrics, connection, frame),
+            };
         };
         if seq <= entry.position {
             return Ordered::Skipped;
         }
         if seq != entry.position.next() {
-            if !entry.gap_reported {
-                entry.gap_reported = true;
-                Metrics::bump(&self.metrics.gaps);
-                let _ = self.gaps.send(Gap::Connection { conn: id, conversation });
-            }
+            // Held back: sending it would leave a hole the client cannot see
+            // from the inside. The repair replays the hole and this message
+            // from the store, which has had it since before it was routed.
+            self.report(id, entry, true);
             return Ordered::Skipped;
         }
-        match connection.outbox.push(frame) {
-            Ok(()) => {
-                entry.position = seq;
-                Metrics::bump(&self.metrics.delivered);
-                Ordered::Sent
-            }
-            // Closing: its client resumes from what it has.
-            Err(PushError::Closed) => Ordered::Skipped,
-            Err(PushError::Overflow) => Ordered::Overflow,
+        let pushed = push(&self.metrics, connection, frame);
+        if matches!(pushed, Ordered::Sent) {
+            entry.position = seq;
         }
+        pushed
     }
 
     /// Delivers `frame`, which is not a stored message (typing, a notice),
@@ -677,11 +750,25 @@ impl ConnectionPool {
         let Ok(connection) = self.connection(id) else {
             return Ordered::Skipped;
         };
-        let ordered = self.send_in_order(id, &connection, conversation, seq, frame);
+        let ordered = self.send_in_order(id, &connection, conversation, seq, frame, Unjoined::Skip);
         if matches!(ordered, Ordered::Overflow) {
+            // Outside the connection's lock, which `close` takes.
             self.overflowed(id);
         }
         ordered
+    }
+}
+
+/// Pushes `frame` to `connection`'s queue, as [`Ordered`].
+fn push(metrics: &Metrics, connection: &Connection, frame: Bytes) -> Ordered {
+    match connection.outbox.push(frame) {
+        Ok(()) => {
+            Metrics::bump(&metrics.delivered);
+            Ordered::Sent
+        }
+        // Closing: its client resumes from what it has.
+        Err(PushError::Closed) => Ordered::Closing,
+        Err(PushError::Overflow) => Ordered::Overflow,
     }
 }
 
@@ -770,7 +857,8 @@ mod tests {
         let (tx2, mut rx2) = mpsc::unbounded::<Bytes>();
         let a = pool.register(shop(), visitor("ann"), tx1);
         let b = pool.register(shop(), visitor("bob"), tx2);
-        pool.join_conversation(a.id, ConversationId::new()).unwrap();
+        pool.join_conversation(a.id, ConversationId::new(), Seq::ZERO)
+            .unwrap();
 
         assert_eq!(pool.close_all(CloseReason::Shutdown), 2);
         assert!(pool.is_empty());
@@ -799,7 +887,8 @@ mod tests {
         let a = pool.register(shop(), visitor("ann"), tx1);
         let _b = pool.register(shop(), visitor("bob"), tx2);
         let conversation = ConversationId::new();
-        pool.join_conversation(a.id, conversation).unwrap();
+        pool.join_conversation(a.id, conversation, Seq::ZERO)
+            .unwrap();
         assert_eq!(
             pool.send_to_conversation(conversation, Bytes::from_static(b"m1")),
             1
@@ -865,7 +954,8 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded::<Bytes>();
         let on_two = two.register(shop(), visitor("ann"), tx);
         let conversation = ConversationId::new();
-        two.join_conversation(on_two.id, conversation).unwrap();
+        two.join_conversation(on_two.id, conversation, Seq::ZERO)
+            .unwrap();
 
         let frame = ServerFrame::Pong.encode();
         assert_eq!(
@@ -875,5 +965,127 @@ mod tests {
         );
         assert_eq!(rx.next().await.unwrap(), frame, "node two delivered it");
         assert_eq!(bus.dropped(), 0);
+    }
+
+    async fn next_gap(gaps: &mut tokio::sync::mpsc::UnboundedReceiver<Gap>) -> Option<Gap> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), gaps.recv())
+            .await
+            .expect("a report within 5 s")
+    }
+
+    fn numbered(n: u64) -> Bytes {
+        Bytes::from(format!("m{n}"))
+    }
+
+    #[tokio::test]
+    async fn stored_messages_go_out_in_seq_order_and_a_hole_is_reported_once() {
+        let metrics = Arc::new(Metrics::new());
+        let pool = ConnectionPool::new(PoolConfig::default(), Arc::clone(&metrics));
+        let mut gaps = pool.gaps().expect("no dispatcher took it");
+        let (tx, mut rx) = mpsc::unbounded::<Bytes>();
+        let ann = pool.register(shop(), visitor("ann"), tx);
+        let conversation = ConversationId::new();
+        pool.join_conversation(ann.id, conversation, Seq::new(2))
+            .unwrap();
+        let send = |n: u64| pool.send_message(conversation, Seq::new(n), numbered(n));
+
+        assert_eq!(send(2), 0, "it has seq 2 already");
+        assert_eq!(send(3), 1);
+        assert_eq!(send(3), 0, "a duplicate is skipped");
+        assert_eq!(send(5), 0, "held back: seq 4 is missing");
+        assert_eq!(send(6), 0, "held back too");
+        assert_eq!(
+            gaps.try_recv(),
+            Ok(Gap::Connection {
+                conn: ann.id,
+                conversation
+            })
+        );
+        assert!(gaps.try_recv().is_err(), "one report for the hole");
+        assert_eq!(metrics.snapshot().gaps, 1);
+        assert_eq!(pool.position(ann.id, conversation), Some(Seq::new(3)));
+        // Frames that are not stored messages are not ordered.
+        assert_eq!(
+            pool.send_to_conversation(conversation, Bytes::from_static(b"typing")),
+            1
+        );
+
+        // The repair replays from the store, in order; what it has is skipped.
+        pool.repairing(ann.id, conversation);
+        for n in 4..=6 {
+            assert!(pool
+                .send_stored(ann.id, conversation, Seq::new(n), numbered(n))
+                .unwrap());
+        }
+        assert!(!pool
+            .send_stored(ann.id, conversation, Seq::new(5), numbered(5))
+            .unwrap());
+        assert_eq!(rx.next().await.unwrap(), numbered(3));
+        assert_eq!(rx.next().await.unwrap(), "typing");
+        for n in 4..=6 {
+            assert_eq!(rx.next().await.unwrap(), numbered(n));
+        }
+        assert_eq!(pool.position(ann.id, conversation), Some(Seq::new(6)));
+
+        // A hole found after the repair started is a new report.
+        assert_eq!(send(8), 0);
+        assert_eq!(
+            gaps.try_recv(),
+            Ok(Gap::Connection {
+                conn: ann.id,
+                conversation
+            })
+        );
+        assert_eq!(metrics.snapshot().gaps, 2);
+        assert!(rx.try_recv().is_err(), "nothing past the hole went out");
+
+        // A connection that has not joined gets a replay unconditionally.
+        let (tx, mut rx) = mpsc::unbounded::<Bytes>();
+        let bob = pool.register(shop(), visitor("bob"), tx);
+        assert!(pool
+            .send_stored(bob.id, conversation, Seq::new(7), numbered(7))
+            .unwrap());
+        assert_eq!(rx.next().await.unwrap(), numbered(7));
+        assert_eq!(pool.position(bob.id, conversation), None);
+    }
+
+    #[tokio::test]
+    async fn a_bus_loss_is_reported_and_the_next_message_reveals_the_hole() {
+        let bus = Arc::new(InProcessBus::new(1));
+        let node = |name: &str| PoolConfig {
+            node: NodeId::new(name),
+            ..PoolConfig::default()
+        };
+        let one = ConnectionPool::with_bus(node("one"), bus.clone(), Arc::new(Metrics::new()));
+        let metrics = Arc::new(Metrics::new());
+        let two = ConnectionPool::with_bus(node("two"), bus.clone(), Arc::clone(&metrics));
+        let mut gaps = two.gaps().expect("no dispatcher took it");
+        let (tx, mut rx) = mpsc::unbounded::<Bytes>();
+        let ann = two.register(shop(), visitor("ann"), tx);
+        let conversation = ConversationId::new();
+        two.join_conversation(ann.id, conversation, Seq::ZERO)
+            .unwrap();
+
+        // Three at once: node two's listener has no chance to run between
+        // them, and its inbox holds one.
+        for n in 1..=3 {
+            one.send_message(conversation, Seq::new(n), numbered(n));
+        }
+        assert_eq!(bus.dropped(), 2);
+        assert_eq!(rx.next().await.unwrap(), numbered(1));
+
+        one.send_message(conversation, Seq::new(4), numbered(4));
+        assert_eq!(next_gap(&mut gaps).await, Some(Gap::Unknown));
+        assert_eq!(
+            next_gap(&mut gaps).await,
+            Some(Gap::Connection {
+                conn: ann.id,
+                conversation
+            })
+        );
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.bus_lost, snapshot.gaps), (1, 1));
+        assert_eq!(two.position(ann.id, conversation), Some(Seq::new(1)));
+        assert!(rx.try_recv().is_err(), "seq 4 was held back");
     }
 }
