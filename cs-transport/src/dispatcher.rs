@@ -75,8 +75,13 @@ pub struct DispatcherConfig {
     /// How often to compare every joined connection's position with the
     /// store and replay what it misses. A lost bus envelope followed by
     /// another message is repaired at once without this; the check catches
-    /// the *last* message of a burst going missing. Default: off, which is
-    /// right for one node; with a network bus, a few seconds.
+    /// the *last* message of a burst going missing. A connection counts as
+    /// behind only once it misses a message that was stored before the
+    /// previous check, so a message still on its way is not replayed, and a
+    /// trailing loss is repaired within two intervals. Each check asks the
+    /// store for the last seq of every conversation joined on this node.
+    /// Default: off, which is right for one node; with a network bus, a few
+    /// seconds.
     pub position_check_interval: Option<Duration>,
 }
 

@@ -22,8 +22,15 @@
 //!
 //! Without the `axum` feature a host connects any `futures::Sink<Bytes>` to
 //! the pool and decodes client frames with [`ClientFrame::decode`] itself.
+//! Across nodes, stored messages reach every joined connection in seq order
+//! with no gap and no duplicate even when the bus loses envelopes: the pool
+//! holds back a message past a hole and the dispatcher replays the hole from
+//! the store (see [`ConnectionPool::gaps`] and
+//! [`DispatcherConfig::position_check_interval`]).
+//!
 //! Not built yet: a server-initiated heartbeat (clients keep the connection
-//! alive with `ping` frames) and presence across nodes.
+//! alive with `ping` frames), presence across nodes (presence events are per
+//! node), and a bus over the network (Redis, NATS).
 //!
 //! It depends only on `cs-core`; storage comes in as a
 //! [`cs_core::store::MessageStore`].

@@ -105,7 +105,8 @@ pub struct ConnInfo {
 /// from [`ConnectionPool::gaps`], and repairs by replaying from the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Gap {
-    /// A message arrived past a hole in what this connection was sent.
+    /// This connection misses messages of this conversation: one arrived
+    /// past a hole, or a position check found it behind the store.
     Connection {
         /// The connection.
         conn: ConnId,
