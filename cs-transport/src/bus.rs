@@ -7,18 +7,24 @@
 //! in here; nothing above this trait changes.
 //!
 //! A bus is allowed to lose envelopes (pub/sub does, when a subscriber lags or
-//! reconnects). That is safe because every stored message can be replayed
-//! from the store by seq: a client that notices a gap resumes.
+//! reconnects). That is safe because every stored message carries its seq and
+//! can be replayed from the store: the pool delivers a conversation's
+//! messages to each connection strictly in seq order, notices a skipped seq
+//! at once, and the dispatcher replays the gap (see
+//! [`ConnectionPool::gaps`](crate::ConnectionPool::gaps)). A loss with no
+//! later message to reveal it is found by the dispatcher's position check,
+//! which runs when the bus reports [`Inbound::Lost`] and, if configured, on
+//! a timer.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
-use cs_core::{ConversationId, Party, TenantId};
+use cs_core::{ConversationId, Party, Seq, TenantId};
 
 /// A node of a deployment: one process holding connections.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,8 +82,22 @@ pub struct Envelope {
     pub from: NodeId,
     /// Who it is for.
     pub target: Target,
+    /// For a stored message sent to a conversation: its seq, which receivers
+    /// use to deliver in order and to notice a lost envelope. `None` for
+    /// frames that are not stored (typing, presence, host notices).
+    pub seq: Option<Seq>,
     /// The encoded frame.
     pub frame: Bytes,
+}
+
+/// What a node receives from the bus.
+#[derive(Clone, Debug)]
+pub enum Inbound {
+    /// An envelope another node published.
+    Envelope(Envelope),
+    /// Envelopes to this node may have been lost: the bus reconnected, or a
+    /// queue overflowed. The receiver checks every position it holds.
+    Lost,
 }
 
 /// Carries envelopes between nodes.
@@ -87,20 +107,30 @@ pub trait Bus: Send + Sync + 'static {
     fn publish(&self, envelope: Envelope);
 
     /// Starts receiving what other nodes publish, for node `node`.
-    fn subscribe(&self, node: &NodeId) -> mpsc::Receiver<Envelope>;
+    fn subscribe(&self, node: &NodeId) -> mpsc::Receiver<Inbound>;
 }
 
 /// Connects the nodes of one process: a single node (the default, where it
 /// forwards nothing) or several pools in one test.
 pub struct InProcessBus {
-    subscribers: RwLock<Vec<(NodeId, mpsc::Sender<Envelope>)>>,
+    subscribers: RwLock<Vec<Subscriber>>,
     capacity: usize,
     dropped: AtomicU64,
 }
 
+struct Subscriber {
+    node: NodeId,
+    tx: mpsc::Sender<Inbound>,
+    /// Set when an envelope to it was dropped and it has not been told yet.
+    lost: AtomicBool,
+}
+
 impl InProcessBus {
     /// A bus whose subscribers each buffer up to `capacity` envelopes; past
-    /// that, envelopes to a lagging node are dropped and counted, as pub/sub does.
+    /// that, envelopes to a lagging node are dropped and counted, as pub/sub
+    /// does, and the node gets [`Inbound::Lost`] just before the next
+    /// envelope that reaches it. A loss with nothing after it goes unnoticed
+    /// by the bus: the dispatcher's position check finds it.
     pub fn new(capacity: usize) -> Self {
         Self {
             subscribers: RwLock::new(Vec::new()),
@@ -124,22 +154,99 @@ impl Default for InProcessBus {
 impl Bus for InProcessBus {
     fn publish(&self, envelope: Envelope) {
         let subscribers = self.subscribers.read();
-        for (node, tx) in subscribers.iter() {
-            if *node == envelope.from {
+        for subscriber in subscribers.iter() {
+            if subscriber.node == envelope.from {
                 continue;
             }
-            if tx.try_send(envelope.clone()).is_err() {
+            // One slot of each queue is kept for the loss notice, so that
+            // it never displaces the envelope it comes with: an envelope
+            // goes in only if a slot stays free behind it. `capacity()` may
+            // be stale under concurrent publishers; then a `try_send` fails
+            // and the loss is flagged again, never forgotten.
+            if subscriber.tx.capacity() < 2 {
+                subscriber.lost.store(true, Ordering::Release);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // A node that missed something hears so before its next
+            // envelope. Taken with a swap, so that a loss flagged by another
+            // publisher meanwhile is never cleared unannounced.
+            if subscriber.lost.swap(false, Ordering::AcqRel)
+                && subscriber.tx.try_send(Inbound::Lost).is_err()
+            {
+                subscriber.lost.store(true, Ordering::Release);
+            }
+            if subscriber
+                .tx
+                .try_send(Inbound::Envelope(envelope.clone()))
+                .is_err()
+            {
+                subscriber.lost.store(true, Ordering::Release);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    fn subscribe(&self, node: &NodeId) -> mpsc::Receiver<Envelope> {
-        let (tx, rx) = mpsc::channel(self.capacity);
+    fn subscribe(&self, node: &NodeId) -> mpsc::Receiver<Inbound> {
+        // One more than `capacity`: the slot for an `Inbound::Lost`.
+        let (tx, rx) = mpsc::channel(self.capacity.saturating_add(1));
         let mut subscribers = self.subscribers.write();
         // A node that subscribes again replaces its old subscription.
-        subscribers.retain(|(n, _)| n != node);
-        subscribers.push((node.clone(), tx));
+        subscribers.retain(|s| s.node != *node);
+        subscribers.push(Subscriber {
+            node: node.clone(),
+            tx,
+            lost: AtomicBool::new(false),
+        });
         rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(from: &str, n: u8) -> Envelope {
+        Envelope {
+            from: NodeId::new(from),
+            target: Target::Conversation(ConversationId::new()),
+            seq: Some(Seq::new(u64::from(n))),
+            frame: Bytes::from(vec![n]),
+        }
+    }
+
+    fn frame_of(inbound: Option<Inbound>) -> Option<Bytes> {
+        match inbound {
+            Some(Inbound::Envelope(envelope)) => Some(envelope.frame),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_lagging_node_hears_of_its_loss_before_its_next_envelope() {
+        let bus = InProcessBus::new(1);
+        let mut two = bus.subscribe(&NodeId::new("two"));
+        for n in 1..=3 {
+            bus.publish(envelope("one", n));
+        }
+        assert_eq!(bus.dropped(), 2, "room for one envelope");
+        assert_eq!(frame_of(two.try_recv().ok()), Some(Bytes::from(vec![1])));
+        assert!(
+            two.try_recv().is_err(),
+            "a trailing loss: nothing after it tells the node"
+        );
+
+        bus.publish(envelope("one", 4));
+        assert!(matches!(two.try_recv(), Ok(Inbound::Lost)));
+        assert_eq!(
+            frame_of(two.try_recv().ok()),
+            Some(Bytes::from(vec![4])),
+            "the notice does not take the envelope's place"
+        );
+        assert_eq!(bus.dropped(), 2);
+        // A node never hears its own envelopes.
+        let mut one = bus.subscribe(&NodeId::new("one"));
+        bus.publish(envelope("one", 5));
+        assert!(one.try_recv().is_err());
     }
 }

@@ -22,6 +22,7 @@
 //! accepted command before it returns.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +33,7 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use cs_core::store::MessageStore;
@@ -42,7 +44,7 @@ use cs_core::{
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
 use crate::path::{MessagePath, Outcome, PathError, PathEvent};
-use crate::pool::ConnectionPool;
+use crate::pool::{ConnectionPool, Gap};
 use crate::protocol::{ErrorCode, ServerFrame};
 
 /// Dispatcher settings. The defaults suit a 2-core node.
@@ -70,6 +72,17 @@ pub struct DispatcherConfig {
     /// Conversations each shard keeps in memory before it starts over from
     /// the store. Default 10,000.
     pub cached_conversations: usize,
+    /// How often to compare every joined connection's position with the
+    /// store and replay what it misses. A lost bus envelope followed by
+    /// another message is repaired at once without this; the check catches
+    /// the *last* message of a burst going missing. A connection counts as
+    /// behind only once it misses a message that was stored before the
+    /// previous check, so a message still on its way is not replayed, and a
+    /// trailing loss is repaired within two intervals. Each check asks the
+    /// store for the last seq of every conversation joined on this node.
+    /// Default: off, which is right for one node; with a network bus, a few
+    /// seconds.
+    pub position_check_interval: Option<Duration>,
 }
 
 impl Default for DispatcherConfig {
@@ -84,6 +97,7 @@ impl Default for DispatcherConfig {
             hook_timeout: Duration::from_secs(5),
             replay_budget_bytes: 48 * 1024,
             cached_conversations: 10_000,
+            position_check_interval: None,
         }
     }
 }
@@ -153,6 +167,15 @@ pub enum Command {
         /// The conversation.
         conversation: ConversationId,
     },
+    /// Send a joined connection the stored messages it misses after its
+    /// position (see [`ConnectionPool::gaps`]). The dispatcher issues these
+    /// itself; a host rarely needs to.
+    CatchUp {
+        /// The connection.
+        conn: ConnId,
+        /// The conversation.
+        conversation: ConversationId,
+    },
     /// Change a conversation's state (host only).
     Change {
         /// The conversation.
@@ -169,6 +192,7 @@ impl Command {
             Command::Send { message, .. } => message.conversation,
             Command::Join { conversation, .. }
             | Command::Leave { conversation, .. }
+            | Command::CatchUp { conversation, .. }
             | Command::Change { conversation, .. } => *conversation,
         }
     }
@@ -301,6 +325,14 @@ pub(crate) struct Inner {
     /// Held for a whole shutdown, so a second caller returns only once the
     /// first has drained everything.
     shutting_down: tokio::sync::Mutex<()>,
+    /// Stops the gap repairer at shutdown, or when the dispatcher is dropped.
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// The flood-handling front of the message path. Cheap to clone.
@@ -343,6 +375,7 @@ impl Dispatcher {
             hooks: TaskTracker::new(),
             workers: Mutex::new(Vec::new()),
             shutting_down: tokio::sync::Mutex::new(()),
+            stop: CancellationToken::new(),
         });
         let path = Arc::new(MessagePath {
             store,
@@ -358,6 +391,20 @@ impl Dispatcher {
             .map(|rx| tokio::spawn(run_shard(rx, Arc::clone(&path), Arc::downgrade(&inner))))
             .collect();
         *inner.workers.lock() = workers;
+        match path.pool.gaps() {
+            Some(gaps) => {
+                tokio::spawn(repair_gaps(
+                    gaps,
+                    Arc::clone(&path),
+                    Arc::downgrade(&inner),
+                    inner.stop.clone(),
+                ));
+            }
+            // A second dispatcher on one pool: the first one repairs.
+            None => tracing::warn!(
+                "another dispatcher already repairs this pool's gaps; run one dispatcher per pool"
+            ),
+        }
         Self { inner, events }
     }
 
@@ -410,6 +457,9 @@ impl Dispatcher {
     pub async fn shutdown(&self) {
         let _one_at_a_time = self.inner.shutting_down.lock().await;
         self.inner.accepting.store(false, Ordering::SeqCst);
+        // Repairs could no longer be admitted, and the connections are about
+        // to close; their clients resume.
+        self.inner.stop.cancel();
         // A command can start a hook and a hook can queue a command, so wait
         // for one moment when neither exists and nothing was admitted while
         // looking. Polling keeps the hot path free of shutdown bookkeeping.
@@ -525,6 +575,126 @@ impl Inner {
         Metrics::bump(&self.metrics.refused);
         Err(error)
     }
+}
+
+/// Repairs what the pool reports missing: a connection's hole at once, and
+/// on a possible bus loss (or the configured timer) every joined
+/// connection whose position is behind the store. Hands the pool's gap
+/// channel back when it stops.
+async fn repair_gaps(
+    mut gaps: mpsc::UnboundedReceiver<Gap>,
+    path: Arc<MessagePath>,
+    inner: Weak<Inner>,
+    stop: CancellationToken,
+) {
+    let mut timer = path.config.position_check_interval.map(|every| {
+        let mut timer = tokio::time::interval(every);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
+    // The last seq of each joined conversation at the previous timer check.
+    let mut previous = HashMap::new();
+    loop {
+        // `None` for a timer tick.
+        let gap = tokio::select! {
+            () = stop.cancelled() => break,
+            gap = gaps.recv() => match gap {
+                Some(gap) => Some(gap),
+                None => break,
+            },
+            _ = async {
+                match timer.as_mut() {
+                    Some(timer) => timer.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => None,
+        };
+        let Some(inner) = inner.upgrade() else { break };
+        match gap {
+            Some(Gap::Connection { conn, conversation }) => {
+                match inner
+                    .admit(Command::CatchUp { conn, conversation }, None)
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(DispatchError::Overloaded) => {
+                        // Not repaired, so not outstanding: the next message
+                        // past the hole reports it again, and so does the
+                        // retry once the flood has had a moment to pass.
+                        path.pool.repairing(conn, conversation);
+                        retry_report(&path.pool, conn, conversation);
+                    }
+                    // Its connections are about to be closed; they resume.
+                    Err(DispatchError::ShuttingDown) => {}
+                }
+            }
+            Some(Gap::Unknown) => {
+                // Before the check: a loss during it asks for another.
+                path.pool.unknown_taken();
+                check_positions(&path, None).await;
+            }
+            None => {
+                previous = check_positions(&path, Some(&previous)).await;
+            }
+        }
+    }
+    path.pool.restore_gaps(gaps);
+}
+
+/// Reports a gap again after a pause.
+fn retry_report(pool: &Arc<ConnectionPool>, conn: ConnId, conversation: ConversationId) {
+    // Weak: a pending retry must not keep a dropped pool alive.
+    let pool = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(pool) = pool.upgrade() {
+            pool.report_gap(conn, conversation, false);
+        }
+    });
+}
+
+/// Compares every joined connection's position with its conversation's last
+/// seq in the store, and reports the ones behind as gaps (at most one
+/// outstanding report per connection and conversation, so a slow repair is
+/// not queued again on every check). Returns the last seqs it read.
+///
+/// With `previous` (a timer check), a connection counts as behind only if
+/// it has not reached the last seq the *previous* check read: a message
+/// stored a moment ago may still be on its way over the bus, and replaying
+/// it would be wasted work, but one stored a whole interval ago is lost.
+/// Without it (the bus said it lost something), the store's last seq counts.
+async fn check_positions(
+    path: &MessagePath,
+    previous: Option<&HashMap<ConversationId, Seq>>,
+) -> HashMap<ConversationId, Seq> {
+    let mut seen = HashMap::new();
+    let mut failures = 0usize;
+    let mut last_error = None;
+    for (conversation, connections) in path.pool.positions() {
+        let last = match path.store.last_seq(conversation).await {
+            Ok(last) => last,
+            Err(e) => {
+                failures += 1;
+                last_error = Some(e);
+                continue;
+            }
+        };
+        seen.insert(conversation, last);
+        let behind = match previous {
+            Some(previous) => previous.get(&conversation).copied().unwrap_or(Seq::ZERO),
+            None => last,
+        };
+        for (conn, position) in connections {
+            if position < behind {
+                path.pool.report_gap(conn, conversation, true);
+            }
+        }
+    }
+    if let Some(error) = last_error {
+        // One line per check, not one per conversation, while the store is down.
+        tracing::warn!(failures, %error, "position check: the store did not answer for some conversations; the next check retries");
+    }
+    seen
 }
 
 async fn run_shard(

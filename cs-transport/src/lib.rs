@@ -22,8 +22,15 @@
 //!
 //! Without the `axum` feature a host connects any `futures::Sink<Bytes>` to
 //! the pool and decodes client frames with [`ClientFrame::decode`] itself.
+//! Across nodes, stored messages reach every joined connection in seq order
+//! with no gap and no duplicate even when the bus loses envelopes: the pool
+//! holds back a message past a hole and the dispatcher replays the hole from
+//! the store (see [`ConnectionPool::gaps`] and
+//! [`DispatcherConfig::position_check_interval`]).
+//!
 //! Not built yet: a server-initiated heartbeat (clients keep the connection
-//! alive with `ping` frames) and presence across nodes.
+//! alive with `ping` frames), presence across nodes (presence events are per
+//! node), and a bus over the network (Redis, NATS).
 //!
 //! It depends only on `cs-core`; storage comes in as a
 //! [`cs_core::store::MessageStore`].
@@ -41,7 +48,7 @@ pub mod protocol;
 #[cfg(feature = "axum")]
 pub mod websocket;
 
-pub use bus::{Bus, Envelope, InProcessBus, NodeId, Target};
+pub use bus::{Bus, Envelope, InProcessBus, Inbound, NodeId, Target};
 pub use dispatcher::{
     Admission, Change, Command, DispatchError, Dispatcher, DispatcherConfig, Origin, SubmitError,
 };
@@ -49,5 +56,5 @@ pub use hooks::{Hook, HookAction, HookContext, HookError};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use outbox::{PushError, WriterExit};
 pub use path::{Outcome, PathError, PathEvent};
-pub use pool::{ConnInfo, ConnectionPool, PoolConfig, PresenceEvent, Registered, SendError};
+pub use pool::{ConnInfo, ConnectionPool, Gap, PoolConfig, PresenceEvent, Registered, SendError};
 pub use protocol::{ClientFrame, CloseReason, ErrorCode, FrameError, ServerFrame};

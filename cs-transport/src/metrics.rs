@@ -19,6 +19,9 @@ pub struct Metrics {
     pub(crate) delivered: AtomicU64,
     pub(crate) slow_closed: AtomicU64,
     pub(crate) resumed: AtomicU64,
+    pub(crate) gaps: AtomicU64,
+    pub(crate) gap_repairs: AtomicU64,
+    pub(crate) bus_lost: AtomicU64,
     pub(crate) hook_timeouts: AtomicU64,
     pub(crate) hook_failures: AtomicU64,
     /// Submit-to-ack latency of stored messages, in microseconds.
@@ -46,6 +49,14 @@ pub struct MetricsSnapshot {
     pub slow_closed: u64,
     /// Resumes (joins with replay) served.
     pub resumed: u64,
+    /// Holes found in what a connection was sent (a stored message arrived
+    /// past a missing one): each is replayed from the store.
+    pub gaps: u64,
+    /// Replays that repaired a connection's missing messages (after a gap,
+    /// or found by the position check).
+    pub gap_repairs: u64,
+    /// Times the bus said envelopes to this node may have been lost.
+    pub bus_lost: u64,
     /// Hook runs cut off by their timeout.
     pub hook_timeouts: u64,
     /// Hook runs that returned an error or panicked.
@@ -106,6 +117,21 @@ impl MetricsSnapshot {
             ),
             ("resumed_total", "Resumes served.", self.resumed),
             (
+                "gaps_total",
+                "Holes found in the messages sent to a connection.",
+                self.gaps,
+            ),
+            (
+                "gap_repairs_total",
+                "Replays that sent a connection its missing messages.",
+                self.gap_repairs,
+            ),
+            (
+                "bus_lost_total",
+                "Times the bus reported envelopes possibly lost.",
+                self.bus_lost,
+            ),
+            (
                 "hook_timeouts_total",
                 "Hook runs cut off by their timeout.",
                 self.hook_timeouts,
@@ -165,6 +191,9 @@ impl Metrics {
             delivered: AtomicU64::new(0),
             slow_closed: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            gap_repairs: AtomicU64::new(0),
+            bus_lost: AtomicU64::new(0),
             hook_timeouts: AtomicU64::new(0),
             hook_failures: AtomicU64::new(0),
             path_latency: Mutex::new(histogram),
@@ -196,6 +225,9 @@ impl Metrics {
             delivered: get(&self.delivered),
             slow_closed: get(&self.slow_closed),
             resumed: get(&self.resumed),
+            gaps: get(&self.gaps),
+            gap_repairs: get(&self.gap_repairs),
+            bus_lost: get(&self.bus_lost),
             hook_timeouts: get(&self.hook_timeouts),
             hook_failures: get(&self.hook_failures),
             latency_count: h.len(),
@@ -228,6 +260,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cs_message_latency_seconds_count 1\n"));
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 12);
+        for counter in ["gaps", "gap_repairs", "bus_lost"] {
+            assert!(
+                text.contains(&format!(
+                    "# TYPE cs_{counter}_total counter\ncs_{counter}_total 0\n"
+                )),
+                "{text}"
+            );
+        }
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 15);
     }
 }

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use futures::FutureExt;
 use tokio::sync::broadcast;
@@ -54,8 +55,15 @@ pub enum Outcome {
         /// Whether the connection is now live; if not, resume again from `up_to`.
         complete: bool,
     },
-    /// The connection left the conversation.
+    /// The connection left the conversation (or had, when a catch-up ran).
     Left,
+    /// A joined connection was sent `replayed` messages it missed, up to `up_to`.
+    CaughtUp {
+        /// How many were sent.
+        replayed: usize,
+        /// The last seq covered.
+        up_to: Seq,
+    },
     /// The conversation's state changed.
     Changed {
         /// Its new state.
@@ -146,6 +154,9 @@ pub enum PathEvent {
     },
 }
 
+/// How long an unfinished catch-up waits before it is tried again.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(200);
+
 /// A shard's own state: the conversations it owns.
 pub(crate) struct ShardState {
     conversations: HashMap<ConversationId, Conversation>,
@@ -198,6 +209,7 @@ impl MessagePath {
                 self.pool.leave_conversation(conn, conversation);
                 Ok(Outcome::Left)
             }
+            Command::CatchUp { conn, conversation } => self.catch_up(conn, conversation).await,
             Command::Change {
                 conversation,
                 change,
@@ -340,8 +352,11 @@ impl MessagePath {
                 tracing::warn!(conversation = %id, error = %e, "could not save the conversation record");
             }
         }
-        self.pool
-            .send_to_conversation(id, ServerFrame::encode_message(&appended.message));
+        self.pool.send_message(
+            id,
+            appended.message.seq,
+            ServerFrame::encode_message(&appended.message),
+        );
         self.run_hooks(&appended.message, conversation);
         Ok(Outcome::Stored {
             message: appended.message,
@@ -362,52 +377,47 @@ impl MessagePath {
             .ok_or(PathError::UnknownConnection(conn))?;
         let conversation = self.conversation(state, id).await?;
         may_read(conversation, &info)?;
+        // A client's seq past the end (a bug, or a forged frame) would make
+        // the connection skip every live message up to it. The cache may
+        // lag behind messages stored on other nodes, so the store decides.
+        let mut last_seq = last_seq;
+        if last_seq > conversation.last_seq() {
+            let stored = self.store.last_seq(id).await?;
+            conversation.observe_seq(stored);
+            last_seq = last_seq.min(stored);
+        }
 
-        // Replay only what fits in the connection's queue now, less room for
-        // the closing marker and live traffic, so that several resumes on
-        // one connection (an agent console with many chats) cannot overflow
-        // it. The client asks again for the rest.
-        const PAGE: usize = 128;
-        const HEADROOM: usize = 4 * 1024;
-        let room = self
-            .pool
-            .outbound_room(conn)
-            .map_err(|e| send_failed(conn, e))?;
-        let mut budget = self
-            .config
-            .replay_budget_bytes
-            .min(room.saturating_sub(HEADROOM));
-        let mut up_to = last_seq;
-        let mut replayed = 0;
-        let complete = 'replay: loop {
-            let page = self.store.after(id, up_to, PAGE).await?;
-            if page.is_empty() {
-                break 'replay true;
-            }
-            for message in page {
-                let seq = message.seq;
-                let frame = ServerFrame::encode_message(&message);
-                if frame.len() > budget {
-                    break 'replay false;
+        // Joined *before* the replay, at the client's seq: from here on every
+        // stored message reaches the connection in seq order, from the
+        // replay or live, whichever comes first, and the other is skipped.
+        // Messages this node stores cannot interleave anyway (this shard
+        // stores them); this closes the window for one stored on another
+        // node while the replay reads the store. A connection joined already
+        // (a console that followed an assignment) goes back to what its
+        // client says it has.
+        let was_joined = self.pool.rewind(conn, id, last_seq);
+        if !was_joined {
+            self.pool
+                .join_conversation(conn, id, last_seq)
+                .map_err(|e| send_failed(conn, e))?;
+        }
+        let (replayed, complete) = match self.replay(conn, id, last_seq).await {
+            Ok(done) => done,
+            Err(e) => {
+                if !was_joined {
+                    // Not live without its history; the client resumes again.
+                    self.pool.leave_conversation(conn, id);
                 }
-                budget -= frame.len();
-                self.pool
-                    .send_to_connection(conn, frame)
-                    .map_err(|e| send_failed(conn, e))?;
-                up_to = seq;
-                replayed += 1;
+                return Err(e);
             }
         };
-        if complete {
-            // From here on live messages reach it: nothing can slip between
-            // the replay and this line, because this shard stores them.
-            self.pool
-                .join_conversation(conn, id)
-                .map_err(|e| send_failed(conn, e))?;
-        } else {
-            // Live only after a complete replay: a connection joined earlier
-            // (an agent console on assignment) would otherwise get live
-            // messages that its next replay round sends again.
+        // What the connection has now: the replay, and any live message
+        // from another node that came in order meanwhile.
+        let up_to = self.pool.position(conn, id).unwrap_or(last_seq);
+        if !complete {
+            // Live only after a complete replay: the client asks for the
+            // rest from `up_to`, and live messages past the hole would only
+            // start a repair that its next round sends again.
             self.pool.leave_conversation(conn, id);
         }
         let done = ServerFrame::Replayed {
@@ -424,6 +434,101 @@ impl MessagePath {
             up_to,
             complete,
         })
+    }
+
+    /// Sends a joined connection what it misses after its position: the
+    /// repair of a [`Gap`](crate::pool::Gap). What does not fit in its queue
+    /// now is reported again a moment later, and so is a store failure, so a
+    /// repair never stops halfway for want of a next message or a timer.
+    async fn catch_up(&self, conn: ConnId, id: ConversationId) -> Result<Outcome, PathError> {
+        // A hole found from here on is reported again.
+        self.pool.repairing(conn, id);
+        let Some(position) = self.pool.position(conn, id) else {
+            // It left or closed since the gap was reported.
+            return Ok(Outcome::Left);
+        };
+        let (replayed, complete) = match self.replay(conn, id, position).await {
+            Ok(done) => done,
+            Err(e) => {
+                if matches!(e, PathError::Store(_)) {
+                    self.catch_up_later(conn, id);
+                }
+                return Err(e);
+            }
+        };
+        if replayed > 0 {
+            Metrics::bump(&self.metrics.gap_repairs);
+        }
+        if !complete {
+            self.catch_up_later(conn, id);
+        }
+        Ok(Outcome::CaughtUp {
+            replayed,
+            up_to: self.pool.position(conn, id).unwrap_or(position),
+        })
+    }
+
+    /// Reports connection `conn`'s gap in `id` again after a pause: its
+    /// queue drains meanwhile, or the store comes back.
+    fn catch_up_later(&self, conn: ConnId, id: ConversationId) {
+        // Weak: a pending retry must not keep a dropped pool alive.
+        let pool = Arc::downgrade(&self.pool);
+        tokio::spawn(async move {
+            tokio::time::sleep(CATCH_UP_RETRY).await;
+            if let Some(pool) = pool.upgrade() {
+                pool.report_gap(conn, id, false);
+            }
+        });
+    }
+
+    /// Sends `conn` the stored messages of `id` after `from`, in order, as
+    /// many as fit. Returns how many were sent (not counting those it had
+    /// already), and whether that reached the end.
+    async fn replay(
+        &self,
+        conn: ConnId,
+        id: ConversationId,
+        from: Seq,
+    ) -> Result<(usize, bool), PathError> {
+        // Replay only what fits in the connection's queue now, less room for
+        // the closing marker and live traffic, so that several resumes on
+        // one connection (an agent console with many chats) cannot overflow
+        // it. The client asks again for the rest.
+        const PAGE: usize = 128;
+        const HEADROOM: usize = 4 * 1024;
+        let room = self
+            .pool
+            .outbound_room(conn)
+            .map_err(|e| send_failed(conn, e))?;
+        let mut budget = self
+            .config
+            .replay_budget_bytes
+            .min(room.saturating_sub(HEADROOM));
+        let mut up_to = from;
+        let mut replayed = 0;
+        let complete = 'replay: loop {
+            let page = self.store.after(id, up_to, PAGE).await?;
+            if page.is_empty() {
+                break 'replay true;
+            }
+            for message in page {
+                let seq = message.seq;
+                let frame = ServerFrame::encode_message(&message);
+                if frame.len() > budget {
+                    break 'replay false;
+                }
+                budget -= frame.len();
+                if self
+                    .pool
+                    .send_stored(conn, id, seq, frame)
+                    .map_err(|e| send_failed(conn, e))?
+                {
+                    replayed += 1;
+                }
+                up_to = seq;
+            }
+        };
+        Ok((replayed, complete))
     }
 
     async fn change(
@@ -491,7 +596,11 @@ impl MessagePath {
                 .pool
                 .connections_of(&tenant, &Party::Agent(agent.clone()))
             {
-                let _ = self.pool.join_conversation(conn, id);
+                // Live from the event below on; the console replays the
+                // history itself when it opens the chat.
+                let _ = self
+                    .pool
+                    .join_conversation(conn, id, conversation.last_seq());
             }
         }
 
@@ -502,8 +611,11 @@ impl MessagePath {
                 Ok(appended) => {
                     Metrics::bump(&self.metrics.persisted);
                     conversation.record_message(&appended.message);
-                    self.pool
-                        .send_to_conversation(id, ServerFrame::encode_message(&appended.message));
+                    self.pool.send_message(
+                        id,
+                        appended.message.seq,
+                        ServerFrame::encode_message(&appended.message),
+                    );
                     stored_event = Some(appended.message);
                 }
                 Err(e) => {

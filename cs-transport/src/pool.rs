@@ -9,8 +9,17 @@
 //! Indexes hold `Arc<[ConnId]>` lists that are replaced on change, so a send
 //! clones one `Arc` and releases the map guard before touching any
 //! connection: no guard is held across a push, a close, or an `.await`.
+//!
+//! Stored messages reach each connection **in seq order**. Every joined
+//! conversation of a connection has a position, the last seq it was sent;
+//! a message at the next seq is sent and moves it, one it already has is
+//! skipped, and one past a hole is held back and reported on
+//! [`ConnectionPool::gaps`], so the dispatcher replays the hole from the
+//! store. With one node nothing skips; across nodes the bus may lose an
+//! envelope, and this is where that is caught.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,12 +27,12 @@ use dashmap::DashMap;
 use futures::Sink;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
-use cs_core::{ConnId, ConversationId, Party, TenantId};
+use cs_core::{ConnId, ConversationId, Party, Seq, TenantId};
 
-use crate::bus::{Bus, Envelope, InProcessBus, NodeId, Target};
+use crate::bus::{Bus, Envelope, InProcessBus, Inbound, NodeId, Target};
 use crate::metrics::Metrics;
 use crate::outbox::{write_loop, Outbox, PushError, WriterExit};
 use crate::protocol::CloseReason;
@@ -92,12 +101,61 @@ pub struct ConnInfo {
     pub party: Party,
 }
 
+/// A connection may be missing stored messages: what the dispatcher hears
+/// from [`ConnectionPool::gaps`], and repairs by replaying from the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gap {
+    /// This connection misses messages of this conversation: one arrived
+    /// past a hole, or a position check found it behind the store.
+    Connection {
+        /// The connection.
+        conn: ConnId,
+        /// The conversation with the hole.
+        conversation: ConversationId,
+    },
+    /// The bus may have lost envelopes to this node: check every joined
+    /// connection against the store.
+    Unknown,
+}
+
+/// A joined conversation of one connection.
+struct Joined {
+    conversation: ConversationId,
+    /// The last seq sent to the connection.
+    position: Seq,
+    /// A [`Gap`] was reported and its repair has not started yet.
+    gap_reported: bool,
+}
+
 struct Connection {
     info: ConnInfo,
     outbox: Arc<Outbox>,
-    /// Conversations and groups it joined, so unregistering can clean the indexes.
-    joined: Mutex<Vec<ConversationId>>,
+    /// Conversations and groups it joined, so unregistering can clean the
+    /// indexes; conversations with their positions.
+    joined: Mutex<Vec<Joined>>,
     groups: Mutex<Vec<Arc<str>>>,
+}
+
+/// What ordered delivery decided for one connection.
+enum Ordered {
+    Sent,
+    /// Not sent: it has it already, it lies past a hole (reported), or the
+    /// connection has not joined.
+    Skipped,
+    /// The connection is closing.
+    Closing,
+    /// Its queue overflowed; the caller closes it.
+    Overflow,
+}
+
+/// What [`ConnectionPool::send_in_order`] does for a connection that has not
+/// joined the conversation.
+#[derive(Clone, Copy)]
+enum Unjoined {
+    /// Live delivery: it is not for this connection.
+    Skip,
+    /// A replay before the connection joins: send it.
+    Send,
 }
 
 type PartyKey = (TenantId, Party);
@@ -113,6 +171,13 @@ pub struct ConnectionPool {
     by_group: DashMap<GroupKey, ConnList>,
     bus: Arc<dyn Bus>,
     presence: broadcast::Sender<PresenceEvent>,
+    gaps: mpsc::UnboundedSender<Gap>,
+    /// Taken by the dispatcher, and handed back when it stops.
+    gap_receiver: Mutex<Option<mpsc::UnboundedReceiver<Gap>>>,
+    /// A [`Gap::Unknown`] is queued and not yet taken: a flood of bus losses
+    /// becomes one position check, and the channel stays small even while
+    /// no dispatcher reads it.
+    unknown_pending: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -128,6 +193,10 @@ impl ConnectionPool {
     pub fn with_bus(config: PoolConfig, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Arc<Self> {
         let mut inbox = bus.subscribe(&config.node);
         let (presence, _) = broadcast::channel(1024);
+        // Unbounded, yet small: at most one report per joined conversation
+        // of a connection is outstanding (`Joined::gap_reported`), and one
+        // `Gap::Unknown` (`unknown_pending`).
+        let (gaps, gap_receiver) = mpsc::unbounded_channel();
         let pool = Arc::new(Self {
             config,
             connections: DashMap::new(),
@@ -136,6 +205,9 @@ impl ConnectionPool {
             by_group: DashMap::new(),
             bus,
             presence,
+            gaps,
+            gap_receiver: Mutex::new(Some(gap_receiver)),
+            unknown_pending: AtomicBool::new(false),
             metrics,
         });
         // The listener holds only a weak reference, so dropping the pool ends it.
@@ -143,9 +215,19 @@ impl ConnectionPool {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    while let Some(envelope) = inbox.recv().await {
+                    while let Some(inbound) = inbox.recv().await {
                         let Some(pool) = weak.upgrade() else { break };
-                        pool.deliver_local(&envelope.target, &envelope.frame);
+                        match inbound {
+                            Inbound::Envelope(envelope) => {
+                                pool.deliver_local(&envelope.target, envelope.seq, &envelope.frame);
+                            }
+                            Inbound::Lost => {
+                                Metrics::bump(&pool.metrics.bus_lost);
+                                if !pool.unknown_pending.swap(true, Ordering::AcqRel) {
+                                    let _ = pool.gaps.send(Gap::Unknown);
+                                }
+                            }
+                        }
                     }
                 });
             }
@@ -221,8 +303,8 @@ impl ConnectionPool {
         };
         connection.outbox.close(reason);
         let joined = std::mem::take(&mut *connection.joined.lock());
-        for conversation in joined {
-            index_remove(&self.by_conversation, &conversation, id);
+        for joined in joined {
+            index_remove(&self.by_conversation, &joined.conversation, id);
         }
         let groups = std::mem::take(&mut *connection.groups.lock());
         for group in groups {
@@ -290,7 +372,9 @@ impl ConnectionPool {
         Ok(self.connection(id)?.outbox.room())
     }
 
-    /// Sends live messages of `conversation` to connection `id` from now on.
+    /// Sends live messages of `conversation` after seq `after` to
+    /// connection `id` from now on, in seq order. If it has joined already,
+    /// its position only moves forward.
     ///
     /// # Errors
     /// [`SendError::UnknownConnection`] if it has closed.
@@ -298,14 +382,20 @@ impl ConnectionPool {
         &self,
         id: ConnId,
         conversation: ConversationId,
+        after: Seq,
     ) -> Result<(), SendError> {
         let connection = self.connection(id)?;
         {
             let mut joined = connection.joined.lock();
-            if joined.contains(&conversation) {
+            if let Some(entry) = joined.iter_mut().find(|j| j.conversation == conversation) {
+                entry.position = entry.position.max(after);
                 return Ok(());
             }
-            joined.push(conversation);
+            joined.push(Joined {
+                conversation,
+                position: after,
+                gap_reported: false,
+            });
         }
         index_add(&self.by_conversation, conversation, id);
         if !self.connections.contains_key(&id) {
@@ -319,9 +409,137 @@ impl ConnectionPool {
     /// Stops sending `conversation` to connection `id`.
     pub fn leave_conversation(&self, id: ConnId, conversation: ConversationId) {
         if let Ok(connection) = self.connection(id) {
-            connection.joined.lock().retain(|c| *c != conversation);
+            connection
+                .joined
+                .lock()
+                .retain(|j| j.conversation != conversation);
         }
         index_remove(&self.by_conversation, &conversation, id);
+    }
+
+    /// The last seq of `conversation` sent to connection `id`, if it has
+    /// joined it.
+    pub fn position(&self, id: ConnId, conversation: ConversationId) -> Option<Seq> {
+        let connection = self.connection(id).ok()?;
+        let joined = connection.joined.lock();
+        joined
+            .iter()
+            .find(|j| j.conversation == conversation)
+            .map(|j| j.position)
+    }
+
+    /// Moves a joined connection's position in `conversation` back to `seq`
+    /// (what its client says it has), so that a replay from there is sent.
+    /// Returns `false` if it has not joined.
+    pub fn rewind(&self, id: ConnId, conversation: ConversationId, seq: Seq) -> bool {
+        let Ok(connection) = self.connection(id) else {
+            return false;
+        };
+        let mut joined = connection.joined.lock();
+        match joined.iter_mut().find(|j| j.conversation == conversation) {
+            Some(entry) => {
+                entry.position = seq;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks the reported gap of a joined connection as being repaired, so
+    /// that a new hole found from now on is reported again.
+    pub fn repairing(&self, id: ConnId, conversation: ConversationId) {
+        if let Ok(connection) = self.connection(id) {
+            if let Some(entry) = connection
+                .joined
+                .lock()
+                .iter_mut()
+                .find(|j| j.conversation == conversation)
+            {
+                entry.gap_reported = false;
+            }
+        }
+    }
+
+    /// Every joined conversation on this node, with each joined connection's
+    /// position: what a position check compares with the store.
+    pub fn positions(&self) -> Vec<(ConversationId, Vec<(ConnId, Seq)>)> {
+        // Lists first, positions after: no map guard is held while a
+        // connection's lock is taken.
+        let lists: Vec<(ConversationId, ConnList)> = self
+            .by_conversation
+            .iter()
+            .map(|entry| (*entry.key(), Arc::clone(entry.value())))
+            .collect();
+        lists
+            .into_iter()
+            .map(|(conversation, list)| {
+                let positions = list
+                    .iter()
+                    .filter_map(|id| Some((*id, self.position(*id, conversation)?)))
+                    .collect();
+                (conversation, positions)
+            })
+            .collect()
+    }
+
+    /// Where this node reports connections that miss stored messages. The
+    /// dispatcher takes it and replays each gap, and hands it back when it
+    /// stops; while it is taken, this returns `None`.
+    pub fn gaps(&self) -> Option<mpsc::UnboundedReceiver<Gap>> {
+        self.gap_receiver.lock().take()
+    }
+
+    /// Takes back what [`ConnectionPool::gaps`] handed out, so that a
+    /// dispatcher started after this one stopped repairs again.
+    pub(crate) fn restore_gaps(&self, gaps: mpsc::UnboundedReceiver<Gap>) {
+        *self.gap_receiver.lock() = Some(gaps);
+    }
+
+    /// The repairer took a [`Gap::Unknown`]: a bus loss from now on is
+    /// reported again. Called *before* the check it triggers, so that a loss
+    /// during the check leads to one more.
+    pub(crate) fn unknown_taken(&self) {
+        self.unknown_pending.store(false, Ordering::Release);
+    }
+
+    /// Reports that connection `id` may miss messages of `conversation`,
+    /// unless a report is already outstanding (or it has not joined).
+    /// `new_hole` counts it in the `gaps` metric; a retry of a repair that
+    /// did not finish is not a new hole. Returns whether it was reported.
+    pub(crate) fn report_gap(
+        &self,
+        id: ConnId,
+        conversation: ConversationId,
+        new_hole: bool,
+    ) -> bool {
+        let Ok(connection) = self.connection(id) else {
+            return false;
+        };
+        let mut joined = connection.joined.lock();
+        let Some(entry) = joined.iter_mut().find(|j| j.conversation == conversation) else {
+            return false;
+        };
+        self.report(id, entry, new_hole)
+    }
+
+    /// Sends a [`Gap::Connection`] for `entry` if none is outstanding. The
+    /// caller holds the connection's `joined` lock, so the flag and the
+    /// report cannot race with a repair clearing it.
+    fn report(&self, id: ConnId, entry: &mut Joined, new_hole: bool) -> bool {
+        if entry.gap_reported {
+            return false;
+        }
+        entry.gap_reported = true;
+        if new_hole {
+            Metrics::bump(&self.metrics.gaps);
+        }
+        // The receiver is gone only while no dispatcher runs and the pool
+        // is being dropped; nothing is left to repair then.
+        let _ = self.gaps.send(Gap::Connection {
+            conn: id,
+            conversation: entry.conversation,
+        });
+        true
     }
 
     /// Adds connection `id` to a named group of its tenant (such as `"agents"`).
@@ -366,20 +584,94 @@ impl ConnectionPool {
                 Metrics::bump(&self.metrics.delivered);
                 Ok(())
             }
-            Err(PushError::Overflow) => {
-                Metrics::bump(&self.metrics.slow_closed);
-                self.close(id, CloseReason::SlowResume);
-                Err(SendError::SlowConsumer(id))
-            }
+            Err(PushError::Overflow) => Err(self.overflowed(id)),
             Err(PushError::Closed) => Err(SendError::Closing(id)),
         }
     }
 
-    /// Delivers `frame` to every connection that has joined `conversation`,
-    /// here and (through the bus) on other nodes. Returns how many local
-    /// connections took it.
+    fn overflowed(&self, id: ConnId) -> SendError {
+        Metrics::bump(&self.metrics.slow_closed);
+        self.close(id, CloseReason::SlowResume);
+        SendError::SlowConsumer(id)
+    }
+
+    /// Sends stored message `seq` of `conversation` to connection `id`, as a
+    /// replay does: in order if it has joined (skipped if it has it already,
+    /// or if it lies past a hole), unconditionally if it has not (it is
+    /// catching up before joining). Returns whether it was sent.
+    ///
+    /// # Errors
+    /// [`SendError`] saying why it could not be sent.
+    pub fn send_stored(
+        &self,
+        id: ConnId,
+        conversation: ConversationId,
+        seq: Seq,
+        frame: Bytes,
+    ) -> Result<bool, SendError> {
+        let connection = self.connection(id)?;
+        match self.send_in_order(id, &connection, conversation, seq, frame, Unjoined::Send) {
+            Ordered::Sent => Ok(true),
+            Ordered::Skipped => Ok(false),
+            Ordered::Closing => Err(SendError::Closing(id)),
+            Ordered::Overflow => Err(self.overflowed(id)),
+        }
+    }
+
+    /// The ordering rule (see the module docs), under the connection's lock
+    /// so that two senders (a shard replaying, the bus listener delivering)
+    /// cannot interleave their pushes out of order, and a repair cannot
+    /// clear the gap flag between a check and a report.
+    ///
+    /// Never closes the connection itself: `close` takes the same lock. An
+    /// overflow is returned for the caller to handle once the lock is gone.
+    fn send_in_order(
+        &self,
+        id: ConnId,
+        connection: &Connection,
+        conversation: ConversationId,
+        seq: Seq,
+        frame: Bytes,
+        unjoined: Unjoined,
+    ) -> Ordered {
+        let mut joined = connection.joined.lock();
+        let Some(entry) = joined.iter_mut().find(|j| j.conversation == conversation) else {
+            return match unjoined {
+                // Left or closed since the index was read.
+                Unjoined::Skip => Ordered::Skipped,
+                Unjoined::Send => push(&self.metrics, connection, frame),
+            };
+        };
+        if seq <= entry.position {
+            return Ordered::Skipped;
+        }
+        if seq != entry.position.next() {
+            // Held back: sending it would leave a hole the client cannot see
+            // from the inside. The repair replays the hole and this message
+            // from the store, which has had it since before it was routed.
+            self.report(id, entry, true);
+            return Ordered::Skipped;
+        }
+        let pushed = push(&self.metrics, connection, frame);
+        if matches!(pushed, Ordered::Sent) {
+            entry.position = seq;
+        }
+        pushed
+    }
+
+    /// Delivers `frame`, which is not a stored message (typing, a notice),
+    /// to every connection that has joined `conversation`, here and (through
+    /// the bus) on other nodes. Returns how many local connections took it.
     pub fn send_to_conversation(&self, conversation: ConversationId, frame: Bytes) -> usize {
-        self.deliver(Target::Conversation(conversation), frame)
+        self.deliver(Target::Conversation(conversation), None, frame)
+    }
+
+    /// Delivers stored message `seq` of `conversation` to every connection
+    /// that has joined it, here and on other nodes, in seq order per
+    /// connection (see the module docs). Returns how many local connections
+    /// took it.
+    pub fn send_message(&self, conversation: ConversationId, seq: Seq, frame: Bytes) -> usize {
+        self.deliver(Target::Conversation(conversation), Some(seq), frame)
     }
 
     /// Delivers `frame` to every connection of `party`, on every node.
@@ -389,6 +681,7 @@ impl ConnectionPool {
                 tenant: tenant.clone(),
                 party: party.clone(),
             },
+            None,
             frame,
         )
     }
@@ -400,21 +693,23 @@ impl ConnectionPool {
                 tenant: tenant.clone(),
                 group: Arc::from(group),
             },
+            None,
             frame,
         )
     }
 
-    fn deliver(&self, target: Target, frame: Bytes) -> usize {
-        let local = self.deliver_local(&target, &frame);
+    fn deliver(&self, target: Target, seq: Option<Seq>, frame: Bytes) -> usize {
+        let local = self.deliver_local(&target, seq, &frame);
         self.bus.publish(Envelope {
             from: self.config.node.clone(),
             target,
+            seq,
             frame,
         });
         local
     }
 
-    fn deliver_local(&self, target: &Target, frame: &Bytes) -> usize {
+    fn deliver_local(&self, target: &Target, seq: Option<Seq>, frame: &Bytes) -> usize {
         // Clone the list and drop the guard before pushing: a push may close a
         // slow connection, which edits these same indexes.
         let list: Option<ConnList> = match target {
@@ -429,9 +724,52 @@ impl ConnectionPool {
                 .map(|l| Arc::clone(&l)),
         };
         let Some(list) = list else { return 0 };
-        list.iter()
-            .filter(|id| self.send_to_connection(**id, frame.clone()).is_ok())
-            .count()
+        match (target, seq) {
+            (Target::Conversation(conversation), Some(seq)) => list
+                .iter()
+                .filter(|id| {
+                    matches!(
+                        self.send_stored_live(**id, *conversation, seq, frame.clone()),
+                        Ordered::Sent
+                    )
+                })
+                .count(),
+            _ => list
+                .iter()
+                .filter(|id| self.send_to_connection(**id, frame.clone()).is_ok())
+                .count(),
+        }
+    }
+
+    fn send_stored_live(
+        &self,
+        id: ConnId,
+        conversation: ConversationId,
+        seq: Seq,
+        frame: Bytes,
+    ) -> Ordered {
+        let Ok(connection) = self.connection(id) else {
+            return Ordered::Skipped;
+        };
+        let ordered = self.send_in_order(id, &connection, conversation, seq, frame, Unjoined::Skip);
+        if matches!(ordered, Ordered::Overflow) {
+            // Outside the connection's lock, which `close` takes.
+            self.overflowed(id);
+        }
+        ordered
+    }
+}
+
+/// Pushes `frame` to `connection`'s queue, as [`Ordered`].
+fn push(metrics: &Metrics, connection: &Connection, frame: Bytes) -> Ordered {
+    match connection.outbox.push(frame) {
+        Ok(()) => {
+            Metrics::bump(&metrics.delivered);
+            Ordered::Sent
+        }
+        // Closing: its client resumes from what it has.
+        Err(PushError::Closed) => Ordered::Closing,
+        Err(PushError::Overflow) => Ordered::Overflow,
     }
 }
 
@@ -520,7 +858,8 @@ mod tests {
         let (tx2, mut rx2) = mpsc::unbounded::<Bytes>();
         let a = pool.register(shop(), visitor("ann"), tx1);
         let b = pool.register(shop(), visitor("bob"), tx2);
-        pool.join_conversation(a.id, ConversationId::new()).unwrap();
+        pool.join_conversation(a.id, ConversationId::new(), Seq::ZERO)
+            .unwrap();
 
         assert_eq!(pool.close_all(CloseReason::Shutdown), 2);
         assert!(pool.is_empty());
@@ -549,7 +888,8 @@ mod tests {
         let a = pool.register(shop(), visitor("ann"), tx1);
         let _b = pool.register(shop(), visitor("bob"), tx2);
         let conversation = ConversationId::new();
-        pool.join_conversation(a.id, conversation).unwrap();
+        pool.join_conversation(a.id, conversation, Seq::ZERO)
+            .unwrap();
         assert_eq!(
             pool.send_to_conversation(conversation, Bytes::from_static(b"m1")),
             1
@@ -615,7 +955,8 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded::<Bytes>();
         let on_two = two.register(shop(), visitor("ann"), tx);
         let conversation = ConversationId::new();
-        two.join_conversation(on_two.id, conversation).unwrap();
+        two.join_conversation(on_two.id, conversation, Seq::ZERO)
+            .unwrap();
 
         let frame = ServerFrame::Pong.encode();
         assert_eq!(
@@ -625,5 +966,127 @@ mod tests {
         );
         assert_eq!(rx.next().await.unwrap(), frame, "node two delivered it");
         assert_eq!(bus.dropped(), 0);
+    }
+
+    async fn next_gap(gaps: &mut tokio::sync::mpsc::UnboundedReceiver<Gap>) -> Option<Gap> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), gaps.recv())
+            .await
+            .expect("a report within 5 s")
+    }
+
+    fn numbered(n: u64) -> Bytes {
+        Bytes::from(format!("m{n}"))
+    }
+
+    #[tokio::test]
+    async fn stored_messages_go_out_in_seq_order_and_a_hole_is_reported_once() {
+        let metrics = Arc::new(Metrics::new());
+        let pool = ConnectionPool::new(PoolConfig::default(), Arc::clone(&metrics));
+        let mut gaps = pool.gaps().expect("no dispatcher took it");
+        let (tx, mut rx) = mpsc::unbounded::<Bytes>();
+        let ann = pool.register(shop(), visitor("ann"), tx);
+        let conversation = ConversationId::new();
+        pool.join_conversation(ann.id, conversation, Seq::new(2))
+            .unwrap();
+        let send = |n: u64| pool.send_message(conversation, Seq::new(n), numbered(n));
+
+        assert_eq!(send(2), 0, "it has seq 2 already");
+        assert_eq!(send(3), 1);
+        assert_eq!(send(3), 0, "a duplicate is skipped");
+        assert_eq!(send(5), 0, "held back: seq 4 is missing");
+        assert_eq!(send(6), 0, "held back too");
+        assert_eq!(
+            gaps.try_recv(),
+            Ok(Gap::Connection {
+                conn: ann.id,
+                conversation
+            })
+        );
+        assert!(gaps.try_recv().is_err(), "one report for the hole");
+        assert_eq!(metrics.snapshot().gaps, 1);
+        assert_eq!(pool.position(ann.id, conversation), Some(Seq::new(3)));
+        // Frames that are not stored messages are not ordered.
+        assert_eq!(
+            pool.send_to_conversation(conversation, Bytes::from_static(b"typing")),
+            1
+        );
+
+        // The repair replays from the store, in order; what it has is skipped.
+        pool.repairing(ann.id, conversation);
+        for n in 4..=6 {
+            assert!(pool
+                .send_stored(ann.id, conversation, Seq::new(n), numbered(n))
+                .unwrap());
+        }
+        assert!(!pool
+            .send_stored(ann.id, conversation, Seq::new(5), numbered(5))
+            .unwrap());
+        assert_eq!(rx.next().await.unwrap(), numbered(3));
+        assert_eq!(rx.next().await.unwrap(), "typing");
+        for n in 4..=6 {
+            assert_eq!(rx.next().await.unwrap(), numbered(n));
+        }
+        assert_eq!(pool.position(ann.id, conversation), Some(Seq::new(6)));
+
+        // A hole found after the repair started is a new report.
+        assert_eq!(send(8), 0);
+        assert_eq!(
+            gaps.try_recv(),
+            Ok(Gap::Connection {
+                conn: ann.id,
+                conversation
+            })
+        );
+        assert_eq!(metrics.snapshot().gaps, 2);
+        assert!(rx.try_recv().is_err(), "nothing past the hole went out");
+
+        // A connection that has not joined gets a replay unconditionally.
+        let (tx, mut rx) = mpsc::unbounded::<Bytes>();
+        let bob = pool.register(shop(), visitor("bob"), tx);
+        assert!(pool
+            .send_stored(bob.id, conversation, Seq::new(7), numbered(7))
+            .unwrap());
+        assert_eq!(rx.next().await.unwrap(), numbered(7));
+        assert_eq!(pool.position(bob.id, conversation), None);
+    }
+
+    #[tokio::test]
+    async fn a_bus_loss_is_reported_and_the_next_message_reveals_the_hole() {
+        let bus = Arc::new(InProcessBus::new(1));
+        let node = |name: &str| PoolConfig {
+            node: NodeId::new(name),
+            ..PoolConfig::default()
+        };
+        let one = ConnectionPool::with_bus(node("one"), bus.clone(), Arc::new(Metrics::new()));
+        let metrics = Arc::new(Metrics::new());
+        let two = ConnectionPool::with_bus(node("two"), bus.clone(), Arc::clone(&metrics));
+        let mut gaps = two.gaps().expect("no dispatcher took it");
+        let (tx, mut rx) = mpsc::unbounded::<Bytes>();
+        let ann = two.register(shop(), visitor("ann"), tx);
+        let conversation = ConversationId::new();
+        two.join_conversation(ann.id, conversation, Seq::ZERO)
+            .unwrap();
+
+        // Three at once: node two's listener has no chance to run between
+        // them, and its inbox holds one.
+        for n in 1..=3 {
+            one.send_message(conversation, Seq::new(n), numbered(n));
+        }
+        assert_eq!(bus.dropped(), 2);
+        assert_eq!(rx.next().await.unwrap(), numbered(1));
+
+        one.send_message(conversation, Seq::new(4), numbered(4));
+        assert_eq!(next_gap(&mut gaps).await, Some(Gap::Unknown));
+        assert_eq!(
+            next_gap(&mut gaps).await,
+            Some(Gap::Connection {
+                conn: ann.id,
+                conversation
+            })
+        );
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.bus_lost, snapshot.gaps), (1, 1));
+        assert_eq!(two.position(ann.id, conversation), Some(Seq::new(1)));
+        assert!(rx.try_recv().is_err(), "seq 4 was held back");
     }
 }

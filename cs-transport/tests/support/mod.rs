@@ -18,8 +18,8 @@ use cs_core::{
     VisitorId,
 };
 use cs_transport::{
-    Change, Command, ConnectionPool, Dispatcher, DispatcherConfig, Hook, Metrics, Origin,
-    PoolConfig, ServerFrame,
+    Bus, Change, Command, ConnectionPool, Dispatcher, DispatcherConfig, Hook, Metrics, NodeId,
+    Origin, PoolConfig, ServerFrame,
 };
 
 pub struct Node {
@@ -37,6 +37,33 @@ impl Node {
     ) -> Self {
         let metrics = Arc::new(Metrics::new());
         let pool = ConnectionPool::new(PoolConfig::default(), Arc::clone(&metrics));
+        Self::with_pool(config, store, hooks, pool, metrics)
+    }
+
+    /// Node `name` of a deployment whose nodes share `bus` (and, as real
+    /// nodes would, one store).
+    pub fn on_bus(
+        name: &str,
+        config: DispatcherConfig,
+        store: Arc<dyn MessageStore>,
+        bus: Arc<dyn Bus>,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let node = PoolConfig {
+            node: NodeId::new(name),
+            ..PoolConfig::default()
+        };
+        let pool = ConnectionPool::with_bus(node, bus, Arc::clone(&metrics));
+        Self::with_pool(config, store, Vec::new(), pool, metrics)
+    }
+
+    fn with_pool(
+        config: DispatcherConfig,
+        store: Arc<dyn MessageStore>,
+        hooks: Vec<Arc<dyn Hook>>,
+        pool: Arc<ConnectionPool>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let dispatcher = Dispatcher::start(
             config,
             Arc::clone(&store),
@@ -135,6 +162,12 @@ impl Client {
             .expect("a frame within 10 s")
             .expect("the connection is open");
         ServerFrame::decode(&bytes).unwrap()
+    }
+
+    /// The next frame, if one comes within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<ServerFrame> {
+        let bytes = tokio::time::timeout(wait, self.rx.next()).await.ok()??;
+        Some(ServerFrame::decode(&bytes).unwrap())
     }
 
     /// The next frame that is not a message delivery, skipping deliveries.
