@@ -22,12 +22,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use cs_core::{ConversationId, Party, Seq, TenantId};
 
 /// A node of a deployment: one process holding connections.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct NodeId(Arc<str>);
 
 impl NodeId {
@@ -55,7 +57,8 @@ impl fmt::Debug for NodeId {
 }
 
 /// Who a frame is for.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     /// Every connection that has joined the conversation.
     Conversation(ConversationId),
@@ -72,6 +75,14 @@ pub enum Target {
         tenant: TenantId,
         /// The group name.
         group: Arc<str>,
+    },
+    /// Not for connections: the host on every other node, through
+    /// [`ConnectionPool::host_messages`](crate::ConnectionPool::host_messages).
+    /// How a host's own parts talk across nodes, such as a chat server
+    /// forwarding hand-offs to the node that routes its tenant.
+    Host {
+        /// What it is about, for the receiving host to dispatch on.
+        topic: Arc<str>,
     },
 }
 

@@ -56,5 +56,7 @@ pub use hooks::{Hook, HookAction, HookContext, HookError};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use outbox::{PushError, WriterExit};
 pub use path::{Outcome, PathError, PathEvent};
-pub use pool::{ConnInfo, ConnectionPool, Gap, PoolConfig, PresenceEvent, Registered, SendError};
+pub use pool::{
+    ConnInfo, ConnectionPool, Gap, HostMessage, PoolConfig, PresenceEvent, Registered, SendError,
+};
 pub use protocol::{ClientFrame, CloseReason, ErrorCode, FrameError, ServerFrame};

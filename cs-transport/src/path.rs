@@ -160,6 +160,8 @@ const CATCH_UP_RETRY: Duration = Duration::from_millis(200);
 /// A shard's own state: the conversations it owns.
 pub(crate) struct ShardState {
     conversations: HashMap<ConversationId, Conversation>,
+    /// The pool's `written_elsewhere_epoch` when the cache was last valid.
+    epoch: u64,
 }
 
 /// Everything a shard needs to run a command; shared by all shards.
@@ -178,6 +180,7 @@ impl MessagePath {
     pub(crate) fn new_shard_state(&self) -> ShardState {
         ShardState {
             conversations: HashMap::new(),
+            epoch: self.pool.written_elsewhere_epoch(),
         }
     }
 
@@ -256,6 +259,18 @@ impl MessagePath {
         state: &'s mut ShardState,
         id: ConversationId,
     ) -> Result<&'s mut Conversation, PathError> {
+        // Another node may have changed it (several nodes share a store and
+        // a bus): then the cached copy goes, and the store's is read. Two
+        // nodes changing one conversation at the same instant still race
+        // (the last save wins); see docs/architecture.md.
+        let epoch = self.pool.written_elsewhere_epoch();
+        if epoch != state.epoch {
+            state.conversations.clear();
+            state.epoch = epoch;
+        }
+        if self.pool.take_written_elsewhere(id) {
+            state.conversations.remove(&id);
+        }
         if !state.conversations.contains_key(&id) {
             let mut conversation = self.store.conversation(id).await?;
             // The record may be older than the messages: it is saved on state

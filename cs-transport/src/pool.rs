@@ -20,6 +20,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -82,6 +83,17 @@ pub struct PresenceEvent {
     pub party: Party,
     /// `true` when they came online.
     pub online: bool,
+}
+
+/// A message from the host of another node (see [`Target::Host`]).
+#[derive(Clone, Debug)]
+pub struct HostMessage {
+    /// The node that sent it.
+    pub from: NodeId,
+    /// What it is about.
+    pub topic: Arc<str>,
+    /// What it says, in the hosts' own encoding.
+    pub payload: Bytes,
 }
 
 /// What [`ConnectionPool::register`] returns.
@@ -171,6 +183,13 @@ pub struct ConnectionPool {
     by_group: DashMap<GroupKey, ConnList>,
     bus: Arc<dyn Bus>,
     presence: broadcast::Sender<PresenceEvent>,
+    host: broadcast::Sender<HostMessage>,
+    /// Conversations another node stored a message in since this node's
+    /// dispatcher last looked: its cached copy is out of date.
+    written_elsewhere: DashMap<ConversationId, ()>,
+    /// Bumped when `written_elsewhere` overflowed and was cleared: every
+    /// cached conversation is then out of date.
+    written_elsewhere_epoch: AtomicU64,
     gaps: mpsc::UnboundedSender<Gap>,
     /// Taken by the dispatcher, and handed back when it stops.
     gap_receiver: Mutex<Option<mpsc::UnboundedReceiver<Gap>>>,
@@ -193,6 +212,7 @@ impl ConnectionPool {
     pub fn with_bus(config: PoolConfig, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Arc<Self> {
         let mut inbox = bus.subscribe(&config.node);
         let (presence, _) = broadcast::channel(1024);
+        let (host, _) = broadcast::channel(4096);
         // Unbounded, yet small: at most one report per joined conversation
         // of a connection is outstanding (`Joined::gap_reported`), and one
         // `Gap::Unknown` (`unknown_pending`).
@@ -205,6 +225,9 @@ impl ConnectionPool {
             by_group: DashMap::new(),
             bus,
             presence,
+            host,
+            written_elsewhere: DashMap::new(),
+            written_elsewhere_epoch: AtomicU64::new(0),
             gaps,
             gap_receiver: Mutex::new(Some(gap_receiver)),
             unknown_pending: AtomicBool::new(false),
@@ -218,7 +241,25 @@ impl ConnectionPool {
                     while let Some(inbound) = inbox.recv().await {
                         let Some(pool) = weak.upgrade() else { break };
                         match inbound {
+                            Inbound::Envelope(Envelope {
+                                from,
+                                target: Target::Host { topic },
+                                frame,
+                                ..
+                            }) => {
+                                // Nobody listening is fine: not every host uses these.
+                                let _ = pool.host.send(HostMessage {
+                                    from,
+                                    topic,
+                                    payload: frame,
+                                });
+                            }
                             Inbound::Envelope(envelope) => {
+                                if let (Target::Conversation(id), Some(_)) =
+                                    (&envelope.target, envelope.seq)
+                                {
+                                    pool.note_written_elsewhere(*id);
+                                }
                                 pool.deliver_local(&envelope.target, envelope.seq, &envelope.frame);
                             }
                             Inbound::Lost => {
@@ -709,6 +750,59 @@ impl ConnectionPool {
         local
     }
 
+    /// Most conversations remembered as written elsewhere before the whole
+    /// set is dropped (and every cached copy with it): a bound on memory
+    /// when other nodes write to many conversations this node never reads.
+    const WRITTEN_ELSEWHERE_MAX: usize = 65_536;
+
+    fn note_written_elsewhere(&self, id: ConversationId) {
+        if self.written_elsewhere.len() >= Self::WRITTEN_ELSEWHERE_MAX {
+            self.written_elsewhere.clear();
+            self.written_elsewhere_epoch
+                .fetch_add(1, AtomicOrdering::SeqCst);
+        }
+        self.written_elsewhere.insert(id, ());
+    }
+
+    /// Whether another node stored a message in `conversation` (changing its
+    /// state, or only its last seq) since the last call for it: the
+    /// dispatcher then reloads its cached copy from the store.
+    pub(crate) fn take_written_elsewhere(&self, conversation: ConversationId) -> bool {
+        self.written_elsewhere.remove(&conversation).is_some()
+    }
+
+    /// Changes when remembered writes were dropped; see
+    /// `take_written_elsewhere`.
+    pub(crate) fn written_elsewhere_epoch(&self) -> u64 {
+        self.written_elsewhere_epoch.load(AtomicOrdering::SeqCst)
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &NodeId {
+        &self.config.node
+    }
+
+    /// Sends `payload` to the host of every other node, under `topic` (see
+    /// [`Target::Host`]). Like everything on the bus it may be lost, so use
+    /// it for news whose loss a periodic check repairs.
+    pub fn publish_host(&self, topic: &str, payload: Bytes) {
+        self.bus.publish(Envelope {
+            from: self.config.node.clone(),
+            target: Target::Host {
+                topic: Arc::from(topic),
+            },
+            seq: None,
+            frame: payload,
+        });
+    }
+
+    /// What the hosts of other nodes publish with
+    /// [`ConnectionPool::publish_host`]. A broadcast of 4,096: a receiver
+    /// that lags gets `Lagged` and should resynchronise from shared state.
+    pub fn host_messages(&self) -> broadcast::Receiver<HostMessage> {
+        self.host.subscribe()
+    }
+
     fn deliver_local(&self, target: &Target, seq: Option<Seq>, frame: &Bytes) -> usize {
         // Clone the list and drop the guard before pushing: a push may close a
         // slow connection, which edits these same indexes.
@@ -722,6 +816,8 @@ impl ConnectionPool {
                 .by_group
                 .get(&(tenant.clone(), Arc::clone(group)))
                 .map(|l| Arc::clone(&l)),
+            // For the hosts, not for connections.
+            Target::Host { .. } => None,
         };
         let Some(list) = list else { return 0 };
         match (target, seq) {
