@@ -38,6 +38,8 @@
 #![warn(missing_docs)]
 
 pub mod bus;
+#[cfg(feature = "redis")]
+pub mod cluster;
 pub mod dispatcher;
 pub mod hooks;
 pub mod metrics;
