@@ -45,6 +45,8 @@ mod outbox;
 mod path;
 pub mod pool;
 pub mod protocol;
+#[cfg(feature = "redis")]
+pub mod redis_bus;
 #[cfg(feature = "axum")]
 pub mod websocket;
 
@@ -60,3 +62,5 @@ pub use pool::{
     ConnInfo, ConnectionPool, Gap, HostMessage, PoolConfig, PresenceEvent, Registered, SendError,
 };
 pub use protocol::{ClientFrame, CloseReason, ErrorCode, FrameError, ServerFrame};
+#[cfg(feature = "redis")]
+pub use redis_bus::{RedisBus, RedisBusConfig, RedisBusError, RedisBusStats};
