@@ -734,10 +734,21 @@ impl Subscriber {
         let attempt = async {
             let mut pubsub = self.client.get_async_pubsub().await?;
             pubsub.subscribe(&self.config.channel).await?;
-            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+            // redis 0.32 returns Ok from `subscribe` even when the server
+            // refused it (NOPERM from an ACL), which would leave this node
+            // deaf while it believes it is subscribed. In RESP2 a PING tells:
+            // a subscribed connection answers ["pong", ""], any other "PONG".
+            let checked = self.client.get_connection_info().redis.protocol
+                != redis::ProtocolVersion::RESP2
+                || matches!(pubsub.ping::<redis::Value>().await?, redis::Value::Array(_));
+            Ok::<_, redis::RedisError>(checked.then(|| pubsub.into_on_message()))
         };
         match tokio::time::timeout(self.config.timeout, attempt).await {
-            Ok(Ok(stream)) => Ok(stream),
+            Ok(Ok(Some(stream))) => Ok(stream),
+            Ok(Ok(None)) => Err(format!(
+                "the server refused SUBSCRIBE {}: does the user's ACL allow this channel?",
+                self.config.channel
+            )),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {:?}", self.config.timeout)),
         }
