@@ -107,7 +107,9 @@ impl Default for RedisBusConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RedisBusError {
     /// The URL could not be read.
-    #[error("{shown} is not a Redis URL ({reason}); expected redis://[user:password@]host:port[/db]")]
+    #[error(
+        "{shown} is not a Redis URL ({reason}); expected redis://[user:password@]host:port[/db]"
+    )]
     BadUrl {
         /// The URL with any credentials removed.
         shown: String,
@@ -153,7 +155,11 @@ impl RedisBusStats {
     pub fn to_prometheus(&self, prefix: &str) -> String {
         use std::fmt::Write;
         let counters = [
-            ("published_total", "Envelopes Redis accepted.", self.published),
+            (
+                "published_total",
+                "Envelopes Redis accepted.",
+                self.published,
+            ),
             (
                 "dropped_full_queue_total",
                 "Envelopes dropped because the publish queue was full.",
@@ -917,10 +923,7 @@ mod tests {
                 String::from_utf8_lossy(garbage)
             );
         }
-        assert!(matches!(
-            decode(&newer),
-            Err(WireError::Version(2))
-        ));
+        assert!(matches!(decode(&newer), Err(WireError::Version(2))));
         assert!(tracker.accept(&valid).unwrap().is_some(), "still works");
     }
 
@@ -947,7 +950,9 @@ mod tests {
         };
         let text = stats.to_prometheus("cs_");
         assert!(
-            text.contains("# TYPE cs_redis_bus_published_total counter\ncs_redis_bus_published_total 3\n"),
+            text.contains(
+                "# TYPE cs_redis_bus_published_total counter\ncs_redis_bus_published_total 3\n"
+            ),
             "{text}"
         );
         assert!(text.contains("cs_redis_bus_reconnects_total 1\n"));

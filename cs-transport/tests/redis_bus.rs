@@ -71,7 +71,12 @@ fn own_ports() -> HashSet<u16> {
         .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
         .filter_map(|target| {
             let target = target.to_string_lossy().into_owned();
-            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
         })
         .collect();
     let mut ports = HashSet::new();
@@ -231,8 +236,16 @@ async fn killed_subscriptions_reconnect_report_a_loss_and_miss_nothing() {
     let d = redis_deployment(&url, &url, &unique_channel("kill")).await;
     let (id, mut ann, mut alice, joined) = ann_and_alice(&d).await;
     let first = send(&d.one, &ann, id, "hello").await;
-    assert_complete(&read_until(&mut ann, first, LIMIT).await, joined.get() + 1, first);
-    assert_complete(&read_until(&mut alice, first, LIMIT).await, joined.get() + 1, first);
+    assert_complete(
+        &read_until(&mut ann, first, LIMIT).await,
+        joined.get() + 1,
+        first,
+    );
+    assert_complete(
+        &read_until(&mut alice, first, LIMIT).await,
+        joined.get() + 1,
+        first,
+    );
 
     // Kill both subscriptions and write at once, so that what is written
     // may well land while they are away.
@@ -242,11 +255,16 @@ async fn killed_subscriptions_reconnect_report_a_loss_and_miss_nothing() {
         let from_alice = send(&d.two, &alice, id, "yes, one moment").await;
         (from_ann, from_alice)
     });
-    assert!(killed >= 2, "both nodes' subscriptions were killed: {killed}");
+    assert!(
+        killed >= 2,
+        "both nodes' subscriptions were killed: {killed}"
+    );
     for (bus, node) in [(&d.bus_one, &d.one), (&d.bus_two, &d.two)] {
         wait_until("the node resubscribed and reported a loss", LIMIT, || {
             let stats = bus.stats();
-            stats.reconnects >= 1 && stats.lost_reported >= 1 && node.metrics.snapshot().bus_lost >= 1
+            stats.reconnects >= 1
+                && stats.lost_reported >= 1
+                && node.metrics.snapshot().bus_lost >= 1
         })
         .await;
     }
@@ -302,12 +320,18 @@ async fn a_message_published_while_a_node_cannot_subscribe_is_replayed_from_the_
     let Some(url) = cs_core::testing::service_url("CS_TEST_REDIS_URL") else {
         return;
     };
-    let Some(host) = url.strip_prefix("redis://").filter(|rest| !rest.contains('@')) else {
+    let Some(host) = url
+        .strip_prefix("redis://")
+        .filter(|rest| !rest.contains('@'))
+    else {
         eprintln!("skipped: this test adds its own ACL user, so CS_TEST_REDIS_URL must carry no credentials");
         return;
     };
     let _serial = SERIAL.lock().await;
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let user = AclUser {
         url: url.clone(),
         name: format!("cs-test-bus-{}-{nanos}", std::process::id()),
@@ -343,12 +367,22 @@ async fn a_message_published_while_a_node_cannot_subscribe_is_replayed_from_the_
     .await;
     assert!(away.is_ok(), "node two's subscription was cut");
 
-    let missed = d.one.host_send(id, agent("alice"), "sent while two is away").await;
+    let missed = d
+        .one
+        .host_send(id, agent("alice"), "sent while two is away")
+        .await;
     let saw = read_until(&mut alice, missed.seq, LIMIT).await;
     assert_complete(&saw, joined.get() + 1, missed.seq);
-    assert_eq!(subscribers(&mut conn).await, 1, "still away: it came from the store");
+    assert_eq!(
+        subscribers(&mut conn).await,
+        1,
+        "still away: it came from the store"
+    );
     let metrics = d.two.metrics.snapshot();
-    assert!(metrics.gap_repairs >= 1, "the position check replayed it: {metrics:?}");
+    assert!(
+        metrics.gap_repairs >= 1,
+        "the position check replayed it: {metrics:?}"
+    );
     let stats = d.bus_two.stats();
     assert_eq!(stats.reconnects, 0, "{stats:?}");
 

@@ -40,7 +40,9 @@ pub async fn redis_deployment(url_one: &str, url_two: &str, channel: &str) -> Re
         position_check_interval: Some(Duration::from_millis(100)),
         ..DispatcherConfig::default()
     };
-    let bus_one = RedisBus::connect(url_one, bus_config.clone()).await.unwrap();
+    let bus_one = RedisBus::connect(url_one, bus_config.clone())
+        .await
+        .unwrap();
     let bus_two = RedisBus::connect(url_two, bus_config).await.unwrap();
     let store = Arc::new(MemoryStore::new());
     let one = Node::on_bus("one", config.clone(), store.clone(), bus_one.clone());
