@@ -11,6 +11,11 @@
 //!   party, joined conversation and group, delivering through the [`Bus`].
 //! - [`bus`]: the [`Bus`] trait for cross-node delivery, and
 //!   [`InProcessBus`].
+//! - `redis_bus` (feature `redis`): `RedisBus`, the bus over Redis pub/sub,
+//!   which notices and reports what it loses.
+//! - `cluster` (feature `redis`): state several nodes share in Redis: a
+//!   `Lease` (one owner at a time, such as the node that routes a tenant)
+//!   and `ClusterPresence` (who is connected on which live node).
 //! - [`dispatcher`]: [`Dispatcher`], sharding commands by conversation with a
 //!   bounded queue, a deadline, an in-order spill path and `Overloaded`.
 //! - `path`: what a shard does with each command: authorize, validate,
@@ -28,9 +33,12 @@
 //! the store (see [`ConnectionPool::gaps`] and
 //! [`DispatcherConfig::position_check_interval`]).
 //!
+//! Hosts exchange their own messages across nodes on the same bus
+//! ([`ConnectionPool::publish_host`], [`ConnectionPool::host_messages`]).
+//!
 //! Not built yet: a server-initiated heartbeat (clients keep the connection
-//! alive with `ping` frames), presence across nodes (presence events are per
-//! node), and a bus over the network (Redis, NATS).
+//! alive with `ping` frames) and a NATS bus. The pool's presence events are
+//! per node; a host shares them through `cluster::ClusterPresence`.
 //!
 //! It depends only on `cs-core`; storage comes in as a
 //! [`cs_core::store::MessageStore`].
@@ -47,6 +55,8 @@ mod outbox;
 mod path;
 pub mod pool;
 pub mod protocol;
+#[cfg(feature = "redis")]
+pub mod redis_bus;
 #[cfg(feature = "axum")]
 pub mod websocket;
 
@@ -62,3 +72,5 @@ pub use pool::{
     ConnInfo, ConnectionPool, Gap, HostMessage, PoolConfig, PresenceEvent, Registered, SendError,
 };
 pub use protocol::{ClientFrame, CloseReason, ErrorCode, FrameError, ServerFrame};
+#[cfg(feature = "redis")]
+pub use redis_bus::{RedisBus, RedisBusConfig, RedisBusError, RedisBusStats};

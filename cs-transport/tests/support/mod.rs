@@ -261,3 +261,6 @@ impl AppendInterceptor for PanicOnText {
         }
     }
 }
+
+#[cfg(feature = "redis")]
+pub mod redis_nodes;

@@ -1,0 +1,401 @@
+//! `RedisBus` against a real Redis (CS_TEST_REDIS_URL): two nodes, each a
+//! pool and a dispatcher with its own `RedisBus` (as two processes would
+//! have), over one shared store. Each test uses a channel of its own.
+//!
+//! Some tests kill this process's subscriber connections, which would
+//! disturb the others running at the same time: every test takes `SERIAL`.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cs_core::{ConversationId, Seq};
+use cs_transport::{Outcome, ServerFrame};
+use support::redis_nodes::*;
+use support::*;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const LIMIT: Duration = Duration::from_secs(10);
+/// How long a connection must stay silent to count as having nothing more.
+const QUIET: Duration = Duration::from_millis(400);
+
+async fn plain(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Sends `text` as `client` on `node`, returning its seq.
+async fn send(node: &Node, client: &Client, id: ConversationId, text: &str) -> Seq {
+    match node
+        .dispatcher
+        .submit_and_wait(client.send_command(id, text))
+        .await
+        .unwrap()
+    {
+        Outcome::Stored { message, .. } => message.seq,
+        other => panic!("expected a stored message, got {other:?}"),
+    }
+}
+
+/// Fails if a message frame arrives within `QUIET`.
+async fn assert_no_more_messages(client: &mut Client) {
+    while let Some(frame) = client.next_within(QUIET).await {
+        assert!(
+            !matches!(frame, ServerFrame::Message { .. }),
+            "no message after the last one (a duplicate?): {frame:?}"
+        );
+    }
+}
+
+/// The seqs in `seen`, which must be `from..=to` exactly.
+fn assert_complete(seen: &[(u64, String)], from: u64, to: Seq) {
+    let seqs: Vec<u64> = seen.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        (from..=to.get()).collect::<Vec<_>>(),
+        "every seq once, in order"
+    );
+}
+
+/// Local ports of this process's TCP sockets: its fds that are sockets,
+/// matched by inode with the kernel's socket tables.
+fn own_ports() -> HashSet<u16> {
+    let inodes: HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut ports = HashSet::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 9 && inodes.contains(fields[9]) {
+                if let Some((_, port)) = fields[1].rsplit_once(':') {
+                    ports.insert(u16::from_str_radix(port, 16).unwrap());
+                }
+            }
+        }
+    }
+    ports
+}
+
+/// `CLIENT KILL TYPE pubsub`, narrowed to this process's connections so
+/// that tests of other binaries using the same server are left alone.
+/// Returns how many it killed.
+async fn kill_own_subscribers(conn: &mut redis::aio::MultiplexedConnection) -> usize {
+    let ports = own_ports();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut killed = 0;
+    for line in list.lines() {
+        let Some(addr) = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("addr="))
+        else {
+            continue;
+        };
+        let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+        if port.is_some_and(|p| ports.contains(&p)) {
+            let n: usize = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .arg("ADDR")
+                .arg(addr)
+                .query_async(conn)
+                .await
+                .unwrap();
+            killed += n;
+        }
+    }
+    killed
+}
+
+/// A visitor on node one and an agent on node two, both joined to a fresh
+/// conversation assigned to the agent.
+async fn ann_and_alice(d: &RedisDeployment) -> (ConversationId, Client, Client, Seq) {
+    let id = d.one.conversation("shop", "ann", Some("alice")).await.id();
+    let mut ann = d.one.connect("shop", visitor("ann"));
+    let mut alice = d.two.connect("shop", agent("alice"));
+    let joined = join_from_start(&d.one, &mut ann, id).await;
+    assert_eq!(join_from_start(&d.two, &mut alice, id).await, joined);
+    (id, ann, alice, joined)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_and_an_agent_on_two_nodes_talk_both_ways_in_order_once() {
+    let Some(url) = cs_core::testing::service_url("CS_TEST_REDIS_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let d = redis_deployment(&url, &url, &unique_channel("talk")).await;
+    let (id, mut ann, mut alice, joined) = ann_and_alice(&d).await;
+
+    // Both write at once, each on its own node.
+    const EACH: usize = 40;
+    let ann_writes = async {
+        for i in 0..EACH {
+            send(&d.one, &ann, id, &format!("ann {i}")).await;
+        }
+    };
+    let alice_writes = async {
+        for i in 0..EACH {
+            send(&d.two, &alice, id, &format!("alice {i}")).await;
+        }
+    };
+    tokio::join!(ann_writes, alice_writes);
+    let last = Seq::new(joined.get() + 2 * EACH as u64);
+
+    let ann_saw = read_until(&mut ann, last, LIMIT).await;
+    let alice_saw = read_until(&mut alice, last, LIMIT).await;
+    assert_complete(&ann_saw, joined.get() + 1, last);
+    assert_eq!(ann_saw, alice_saw, "both sides saw the same conversation");
+    for who in ["ann", "alice"] {
+        let theirs: Vec<&str> = ann_saw
+            .iter()
+            .map(|(_, text)| text.as_str())
+            .filter(|text| text.starts_with(&format!("{who} ")))
+            .collect();
+        let sent: Vec<String> = (0..EACH).map(|i| format!("{who} {i}")).collect();
+        assert_eq!(theirs, sent, "{who}'s messages in the order sent");
+    }
+    assert_no_more_messages(&mut ann).await;
+    assert_no_more_messages(&mut alice).await;
+
+    for bus in [&d.bus_one, &d.bus_two] {
+        let stats = bus.stats();
+        assert!(stats.published >= EACH as u64, "{stats:?}");
+        assert_eq!(
+            (stats.decode_errors, stats.publish_failed, stats.reconnects),
+            (0, 0, 0),
+            "{stats:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_channel_is_counted_and_skipped() {
+    let Some(url) = cs_core::testing::service_url("CS_TEST_REDIS_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let d = redis_deployment(&url, &url, &unique_channel("garbage")).await;
+    let (id, _ann, mut alice, joined) = ann_and_alice(&d).await;
+
+    let mut conn = plain(&url).await;
+    for garbage in [
+        &b"not an envelope"[..],
+        b"{\"v\":1,\"from\":\"one\"}\n{}",
+        b"\xff\xfe\n\x00",
+    ] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&d.channel)
+            .arg(garbage)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let after = d.one.host_send(id, agent("alice"), "still here").await;
+    let saw = read_until(&mut alice, after.seq, LIMIT).await;
+    assert_complete(&saw, joined.get() + 1, after.seq);
+    wait_until("both nodes counted the garbage", LIMIT, || {
+        d.bus_one.stats().decode_errors == 3 && d.bus_two.stats().decode_errors == 3
+    })
+    .await;
+    assert_eq!(d.bus_two.stats().lost_reported, 0, "garbage is not a loss");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_subscriptions_reconnect_report_a_loss_and_miss_nothing() {
+    let Some(url) = cs_core::testing::service_url("CS_TEST_REDIS_URL") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let d = redis_deployment(&url, &url, &unique_channel("kill")).await;
+    let (id, mut ann, mut alice, joined) = ann_and_alice(&d).await;
+    let first = send(&d.one, &ann, id, "hello").await;
+    assert_complete(
+        &read_until(&mut ann, first, LIMIT).await,
+        joined.get() + 1,
+        first,
+    );
+    assert_complete(
+        &read_until(&mut alice, first, LIMIT).await,
+        joined.get() + 1,
+        first,
+    );
+
+    // Kill both subscriptions and write at once, so that what is written
+    // may well land while they are away.
+    let mut conn = plain(&url).await;
+    let (killed, (from_ann, from_alice)) = tokio::join!(kill_own_subscribers(&mut conn), async {
+        let from_ann = send(&d.one, &ann, id, "are you there?").await;
+        let from_alice = send(&d.two, &alice, id, "yes, one moment").await;
+        (from_ann, from_alice)
+    });
+    assert!(
+        killed >= 2,
+        "both nodes' subscriptions were killed: {killed}"
+    );
+    for (bus, node) in [(&d.bus_one, &d.one), (&d.bus_two, &d.two)] {
+        wait_until("the node resubscribed and reported a loss", LIMIT, || {
+            let stats = bus.stats();
+            stats.reconnects >= 1
+                && stats.lost_reported >= 1
+                && node.metrics.snapshot().bus_lost >= 1
+        })
+        .await;
+    }
+    let last = send(&d.one, &ann, id, "thanks").await;
+    assert!(from_ann < from_alice && from_alice < last);
+    let ann_saw = read_until(&mut ann, last, LIMIT).await;
+    let alice_saw = read_until(&mut alice, last, LIMIT).await;
+    assert_complete(&ann_saw, first.get() + 1, last);
+    assert_complete(&alice_saw, first.get() + 1, last);
+    assert_no_more_messages(&mut ann).await;
+    assert_no_more_messages(&mut alice).await;
+}
+
+/// An ACL user for node two's bus, removed on drop. Taking its channel
+/// permissions away cuts its subscription and refuses the next SUBSCRIBE
+/// (NOPERM) until they are given back: a node that is away for as long as
+/// the test wants, while the other node publishes as usual.
+struct AclUser {
+    url: String,
+    name: String,
+}
+
+impl AclUser {
+    fn set(&self, rules: &[&str]) {
+        let mut conn = redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&self.name)
+            .arg(rules)
+            .query(&mut conn)
+            .unwrap();
+    }
+}
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        if let Ok(mut conn) =
+            redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection())
+        {
+            let _: redis::RedisResult<i64> = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&self.name)
+                .query(&mut conn);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_while_a_node_cannot_subscribe_is_replayed_from_the_store() {
+    let Some(url) = cs_core::testing::service_url("CS_TEST_REDIS_URL") else {
+        return;
+    };
+    let Some(host) = url
+        .strip_prefix("redis://")
+        .filter(|rest| !rest.contains('@'))
+    else {
+        eprintln!("skipped: this test adds its own ACL user, so CS_TEST_REDIS_URL must carry no credentials");
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let user = AclUser {
+        url: url.clone(),
+        name: format!("cs-test-bus-{}-{nanos}", std::process::id()),
+    };
+    user.set(&["on", "nopass", "~*", "&*", "+@all"]);
+    let url_two = format!("redis://{}:unused@{host}", user.name);
+    let channel = unique_channel("away");
+    let d = redis_deployment(&url, &url_two, &channel).await;
+    let (id, _ann, mut alice, joined) = ann_and_alice(&d).await;
+    let mut conn = plain(&url).await;
+    let subscribers = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let channel = channel.clone();
+        async move {
+            let (_, n): (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    assert_eq!(subscribers(&mut conn).await, 2);
+
+    // Node two loses its subscription and cannot get it back.
+    user.set(&["resetchannels"]);
+    let away = tokio::time::timeout(LIMIT, async {
+        while subscribers(&mut conn).await != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(away.is_ok(), "node two's subscription was cut");
+
+    let missed = d
+        .one
+        .host_send(id, agent("alice"), "sent while two is away")
+        .await;
+    let saw = read_until(&mut alice, missed.seq, LIMIT).await;
+    assert_complete(&saw, joined.get() + 1, missed.seq);
+    assert_eq!(
+        subscribers(&mut conn).await,
+        1,
+        "still away: it came from the store"
+    );
+    let metrics = d.two.metrics.snapshot();
+    assert!(
+        metrics.gap_repairs >= 1,
+        "the position check replayed it: {metrics:?}"
+    );
+    let stats = d.bus_two.stats();
+    assert_eq!(stats.reconnects, 0, "{stats:?}");
+
+    // Back: node two resubscribes, says it may have missed something, and
+    // live delivery goes on with no duplicate.
+    user.set(&["&*"]);
+    wait_until("node two resubscribed and reported a loss", LIMIT, || {
+        let stats = d.bus_two.stats();
+        stats.reconnects >= 1 && stats.lost_reported >= 1
+    })
+    .await;
+    let after = d.one.host_send(id, agent("alice"), "welcome back").await;
+    let saw = read_until(&mut alice, after.seq, LIMIT).await;
+    assert_complete(&saw, missed.seq.get() + 1, after.seq);
+    assert_no_more_messages(&mut alice).await;
+}
