@@ -26,6 +26,17 @@
 //! `--ws-buffer-bytes` sets both servers' socket read and write buffers
 //! (default: the adapter's own default), for the memory-per-connection table.
 //!
+//! **Several nodes.** `--nodes 3 --bus redis://127.0.0.1:6379 --store
+//! postgres://postgres@127.0.0.1:5432/test` starts three cs servers that share
+//! a PostgreSQL store (in a fresh schema, dropped at the end) and a
+//! [`RedisBus`](cs::transport::RedisBus); each pair's visitor connects to node
+//! `n % 3` and its agent to node `(n + 1) % 3`, so every message crosses the
+//! bus. With `--baseline`, the baseline is then one node on the same store
+//! (no bus), not the relay. The JSON also has `nodes`, `servers_cpu_percent`
+//! and `redis_cpu_percent` (Redis's own CPU over the sending window, read
+//! from `/proc` with the pid Redis reports, so Redis must run on this
+//! machine).
+//!
 //! These machines cap open files at 20,000 per process, so one server holds at
 //! most about 19,900 connections; clients spread over 127.0.0.x source
 //! addresses so that the ephemeral ports of one address are not the limit.
@@ -55,9 +66,11 @@ use tokio_util::sync::CancellationToken;
 
 use cs::core::store::{MemoryStore, MessageStore};
 use cs::core::{AgentId, Conversation, ConversationId, Party, TenantId, Timestamp, VisitorId};
+use cs::datahub::store::PostgresStore;
 use cs::transport::websocket::{self, WsConfig};
 use cs::transport::{
-    Change, ClientFrame, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, PoolConfig,
+    Change, ClientFrame, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, NodeId,
+    PoolConfig, RedisBus, RedisBusConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -81,9 +94,25 @@ struct Args {
     /// Socket read and write buffer of the servers it starts, in bytes.
     #[arg(long, default_value_t = WsConfig::default().read_buffer_bytes)]
     ws_buffer_bytes: usize,
+    /// cs servers to start, sharing `--store` and `--bus`.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// The Redis bus between the nodes (needed with `--nodes` above 1).
+    #[arg(long)]
+    bus: Option<String>,
+    /// A shared PostgreSQL store for the cs servers (needed with `--nodes`
+    /// above 1); default, one node with `MemoryStore`.
+    #[arg(long)]
+    store: Option<String>,
     /// Internal: run a server of this kind and print its address.
     #[arg(long, hide = true)]
     serve: Option<ServerKind>,
+    /// Internal: the server's node id.
+    #[arg(long, hide = true, default_value = "node-0")]
+    node_id: String,
+    /// Internal: the PostgreSQL schema of the server's store.
+    #[arg(long, hide = true)]
+    schema: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -108,7 +137,7 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match args.serve {
-            Some(ServerKind::Cs) => serve_cs(args.ws_buffer_bytes).await,
+            Some(ServerKind::Cs) => serve_cs(&args).await,
             Some(ServerKind::Relay) => serve_relay(args.ws_buffer_bytes).await,
             None => drive(&args).await,
         }
@@ -137,8 +166,15 @@ struct LoadResult {
     server_kb_per_connection: Option<f64>,
     sent: u64,
     delivered: u64,
+    nodes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    servers_cpu_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_cpu_percent: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     baseline_msgs_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_p99_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio: Option<f64>,
 }
@@ -147,26 +183,35 @@ async fn drive(args: &Args) -> Result<(), BoxError> {
     if args.connections < 2 {
         return Err("--connections must be at least 2 (one visitor/agent pair)".into());
     }
+    if args.nodes > 1 && (args.bus.is_none() || args.store.is_none()) {
+        return Err(
+            "--nodes above 1 needs --bus redis://… and --store postgres://… (the nodes share both)"
+                .into(),
+        );
+    }
+    let schema = args
+        .store
+        .as_ref()
+        .map(|_| format!("cs_loadgen_{}", std::process::id()));
     let mut result = match &args.url {
         Some(url) => {
             eprintln!("loading {url}");
-            run_load(args, url, Mode::Cs, None).await?
+            run_load(args, &[url.clone()], Mode::Cs, &[]).await?
         }
-        None => {
-            let server = ServerProcess::start(ServerKind::Cs, args.ws_buffer_bytes).await?;
-            eprintln!("cs server: pid {} at {}", server.pid, server.addr);
-            let url = format!("ws://{}/ws", server.addr);
-            let mut result = run_load(args, &url, Mode::Cs, Some(server.pid)).await?;
-            result.degraded = Some(server.finish().await?.degraded);
-            result
-        }
+        None => run_nodes(args, args.nodes, schema.as_deref()).await?,
     };
     if args.baseline {
-        let relay = ServerProcess::start(ServerKind::Relay, args.ws_buffer_bytes).await?;
-        eprintln!("baseline relay: pid {} at {}", relay.pid, relay.addr);
-        let url = format!("ws://{}/ws", relay.addr);
-        let baseline = run_load(args, &url, Mode::Relay, Some(relay.pid)).await?;
-        relay.finish().await.ok();
+        let baseline = if args.nodes > 1 {
+            eprintln!("baseline: one node on the same store, no bus");
+            run_nodes(args, 1, schema.as_deref()).await?
+        } else {
+            let relay = ServerProcess::start(ServerKind::Relay, args, None, None).await?;
+            eprintln!("baseline relay: pid {} at {}", relay.pid, relay.addr);
+            let url = format!("ws://{}/ws", relay.addr);
+            let baseline = run_load(args, &[url], Mode::Relay, &[relay.pid]).await?;
+            relay.finish().await.ok();
+            baseline
+        };
         eprintln!(
             "baseline: {:.0} msgs/s, p99 {:.2} ms, {:.1} KB/connection",
             baseline.msgs_per_sec,
@@ -174,14 +219,69 @@ async fn drive(args: &Args) -> Result<(), BoxError> {
             baseline.server_kb_per_connection.unwrap_or(0.0)
         );
         result.baseline_msgs_per_sec = Some(baseline.msgs_per_sec);
+        result.baseline_p99_ms = Some(baseline.p99_ms);
         result.ratio = Some(if baseline.msgs_per_sec > 0.0 {
             result.msgs_per_sec / baseline.msgs_per_sec
         } else {
             0.0
         });
     }
+    if let (Some(store), Some(schema)) = (&args.store, &schema) {
+        drop_schema(store, schema).await;
+    }
     println!("{}", serde_json::to_string(&result)?);
     Ok(())
+}
+
+/// Starts `nodes` cs servers, loads them, stops them.
+async fn run_nodes(
+    args: &Args,
+    nodes: usize,
+    schema: Option<&str>,
+) -> Result<LoadResult, BoxError> {
+    let mut servers = Vec::with_capacity(nodes);
+    for node in 0..nodes {
+        let bus = if nodes > 1 { args.bus.as_deref() } else { None };
+        let server = ServerProcess::start(
+            ServerKind::Cs,
+            args,
+            Some((format!("node-{node}"), bus)),
+            schema,
+        )
+        .await?;
+        eprintln!(
+            "cs server node-{node}: pid {} at {}",
+            server.pid, server.addr
+        );
+        servers.push(server);
+    }
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| format!("ws://{}/ws", s.addr))
+        .collect();
+    let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
+    let mut result = run_load(args, &urls, Mode::Cs, &pids).await?;
+    let mut degraded = 0;
+    for server in servers {
+        degraded += server.finish().await?.degraded;
+    }
+    result.degraded = Some(degraded);
+    Ok(result)
+}
+
+/// Removes the schema the servers wrote into. Failing to is only untidy.
+async fn drop_schema(url: &str, schema: &str) {
+    let dropped = async {
+        let pool = sqlx::PgPool::connect(url).await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await?;
+        pool.close().await;
+        Ok::<(), sqlx::Error>(())
+    };
+    if let Err(e) = dropped.await {
+        eprintln!("loadgen: could not drop schema {schema}: {e}");
+    }
 }
 
 /// A server run as a child process of this binary.
@@ -198,19 +298,36 @@ struct ServerReport {
 }
 
 impl ServerProcess {
-    async fn start(kind: ServerKind, ws_buffer_bytes: usize) -> Result<Self, BoxError> {
+    /// Starts a server; a cs server gets `node` (its id and the bus, if
+    /// any) and the store in `schema` when `--store` is set.
+    async fn start(
+        kind: ServerKind,
+        args: &Args,
+        node: Option<(String, Option<&str>)>,
+        schema: Option<&str>,
+    ) -> Result<Self, BoxError> {
         let exe = std::env::current_exe()?;
         let mode = match kind {
             ServerKind::Cs => "cs",
             ServerKind::Relay => "relay",
         };
-        let mut child = tokio::process::Command::new(exe)
-            .args([
-                "--serve",
-                mode,
-                "--ws-buffer-bytes",
-                &ws_buffer_bytes.to_string(),
-            ])
+        let mut command = tokio::process::Command::new(exe);
+        command.args([
+            "--serve",
+            mode,
+            "--ws-buffer-bytes",
+            &args.ws_buffer_bytes.to_string(),
+        ]);
+        if let Some((id, bus)) = node {
+            command.args(["--node-id", &id]);
+            if let Some(bus) = bus {
+                command.args(["--bus", bus]);
+            }
+        }
+        if let (Some(store), Some(schema)) = (&args.store, schema) {
+            command.args(["--store", store, "--schema", schema]);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -245,6 +362,36 @@ impl ServerProcess {
     }
 }
 
+/// CPU time a process has used so far (user + system), from `/proc`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux reports in USER_HZ, 100 per second on every platform it supports.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn cpu_times(pids: &[u32]) -> Option<Duration> {
+    pids.iter().map(|pid| cpu_time(*pid)).sum()
+}
+
+/// The pid of the Redis behind `url`, as it reports it (`INFO server`).
+async fn redis_pid(url: &str) -> Option<u32> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+}
+
 fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -277,19 +424,32 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+/// Loads the servers at `urls`: pair `n`'s visitor on `urls[n % len]`, its
+/// agent on the next one (the same one when there is one). `server_pids`
+/// are read for memory and CPU.
 async fn run_load(
     args: &Args,
-    url: &str,
+    urls: &[String],
     mode: Mode,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
 ) -> Result<LoadResult, BoxError> {
     let pairs = args.connections / 2;
-    let url: Arc<str> = Arc::from(url);
+    let nodes = urls.len().max(1);
     let counters = Arc::new(Counters::default());
     let latencies = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
     )?));
-    let rss_before = server_pid.and_then(rss_kb);
+    let rss = |pids: &[u32]| -> Option<u64> {
+        if pids.is_empty() {
+            return None;
+        }
+        pids.iter().map(|pid| rss_kb(*pid)).sum()
+    };
+    let rss_before = rss(server_pids);
+    let redis = match (&args.bus, nodes > 1) {
+        (Some(url), true) => redis_pid(url).await,
+        _ => None,
+    };
 
     // Connect every pair first (agents before visitors), then start sending.
     // Tokens, not `Notify`: a task that is busy when the signal comes must
@@ -301,11 +461,14 @@ async fn run_load(
     let mut tasks = Vec::with_capacity(args.connections);
     let connect_started = Instant::now();
     for pair in 0..pairs {
+        let visitor_url = &urls[pair % nodes];
+        let agent_url = &urls[(pair + 1) % nodes];
         let conversation = match mode {
-            Mode::Cs => Some(lookup_pair(&url, pair).await?),
+            // The pair's conversation is made on one node; the store is shared.
+            Mode::Cs => Some(lookup_pair(&urls[0], pair).await?),
             Mode::Relay => None,
         };
-        let agent = connect(&url, pair, "agent").await?;
+        let agent = connect(agent_url, pair, "agent").await?;
         counters.connected.fetch_add(1, Ordering::Relaxed);
         tasks.push(tokio::spawn(run_agent(
             agent,
@@ -314,7 +477,7 @@ async fn run_load(
             Arc::clone(&latencies),
             stop.clone(),
         )));
-        let visitor = connect(&url, pair, "visitor").await?;
+        let visitor = connect(visitor_url, pair, "visitor").await?;
         counters.connected.fetch_add(1, Ordering::Relaxed);
         tasks.push(tokio::spawn(run_visitor(
             visitor,
@@ -335,7 +498,7 @@ async fn run_load(
     );
     // Let the server settle, then read its memory with every connection idle.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = server_pid.and_then(rss_kb);
+    let rss_idle = rss(server_pids);
     let kb_per_connection = match (rss_before, rss_idle) {
         (Some(before), Some(idle)) => Some(idle.saturating_sub(before) as f64 / (pairs * 2) as f64),
         _ => None,
@@ -343,6 +506,8 @@ async fn run_load(
 
     start_sending.cancel();
     let started = Instant::now();
+    let servers_cpu_before = cpu_times(server_pids);
+    let redis_cpu_before = redis.and_then(cpu_time);
     let duration = Duration::from_secs(args.duration);
     let mut last_delivered = 0;
     while started.elapsed() < duration {
@@ -365,10 +530,18 @@ async fn run_load(
     }
     stop_sending.cancel();
     let sending_time = started.elapsed();
+    let share = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
+        (Some(before), Some(after)) => {
+            Some(100.0 * after.saturating_sub(before).as_secs_f64() / sending_time.as_secs_f64())
+        }
+        _ => None,
+    };
+    let servers_cpu_percent = share(servers_cpu_before, cpu_times(server_pids));
+    let redis_cpu_percent = share(redis_cpu_before, redis.and_then(cpu_time));
     // Give in-flight messages a moment to arrive; they count, late.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
-    let rss_end = server_pid.and_then(rss_kb);
+    let rss_end = rss(server_pids);
     // Each agent merges its last latencies as it stops.
     let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(tasks)).await;
 
@@ -390,7 +563,11 @@ async fn run_load(
         server_kb_per_connection: kb_per_connection,
         sent: counters.sent.load(Ordering::Relaxed),
         delivered,
+        nodes,
+        servers_cpu_percent,
+        redis_cpu_percent,
         baseline_msgs_per_sec: None,
+        baseline_p99_ms: None,
         ratio: None,
     })
 }
@@ -665,12 +842,34 @@ async fn cs_socket(
         .on_upgrade(move |socket| websocket::serve(socket, tenant(), party, pool, dispatcher, ws))
 }
 
-async fn serve_cs(ws_buffer_bytes: usize) -> Result<(), BoxError> {
+async fn serve_cs(args: &Args) -> Result<(), BoxError> {
+    let ws_buffer_bytes = args.ws_buffer_bytes;
     let metrics = Arc::new(Metrics::new());
-    let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new());
-    let pool = ConnectionPool::new(PoolConfig::default(), Arc::clone(&metrics));
+    let store: Arc<dyn MessageStore> = match (&args.store, &args.schema) {
+        (Some(url), Some(schema)) => Arc::new(PostgresStore::connect_in_schema(url, schema).await?),
+        (Some(url), None) => Arc::new(PostgresStore::connect(url).await?),
+        (None, _) => Arc::new(MemoryStore::new()),
+    };
+    let pool_config = PoolConfig {
+        node: NodeId::new(&args.node_id),
+        ..PoolConfig::default()
+    };
+    let mut dispatcher_config = DispatcherConfig::default();
+    let pool = match &args.bus {
+        Some(url) => {
+            let bus = RedisBus::connect(url, RedisBusConfig::default()).await?;
+            // A message lost on the bus with nothing after it is found by this.
+            dispatcher_config.position_check_interval = Some(Duration::from_secs(2));
+            ConnectionPool::with_bus(pool_config, bus, Arc::clone(&metrics))
+        }
+        None => ConnectionPool::new(pool_config, Arc::clone(&metrics)),
+    };
+    if args.store.is_some() {
+        // A database round trip per append: more shards, bigger group commits.
+        dispatcher_config.shards = 64;
+    }
     let dispatcher = Dispatcher::start(
-        DispatcherConfig::default(),
+        dispatcher_config,
         Arc::clone(&store),
         Arc::clone(&pool),
         Vec::new(),
