@@ -196,7 +196,7 @@ async fn drive(args: &Args) -> Result<(), BoxError> {
     let mut result = match &args.url {
         Some(url) => {
             eprintln!("loading {url}");
-            run_load(args, &[url.clone()], Mode::Cs, &[]).await?
+            run_load(args, std::slice::from_ref(url), Mode::Cs, &[]).await?
         }
         None => run_nodes(args, args.nodes, schema.as_deref()).await?,
     };
