@@ -63,6 +63,7 @@ pub mod conversation;
 mod error;
 pub mod ids;
 pub mod message;
+mod redact;
 pub mod router;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -75,4 +76,5 @@ pub use ids::{
     AgentId, ClientMsgId, ConnId, ConversationId, InvalidId, Seq, Skill, TenantId, VisitorId,
 };
 pub use message::{Body, Event, InvalidMessage, Message, MessageLimits, NewMessage, Party};
+pub use redact::redact_url;
 pub use timestamp::Timestamp;

@@ -53,51 +53,5 @@ pub enum OpenError {
     },
 }
 
-/// `url` with its password (if any) replaced by `***`, fit for errors and logs.
-///
-/// ```
-/// use cs_datahub::redact_url;
-/// assert_eq!(redact_url("postgres://app:s3cret@db:5432/shop"), "postgres://app:***@db:5432/shop");
-/// assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-/// ```
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    // The last '@' ends the user info; a password may itself contain '@'.
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let user_info = &authority[..at];
-    let Some(colon) = user_info.find(':') else {
-        return url.to_owned();
-    };
-    format!(
-        "{}{}:***{}",
-        &url[..scheme_end + 3],
-        &user_info[..colon],
-        &rest[at..]
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(
-            redact_url("mysql://root:p@ss@127.0.0.1:3306/test?x=1"),
-            "mysql://root:***@127.0.0.1:3306/test?x=1"
-        );
-        assert_eq!(
-            redact_url("mysql://root@127.0.0.1:3306/test"),
-            "mysql://root@127.0.0.1:3306/test"
-        );
-        assert_eq!(redact_url("not a url"), "not a url");
-        assert_eq!(redact_url("redis://:pw@host/0"), "redis://:***@host/0");
-    }
-}
+/// Re-exported from cs-core, where every crate's errors get it.
+pub use cs_core::redact_url;

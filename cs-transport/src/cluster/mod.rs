@@ -95,7 +95,7 @@ impl Conn {
     /// URL should fail fast. `timeout` bounds every later call, so a call
     /// to a hung Redis fails instead of waiting.
     async fn open(url: &str, timeout: Duration) -> Result<Self, ClusterError> {
-        let shown: Arc<str> = redact_url(url).into();
+        let shown: Arc<str> = cs_core::redact_url(url).into();
         let client = redis::Client::open(url).map_err(|e| ClusterError::BadUrl {
             url: shown.to_string(),
             reason: e.to_string(),
@@ -159,31 +159,6 @@ fn call_timeout(ttl: Duration) -> Duration {
     (ttl / 2).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
 
-/// `url` with its password (if any) replaced by `***`.
-fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    // The last '@' ends the user info; a password may itself contain '@'.
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let user_info = &authority[..at];
-    match user_info.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &user_info[..colon],
-            &rest[at..]
-        ),
-        // redis://secret@host: a bare user info is the password.
-        None => format!("{}***{}", &url[..scheme_end + 3], &rest[at..]),
-    }
-}
-
 /// Logs a failing background loop at most once per interval, so a Redis
 /// that is down for an hour costs a line every half minute, not one per
 /// heartbeat; and says when it works again.
@@ -226,22 +201,5 @@ impl Quiet {
             self.last = None;
             self.suppressed = 0;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(redact_url("redis://:pw@host/0"), "redis://:***@host/0");
-        assert_eq!(redact_url("redis://u:p@ss@h:6379"), "redis://u:***@h:6379");
-        assert_eq!(redact_url("redis://secret@h:6379"), "redis://***@h:6379");
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-        assert_eq!(redact_url("not a url"), "not a url");
     }
 }
