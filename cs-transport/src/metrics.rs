@@ -143,10 +143,7 @@ impl MetricsSnapshot {
             ),
         ];
         let mut out = String::new();
-        for (name, help, value) in counters {
-            // Writing to a String cannot fail.
-            let _ = writeln!(out, "# HELP {prefix}{name} {help}\n# TYPE {prefix}{name} counter\n{prefix}{name} {value}");
-        }
+        write_counters(&mut out, prefix, &counters);
         let name = "message_latency_seconds";
         let _ = writeln!(
             out,
@@ -165,6 +162,19 @@ impl MetricsSnapshot {
         }
         let _ = writeln!(out, "{prefix}{name}_count {}", self.latency_count);
         out
+    }
+}
+
+/// Appends `(name, help, value)` counters to `out` in the Prometheus text
+/// format, each name prefixed with `prefix`.
+pub(crate) fn write_counters(out: &mut String, prefix: &str, counters: &[(&str, &str, u64)]) {
+    use std::fmt::Write;
+    for (name, help, value) in counters {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}{name} {help}\n# TYPE {prefix}{name} counter\n{prefix}{name} {value}"
+        );
     }
 }
 

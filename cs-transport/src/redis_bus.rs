@@ -153,7 +153,6 @@ impl RedisBusStats {
     /// The counters in the Prometheus text format, each name prefixed with
     /// `prefix` and `redis_bus_` (such as `cs_redis_bus_published_total`).
     pub fn to_prometheus(&self, prefix: &str) -> String {
-        use std::fmt::Write;
         let counters = [
             (
                 "published_total",
@@ -202,13 +201,7 @@ impl RedisBusStats {
             ),
         ];
         let mut out = String::new();
-        for (name, help, value) in counters {
-            // Writing to a String cannot fail.
-            let _ = writeln!(
-                out,
-                "# HELP {prefix}redis_bus_{name} {help}\n# TYPE {prefix}redis_bus_{name} counter\n{prefix}redis_bus_{name} {value}"
-            );
-        }
+        crate::metrics::write_counters(&mut out, &format!("{prefix}redis_bus_"), &counters);
         out
     }
 }
