@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cs_core::store::MemoryStore;
 use cs_core::{ConversationId, Seq};
-use cs_transport::{Command, DispatcherConfig, InProcessBus, Origin, Outcome, ServerFrame};
+use cs_transport::{Command, DispatcherConfig, InProcessBus, Origin, ServerFrame};
 use support::*;
 
 /// How long a connection must stay silent to count as caught up with what
@@ -38,25 +38,7 @@ fn two_nodes(config: DispatcherConfig) -> Deployment {
 /// Joins `client` to `id` (assigned to alice, so seqs 1 and 2 are the
 /// hand-off and the assignment) from the start, and reads the replay.
 async fn join_from_start(node: &Node, client: &mut Client, id: ConversationId) {
-    match node
-        .dispatcher
-        .submit_and_wait(client.join_command(id, Seq::ZERO))
-        .await
-        .unwrap()
-    {
-        Outcome::Joined {
-            up_to,
-            complete: true,
-            ..
-        } => assert_eq!(up_to, Seq::new(2)),
-        other => panic!("expected a complete join, got {other:?}"),
-    }
-    assert_eq!(client.next_message().await.seq, Seq::new(1));
-    assert_eq!(client.next_message().await.seq, Seq::new(2));
-    assert!(matches!(
-        client.next().await,
-        ServerFrame::Replayed { complete: true, .. }
-    ));
+    assert_eq!(node.join_from_start(client, id).await, Seq::new(2));
 }
 
 /// Queues `count` messages on `node` without waiting for any: its shard

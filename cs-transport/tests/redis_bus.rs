@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cs_core::{ConversationId, Seq};
-use cs_transport::{Outcome, ServerFrame};
+use cs_transport::ServerFrame;
 use support::redis_nodes::*;
 use support::*;
 
@@ -28,19 +28,6 @@ async fn plain(url: &str) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap()
-}
-
-/// Sends `text` as `client` on `node`, returning its seq.
-async fn send(node: &Node, client: &Client, id: ConversationId, text: &str) -> Seq {
-    match node
-        .dispatcher
-        .submit_and_wait(client.send_command(id, text))
-        .await
-        .unwrap()
-    {
-        Outcome::Stored { message, .. } => message.seq,
-        other => panic!("expected a stored message, got {other:?}"),
-    }
 }
 
 /// Fails if a message frame arrives within `QUIET`.
@@ -139,8 +126,8 @@ async fn ann_and_alice(d: &RedisDeployment) -> (ConversationId, Client, Client, 
     let id = d.one.conversation("shop", "ann", Some("alice")).await.id();
     let mut ann = d.one.connect("shop", visitor("ann"));
     let mut alice = d.two.connect("shop", agent("alice"));
-    let joined = join_from_start(&d.one, &mut ann, id).await;
-    assert_eq!(join_from_start(&d.two, &mut alice, id).await, joined);
+    let joined = d.one.join_from_start(&mut ann, id).await;
+    assert_eq!(d.two.join_from_start(&mut alice, id).await, joined);
     (id, ann, alice, joined)
 }
 
@@ -157,12 +144,12 @@ async fn a_visitor_and_an_agent_on_two_nodes_talk_both_ways_in_order_once() {
     const EACH: usize = 40;
     let ann_writes = async {
         for i in 0..EACH {
-            send(&d.one, &ann, id, &format!("ann {i}")).await;
+            d.one.client_send(&ann, id, &format!("ann {i}")).await;
         }
     };
     let alice_writes = async {
         for i in 0..EACH {
-            send(&d.two, &alice, id, &format!("alice {i}")).await;
+            d.two.client_send(&alice, id, &format!("alice {i}")).await;
         }
     };
     tokio::join!(ann_writes, alice_writes);
@@ -235,7 +222,7 @@ async fn killed_subscriptions_reconnect_report_a_loss_and_miss_nothing() {
     let _serial = SERIAL.lock().await;
     let d = redis_deployment(&url, &url, &unique_channel("kill")).await;
     let (id, mut ann, mut alice, joined) = ann_and_alice(&d).await;
-    let first = send(&d.one, &ann, id, "hello").await;
+    let first = d.one.client_send(&ann, id, "hello").await;
     assert_complete(
         &read_until(&mut ann, first, LIMIT).await,
         joined.get() + 1,
@@ -251,8 +238,8 @@ async fn killed_subscriptions_reconnect_report_a_loss_and_miss_nothing() {
     // may well land while they are away.
     let mut conn = plain(&url).await;
     let (killed, (from_ann, from_alice)) = tokio::join!(kill_own_subscribers(&mut conn), async {
-        let from_ann = send(&d.one, &ann, id, "are you there?").await;
-        let from_alice = send(&d.two, &alice, id, "yes, one moment").await;
+        let from_ann = d.one.client_send(&ann, id, "are you there?").await;
+        let from_alice = d.two.client_send(&alice, id, "yes, one moment").await;
         (from_ann, from_alice)
     });
     assert!(
@@ -268,7 +255,7 @@ async fn killed_subscriptions_reconnect_report_a_loss_and_miss_nothing() {
         })
         .await;
     }
-    let last = send(&d.one, &ann, id, "thanks").await;
+    let last = d.one.client_send(&ann, id, "thanks").await;
     assert!(from_ann < from_alice && from_alice < last);
     let ann_saw = read_until(&mut ann, last, LIMIT).await;
     let alice_saw = read_until(&mut alice, last, LIMIT).await;

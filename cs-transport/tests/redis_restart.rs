@@ -15,8 +15,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cs_core::{ConversationId, Seq};
-use cs_transport::{Outcome, ServerFrame};
+use cs_core::Seq;
+use cs_transport::ServerFrame;
 use support::redis_nodes::*;
 use support::*;
 
@@ -87,20 +87,6 @@ impl Drop for KeepRunning {
     }
 }
 
-/// Sends `text` as `client` on `node`; every send must succeed, Redis or no
-/// Redis: the bus is not on the path to the store.
-async fn send(node: &Node, client: &Client, id: ConversationId, text: &str) -> Seq {
-    match node
-        .dispatcher
-        .submit_and_wait(client.send_command(id, text))
-        .await
-        .unwrap()
-    {
-        Outcome::Stored { message, .. } => message.seq,
-        other => panic!("expected a stored message, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_nodes_resubscribe_after_a_redis_restart_and_miss_nothing() {
     let Some(url) = cs_core::testing::service_url("CS_TEST_REDIS_URL") else {
@@ -119,8 +105,8 @@ async fn both_nodes_resubscribe_after_a_redis_restart_and_miss_nothing() {
     let id = d.one.conversation("shop", "ann", Some("alice")).await.id();
     let mut ann = d.one.connect("shop", visitor("ann"));
     let mut alice = d.two.connect("shop", agent("alice"));
-    let joined = join_from_start(&d.one, &mut ann, id).await;
-    join_from_start(&d.two, &mut alice, id).await;
+    let joined = d.one.join_from_start(&mut ann, id).await;
+    d.two.join_from_start(&mut alice, id).await;
 
     // Both write without pause (a few ms apart) until each has sent 30
     // messages after Redis is back.
@@ -134,7 +120,8 @@ async fn both_nodes_resubscribe_after_a_redis_restart_and_miss_nothing() {
         async move {
             let (mut sent, mut after) = (0u64, 0);
             while after < 30 && sent < 5_000 {
-                send(node, client, id, &format!("{} {sent}", client.conn)).await;
+                node.client_send(client, id, &format!("{} {sent}", client.conn))
+                    .await;
                 sent += 1;
                 after += usize::from(restarted.load(Ordering::SeqCst));
                 tokio::time::sleep(Duration::from_millis(3)).await;

@@ -147,6 +147,50 @@ impl Node {
             other => panic!("expected a stored message, got {other:?}"),
         }
     }
+
+    /// Sends `text` as `client` on this node, waiting for the result; returns its seq.
+    pub async fn client_send(&self, client: &Client, id: ConversationId, text: &str) -> Seq {
+        match self
+            .dispatcher
+            .submit_and_wait(client.send_command(id, text))
+            .await
+            .unwrap()
+        {
+            cs_transport::Outcome::Stored { message, .. } => message.seq,
+            other => panic!("expected a stored message, got {other:?}"),
+        }
+    }
+
+    /// Joins `client` to `id` from the start on this node and reads the
+    /// replay (in order, complete), returning the last seq replayed.
+    pub async fn join_from_start(&self, client: &mut Client, id: ConversationId) -> Seq {
+        let up_to = match self
+            .dispatcher
+            .submit_and_wait(client.join_command(id, Seq::ZERO))
+            .await
+            .unwrap()
+        {
+            cs_transport::Outcome::Joined {
+                up_to,
+                complete: true,
+                ..
+            } => up_to,
+            other => panic!("expected a complete join, got {other:?}"),
+        };
+        let mut seen = Seq::ZERO;
+        loop {
+            match client.next().await {
+                ServerFrame::Message { message } => {
+                    assert_eq!(message.seq, seen.next(), "replayed in order");
+                    seen = message.seq;
+                }
+                ServerFrame::Replayed { complete: true, .. } => break,
+                other => panic!("unexpected frame during the replay: {other:?}"),
+            }
+        }
+        assert_eq!(seen, up_to);
+        up_to
+    }
 }
 
 pub struct Client {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cs_core::store::MemoryStore;
-use cs_core::{ConversationId, Seq};
-use cs_transport::{DispatcherConfig, Outcome, RedisBus, RedisBusConfig, ServerFrame};
+use cs_core::Seq;
+use cs_transport::{DispatcherConfig, RedisBus, RedisBusConfig, ServerFrame};
 
 use super::{Client, Node};
 
@@ -71,37 +71,6 @@ pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> b
     })
     .await;
     assert!(polled.is_ok(), "{what} within {limit:?}");
-}
-
-/// Joins `client` to `id` from the start on `node` and reads the replay,
-/// returning the last seq replayed.
-pub async fn join_from_start(node: &Node, client: &mut Client, id: ConversationId) -> Seq {
-    let up_to = match node
-        .dispatcher
-        .submit_and_wait(client.join_command(id, Seq::ZERO))
-        .await
-        .unwrap()
-    {
-        Outcome::Joined {
-            up_to,
-            complete: true,
-            ..
-        } => up_to,
-        other => panic!("expected a complete join, got {other:?}"),
-    };
-    let mut seen = Seq::ZERO;
-    loop {
-        match client.next().await {
-            ServerFrame::Message { message } => {
-                assert_eq!(message.seq, seen.next(), "replayed in order");
-                seen = message.seq;
-            }
-            ServerFrame::Replayed { complete: true, .. } => break,
-            other => panic!("unexpected frame during the replay: {other:?}"),
-        }
-    }
-    assert_eq!(seen, up_to);
-    up_to
 }
 
 /// Reads frames until the message with seq `last` has arrived (within
