@@ -76,6 +76,19 @@ pub enum Target {
         /// The group name.
         group: Arc<str>,
     },
+    /// Not a frame for anyone: every connection of `party` starts following
+    /// `conversation` after the envelope's `seq`, on every node, as
+    /// [`ConnectionPool::join_party`](crate::ConnectionPool::join_party)
+    /// asks. How an agent's consoles on other nodes follow a conversation
+    /// assigned to them.
+    Follow {
+        /// The tenant.
+        tenant: TenantId,
+        /// Whose connections join.
+        party: Party,
+        /// What they join.
+        conversation: ConversationId,
+    },
     /// Not for connections: the host on every other node, through
     /// [`ConnectionPool::host_messages`](crate::ConnectionPool::host_messages).
     /// How a host's own parts talk across nodes, such as a chat server

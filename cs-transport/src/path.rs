@@ -606,17 +606,15 @@ impl MessagePath {
         }
         let tenant = conversation.tenant().clone();
         if let Some(agent) = conversation.agent() {
-            // The assigned agent's open consoles follow the conversation.
-            for conn in self
-                .pool
-                .connections_of(&tenant, &Party::Agent(agent.clone()))
-            {
-                // Live from the event below on; the console replays the
-                // history itself when it opens the chat.
-                let _ = self
-                    .pool
-                    .join_conversation(conn, id, conversation.last_seq());
-            }
+            // The assigned agent's open consoles, on every node, follow the
+            // conversation live from the event below on; the console replays
+            // the history itself when it opens the chat.
+            self.pool.join_party(
+                &tenant,
+                &Party::Agent(agent.clone()),
+                id,
+                conversation.last_seq(),
+            );
         }
 
         let mut stored_event = None;

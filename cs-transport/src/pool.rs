@@ -264,6 +264,10 @@ impl ConnectionPool {
                             }
                             Inbound::Lost => {
                                 Metrics::bump(&pool.metrics.bus_lost);
+                                // What was lost may have been another node's
+                                // write: no cached conversation can be trusted.
+                                pool.written_elsewhere_epoch
+                                    .fetch_add(1, AtomicOrdering::SeqCst);
                                 if !pool.unknown_pending.swap(true, Ordering::AcqRel) {
                                     let _ = pool.gaps.send(Gap::Unknown);
                                 }
@@ -445,6 +449,48 @@ impl ConnectionPool {
             index_remove(&self.by_conversation, &conversation, id);
         }
         Ok(())
+    }
+
+    /// Makes every connection of `party`, on this node and (through the
+    /// bus) on the others, follow `conversation` after seq `after`, as
+    /// [`ConnectionPool::join_conversation`] does for one. Returns how many
+    /// local connections joined. Published before the conversation's next
+    /// message, it arrives before it on every node (the bus keeps one
+    /// node's order); if the bus loses it, those consoles follow only once
+    /// they `resume` the conversation themselves.
+    pub fn join_party(
+        &self,
+        tenant: &TenantId,
+        party: &Party,
+        conversation: ConversationId,
+        after: Seq,
+    ) -> usize {
+        let target = Target::Follow {
+            tenant: tenant.clone(),
+            party: party.clone(),
+            conversation,
+        };
+        let local = self.follow_local(tenant, party, conversation, after);
+        self.bus.publish(Envelope {
+            from: self.config.node.clone(),
+            target,
+            seq: Some(after),
+            frame: Bytes::new(),
+        });
+        local
+    }
+
+    fn follow_local(
+        &self,
+        tenant: &TenantId,
+        party: &Party,
+        conversation: ConversationId,
+        after: Seq,
+    ) -> usize {
+        self.connections_of(tenant, party)
+            .into_iter()
+            .filter(|conn| self.join_conversation(*conn, conversation, after).is_ok())
+            .count()
     }
 
     /// Stops sending `conversation` to connection `id`.
@@ -818,6 +864,13 @@ impl ConnectionPool {
                 .map(|l| Arc::clone(&l)),
             // For the hosts, not for connections.
             Target::Host { .. } => None,
+            Target::Follow {
+                tenant,
+                party,
+                conversation,
+            } => {
+                return self.follow_local(tenant, party, *conversation, seq.unwrap_or_default());
+            }
         };
         let Some(list) = list else { return 0 };
         match (target, seq) {

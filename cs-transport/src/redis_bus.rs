@@ -792,6 +792,11 @@ mod tests {
             Target::Host {
                 topic: Arc::from("handoff\nwith a newline"),
             },
+            Target::Follow {
+                tenant: TenantId::new("shop").unwrap(),
+                party: Party::Agent(AgentId::new("bob").unwrap()),
+                conversation: ConversationId::new(),
+            },
         ];
         // A frame with newlines and non-UTF-8 bytes comes back byte for byte.
         let frame = b"{\"type\":\"message\"}\n\xff\x00\nend";

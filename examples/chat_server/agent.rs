@@ -41,13 +41,17 @@ pub async fn login(
 }
 
 /// `GET /api/agent/desk`: the agents, the open conversations and the bot's intents.
-pub async fn desk(State(app): State<App>, AuthAgent(me): AuthAgent) -> Json<Value> {
-    Json(json!({
+pub async fn desk(
+    State(app): State<App>,
+    AuthAgent(me): AuthAgent,
+) -> Result<Json<Value>, ApiError> {
+    let (agents, chats) = app.desk.snapshot().await?;
+    Ok(Json(json!({
         "me": me,
-        "agents": app.desk.agents(),
-        "chats": app.desk.chats(),
+        "agents": agents,
+        "chats": chats,
         "intents": app.bot.intent_names(),
-    }))
+    })))
 }
 
 #[derive(Deserialize)]
@@ -92,10 +96,7 @@ pub async fn close(
     AuthAgent(me): AuthAgent,
     Path(id): Path<ConversationId>,
 ) -> Result<Json<Value>, ApiError> {
-    let chat = app
-        .desk
-        .chat(id)
-        .ok_or_else(|| ApiError::NotFound(format!("no open conversation {id}")))?;
+    let chat = app.desk.chat(id).await?;
     if chat.agent.as_ref() != Some(&me) {
         return Err(ApiError::Forbidden(
             "only the agent serving a conversation may close it".into(),
@@ -200,9 +201,9 @@ pub async fn profile(
     AuthAgent(_): AuthAgent,
     Path(id): Path<ConversationId>,
 ) -> Result<Json<Value>, ApiError> {
-    let visitor = match app.desk.chat(id) {
-        Some(chat) => chat.visitor,
-        None => app
+    let visitor = match app.desk.chat(id).await {
+        Ok(chat) => chat.visitor,
+        Err(_) => app
             .stores
             .messages
             .conversation(id)

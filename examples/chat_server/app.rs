@@ -14,6 +14,7 @@ use cs::transport::{ConnectionPool, Dispatcher, Metrics};
 
 use crate::auth::Signer;
 use crate::bot::Bot;
+use crate::cluster::Cluster;
 use crate::desk::Desk;
 use crate::shop::Shop;
 use crate::storage::Stores;
@@ -35,6 +36,8 @@ pub struct App {
     pub dispatcher: Dispatcher,
     /// Routing between the bot, the queue and the agents.
     pub desk: Arc<Desk>,
+    /// This node's membership of a cluster, with `--bus`.
+    pub cluster: Option<Arc<Cluster>>,
     /// The FAQ bot.
     pub bot: Arc<Bot>,
     /// The shop's systems, behind the DataHub.

@@ -46,6 +46,38 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The machine-readable code clients see in `error`.
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
+    /// The words clients see in `message`.
+    pub fn message(&self) -> &str {
+        match self {
+            ApiError::Unauthenticated(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::BadRequest(m)
+            | ApiError::Conflict(m)
+            | ApiError::Unavailable(m) => m,
+        }
+    }
+
+    /// The error [`ApiError::code`] names, as another node reported it; an
+    /// unknown code (a newer node's) is a failure to retry.
+    pub fn from_code(code: &str, message: String) -> Self {
+        match code {
+            "unauthenticated" => ApiError::Unauthenticated(message),
+            "forbidden" => ApiError::Forbidden(message),
+            "not_found" => ApiError::NotFound(message),
+            "bad_request" => ApiError::BadRequest(message),
+            "conflict" => ApiError::Conflict(message),
+            _ => ApiError::Unavailable(message),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();

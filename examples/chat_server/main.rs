@@ -17,6 +17,8 @@
 //! - `bot.rs`: the FAQ bot: training at start, the message-path hook, corrections.
 //! - `desk.rs`: the glue between the message path and the router: hand-offs
 //!   to the queue, assignments, presence, queue positions, transfers.
+//! - `cluster.rs`: several nodes behind a load balancer (`--bus redis://…`):
+//!   the routing lease, shared presence, and how the desks talk.
 //! - `visitor.rs`, `agent.rs`: the HTTP and WebSocket handlers of each side.
 //! - `uploads.rs`: images and files, size-limited, kept in the data dir.
 //! - `shop.rs`: two demo systems (an ERP and a CRM) behind the `DataHub`.
@@ -29,6 +31,7 @@ mod agent;
 mod app;
 mod auth;
 mod bot;
+mod cluster;
 mod desk;
 mod error;
 mod loadtest;
@@ -47,15 +50,18 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use cs::core::router::{BuiltinStrategy, Router};
+use cs::core::router::BuiltinStrategy;
 use cs::core::TenantId;
 use cs::transport::websocket::WsConfig;
-use cs::transport::{ConnectionPool, Dispatcher, DispatcherConfig, Hook, Metrics, PoolConfig};
+use cs::transport::{
+    ConnectionPool, Dispatcher, DispatcherConfig, Hook, Metrics, NodeId, PoolConfig,
+};
 
 use crate::app::App;
 use crate::auth::Signer;
 use crate::bot::{Bot, BotHook, BotSettings};
-use crate::desk::{Desk, DeskHook};
+use crate::cluster::{Cluster, ClusterSettings};
+use crate::desk::{Desk, DeskHook, DeskSettings};
 
 /// Flags; each also reads an environment variable, so a container can be
 /// configured without a command line.
@@ -117,14 +123,55 @@ struct Args {
     /// The tenant (shop) id.
     #[arg(long, env = "CS_TENANT", default_value = "demo")]
     tenant: String,
+    /// Join a cluster of nodes through this Redis (`redis://[:password@]host:port[/db]`):
+    /// messages reach parties connected to other nodes, agents' presence is
+    /// shared, and one node at a time routes the queue. Needs a shared
+    /// `--database` (PostgreSQL or MySQL) and a shared `--secret`. See
+    /// docs/scale-out.md.
+    #[arg(long, env = "CS_BUS", hide_env_values = true)]
+    bus: Option<String>,
+    /// This node's name in the cluster, unique per node. Default: `node-PORT`.
+    #[arg(long, env = "CS_NODE_ID")]
+    node_id: Option<String>,
+    /// The cluster's name: the prefix of its Redis keys and channel, so
+    /// several clusters (or test runs) can share one Redis.
+    #[arg(long, env = "CS_CLUSTER", default_value = "cs")]
+    cluster: String,
+    /// How long a dead node's routing lease and agents linger, in ms. The
+    /// routing moves to another node within about this after a crash.
+    #[arg(long, env = "CS_CLUSTER_TTL_MS", default_value_t = 5000)]
+    cluster_ttl_ms: u64,
     /// Serve the load generator's unauthenticated endpoints (`/pair/{n}`,
     /// `/ws?pair=…`) and lift the per-connection rate limit. Never in production.
     #[arg(long)]
     loadgen: bool,
 }
 
+impl Args {
+    /// Flags that make no sense together, with what to do instead.
+    fn conflicts(&self) -> Option<String> {
+        self.bus.as_ref()?;
+        let shared = self.database.as_deref().is_some_and(|url| {
+            ["postgres://", "postgresql://", "mysql://", "mariadb://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+        });
+        if !shared {
+            return Some("--bus needs a store every node shares: pass --database postgres://… or mysql://… (SQLite is one machine's file)".into());
+        }
+        if self.secret.is_none() {
+            return Some("--bus needs --secret, the same on every node, or a token signed by one node is refused by the others".into());
+        }
+        None
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(conflict) = args.conflicts() {
+        eprintln!("chat_server: {conflict}");
+        return ExitCode::from(2);
+    }
     // Logs go to stderr, so stdout carries only the "listening" lines.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -166,6 +213,23 @@ async fn run(args: Args) -> Result<(), BoxError> {
     })?;
     let signer = Signer::load_or_create(&args.data_dir, args.secret.as_deref())?;
 
+    // Listening first: in a cluster, the port names the node. Connections
+    // wait in the backlog until the app is ready.
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {}: {e}; pass --addr to use another",
+                args.addr
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let node = NodeId::new(
+        args.node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", addr.port())),
+    );
+
     // Storage first: everything else writes to it.
     let stores = storage::open(args.database.as_deref(), &args.data_dir).await?;
     tracing::info!(store = %stores.describe, "store ready");
@@ -185,7 +249,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
     );
 
     let metrics = Arc::new(Metrics::new());
-    let pool = ConnectionPool::new(PoolConfig::default(), Arc::clone(&metrics));
+    let pool_config = PoolConfig {
+        node: node.clone(),
+        ..PoolConfig::default()
+    };
+    let bus = match &args.bus {
+        Some(url) => Some((url, Cluster::connect_bus(url, &args.cluster).await?)),
+        None => None,
+    };
+    let pool = match &bus {
+        Some((_, bus)) => ConnectionPool::with_bus(pool_config, bus.clone(), Arc::clone(&metrics)),
+        None => ConnectionPool::new(pool_config, Arc::clone(&metrics)),
+    };
     let desk_hook = Arc::new(DeskHook::new(tenant.clone()));
     let hooks: Vec<Arc<dyn Hook>> = vec![
         Arc::new(BotHook::new(Arc::clone(&bot))),
@@ -198,6 +273,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
     };
     // A message may announce any file the upload endpoint accepted.
     dispatcher_config.message_limits.max_attachment_bytes = max_upload_bytes;
+    if bus.is_some() {
+        // Pub/sub may drop a message: each connection's position is checked
+        // against the store this often, and a gap replayed.
+        dispatcher_config.position_check_interval = Some(Duration::from_secs(1));
+    }
     let dispatcher = Dispatcher::start(
         dispatcher_config,
         Arc::clone(&stores.messages),
@@ -206,19 +286,46 @@ async fn run(args: Args) -> Result<(), BoxError> {
         Arc::clone(&metrics),
     );
 
+    let shutdown = CancellationToken::new();
+    let mut cluster_tasks = Vec::new();
+    let cluster = match bus {
+        Some((url, bus)) => {
+            let settings = ClusterSettings {
+                url: url.clone(),
+                prefix: args.cluster.clone(),
+                node: node.clone(),
+                tenant: tenant.clone(),
+                ttl: Duration::from_millis(args.cluster_ttl_ms.max(100)),
+            };
+            let (cluster, tasks) =
+                Cluster::join(settings, bus, Arc::clone(&pool), shutdown.clone()).await?;
+            cluster_tasks = tasks;
+            tracing::info!(%node, cluster = %args.cluster, "joined the cluster");
+            Some(cluster)
+        }
+        None => None,
+    };
+
     let desk = Desk::new(
         tenant.clone(),
-        Router::new(args.strategy.build()),
+        DeskSettings {
+            strategy: args.strategy,
+            capacity: args.agent_capacity,
+            grace: Duration::from_secs(args.agent_grace_secs),
+        },
         dispatcher.clone(),
         Arc::clone(&pool),
         stores.clone(),
-        args.agent_capacity,
-        Duration::from_secs(args.agent_grace_secs),
+        cluster.clone(),
     )?;
     desk_hook.attach(&desk);
-    let shutdown = CancellationToken::new();
     let desk_tasks = desk.spawn(shutdown.clone());
-    let recovered = desk.recover().await;
+    // In a cluster the node that takes the routing lease recovers, when it does.
+    let recovered = if args.bus.is_none() {
+        desk.recover().await
+    } else {
+        0
+    };
     if recovered > 0 {
         tracing::info!(
             conversations = recovered,
@@ -246,6 +353,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         pool: Arc::clone(&pool),
         dispatcher: dispatcher.clone(),
         desk: Arc::clone(&desk),
+        cluster,
         bot,
         shop: Arc::new(shop::Shop::new()),
         uploads: Arc::new(uploads::Uploads::new(
@@ -260,15 +368,6 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let sockets = app.sockets.clone();
     let router = app::routes(app);
 
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot listen on {}: {e}; pass --addr to use another",
-                args.addr
-            )
-        })?;
-    let addr = listener.local_addr()?;
     // The browser tests read this line to find the port when --addr ends in :0.
     println!("chat_server listening on http://{addr}/ (agents: http://{addr}/agent)");
     println!(
@@ -309,7 +408,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     {
         tracing::warn!("some sockets did not close within 5 s");
     }
-    for task in desk_tasks {
+    for task in desk_tasks.into_iter().chain(cluster_tasks) {
         let _ = task.await;
     }
     tracing::info!(connections = closed, "stopped");

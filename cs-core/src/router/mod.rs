@@ -502,6 +502,50 @@ impl Router {
         Ok(Transferred { from, assigned })
     }
 
+    /// Seats a conversation with the agent it is already assigned to, as
+    /// the store says, without asking the strategy: how a router that starts
+    /// after the assignment was made (a restart, or another node taking over
+    /// the routing) adopts it, so the agent keeps the chat and their seat is
+    /// counted.
+    ///
+    /// The seat is taken whatever the agent's presence and load: the
+    /// assignment exists. An agent who is offline keeps it until the host
+    /// says so with [`Router::set_presence`], which returns it to the queue;
+    /// one above capacity gets nothing new until below it. A conversation
+    /// waiting in the queue leaves it for the seat.
+    ///
+    /// # Errors
+    /// [`RouterError::UnknownAgent`]; [`RouterError::AlreadyRouted`] if it
+    /// is already seated (with this agent or another).
+    pub fn restore(
+        &self,
+        tenant: &TenantId,
+        request: QueueRequest,
+        agent: &AgentId,
+    ) -> Result<(), RouterError> {
+        let desk = self.desk(tenant);
+        let mut desk = desk.lock();
+        let conversation = request.conversation;
+        if desk.seats.contains_key(&conversation) {
+            return Err(RouterError::AlreadyRouted {
+                tenant: tenant.clone(),
+                conversation,
+            });
+        }
+        desk.slot_mut(tenant, agent)?.active.push(conversation);
+        if let Some(position) = desk.position(conversation) {
+            desk.queue.remove(position - 1);
+        }
+        desk.seats.insert(
+            conversation,
+            Seat {
+                agent: agent.clone(),
+                request,
+            },
+        );
+        Ok(())
+    }
+
     /// The conversation's place in its tenant's queue (1 is next), or `None`
     /// if it is not waiting.
     pub fn position(&self, tenant: &TenantId, conversation: ConversationId) -> Option<usize> {
@@ -903,6 +947,51 @@ mod tests {
                 visitor: c.visitor.clone(),
                 agent: agent("alice"),
             }]
+        );
+    }
+
+    #[test]
+    fn restore_seats_an_existing_assignment_and_counts_it_against_capacity() {
+        let router = Router::new(LeastBusy);
+        online(&router, "alice", 1);
+        let kept = request();
+        // Alice is offline on the new router, yet the stored assignment holds.
+        router
+            .set_presence(&shop(), &agent("alice"), Presence::Offline)
+            .unwrap();
+        router
+            .restore(&shop(), kept.clone(), &agent("alice"))
+            .unwrap();
+        assert_eq!(
+            router.agent_of(&shop(), kept.conversation),
+            Some(agent("alice"))
+        );
+        assert!(matches!(
+            router.restore(&shop(), kept.clone(), &agent("alice")),
+            Err(RouterError::AlreadyRouted { .. })
+        ));
+        // Back online, her one seat is the restored chat: a newcomer waits.
+        router
+            .set_presence(&shop(), &agent("alice"), Presence::Online)
+            .unwrap();
+        let waiting = request();
+        assert_eq!(
+            router.enqueue(&shop(), waiting.clone()).unwrap().position,
+            Some(1)
+        );
+        // A queued conversation that turns out to be assigned leaves the queue.
+        router
+            .restore(&shop(), waiting.clone(), &agent("alice"))
+            .unwrap();
+        assert_eq!(router.position(&shop(), waiting.conversation), None);
+        assert_eq!(router.snapshot(&shop()).agents[0].active.len(), 2);
+        // Going offline hands both back, oldest first.
+        let rebalanced = router
+            .set_presence(&shop(), &agent("alice"), Presence::Offline)
+            .unwrap();
+        assert_eq!(
+            rebalanced.requeued,
+            vec![kept.conversation, waiting.conversation]
         );
     }
 }
