@@ -227,10 +227,19 @@ async fn killing_the_routing_node_mid_conversation_loses_nothing_and_another_nod
     alice.say(&conversation, "You're welcome.").await;
     visitor.expect(|f| text_of(f) == "You're welcome.").await;
     let http_three = Http::new(three);
-    assert_eq!(
-        chat(&http_three, &alice_token, &conversation).await["agent"],
-        "alice"
-    );
+    eventually(
+        "the new router lists the chat as Alice's",
+        WAIT,
+        async || {
+            let desk = http_three.desk(&alice_token).await?;
+            let chats = desk["chats"].as_array().cloned().unwrap_or_default();
+            match chats.iter().find(|c| c["id"] == conversation.as_str()) {
+                Some(chat) if chat["agent"] == "alice" => Ok(()),
+                _ => Err(desk.to_string()),
+            }
+        },
+    )
+    .await;
 
     // No gap and no duplicate across the two sockets, and what the visitor
     // read is what the store holds.
@@ -285,10 +294,11 @@ async fn an_agents_capacity_holds_when_hand_offs_arrive_on_two_nodes_at_once() {
         .unwrap()
         .to_owned();
     assert!(won == a_id || won == b_id, "{first}");
-    let ((winner, winner_id), (waiter, waiter_id)) = if won == a_id {
-        ((&mut a, &a_id), (&mut b, &b_id))
+    // Which visitor won, and the node that visitor is on.
+    let ((winner, winner_id, winner_node), (waiter, waiter_id)) = if won == a_id {
+        ((&mut a, &a_id, others[0]), (&mut b, &b_id))
     } else {
-        ((&mut b, &b_id), (&mut a, &a_id))
+        ((&mut b, &b_id, others[1]), (&mut a, &a_id))
     };
     let assigned = winner.expect(|f| is_event(f, "assigned")).await;
     assert_eq!(assigned["message"]["body"]["agent"], "alice");
@@ -312,7 +322,7 @@ async fn an_agents_capacity_holds_when_hand_offs_arrive_on_two_nodes_at_once() {
         .filter(|f| is_event(f, "assigned"))
         .collect();
     assert_eq!(assignments.len(), 1, "{assignments:#?}");
-    let http = Http::new(&cluster.nodes[others[0]]);
+    let http = Http::new(&cluster.nodes[winner_node]);
     let desk = http.desk(&alice_token).await.expect("the desk answers");
     let alice_view = desk["agents"]
         .as_array()
@@ -326,8 +336,9 @@ async fn an_agents_capacity_holds_when_hand_offs_arrive_on_two_nodes_at_once() {
         1
     );
 
-    // Alice closes the first chat (through a node that does not route):
-    // the waiter is hers now.
+    // Alice closes the first chat, through the node its visitor is on (one
+    // that does not route; any node serves every endpoint): the waiter is
+    // hers now.
     let (status, body) = http
         .post(
             &format!("/api/agent/conversations/{winner_id}/close"),
@@ -335,7 +346,12 @@ async fn an_agents_capacity_holds_when_hand_offs_arrive_on_two_nodes_at_once() {
             json!({}),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        status,
+        200,
+        "Alice closing her own chat through {}, the node its visitor is on: {body}",
+        Cluster::name(winner_node)
+    );
     let assigned = waiter.expect(|f| is_event(f, "assigned")).await;
     assert_eq!(assigned["message"]["body"]["agent"], "alice");
     alice

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use support::{
-    cluster_services, contiguous, eventually, is_event, stored, text_of, Client, Cluster, Http,
-    WAIT,
+    cluster_services, contiguous, eventually, is_event, metric, stored, text_of, Client, Cluster,
+    Http, WAIT,
 };
 
 fn ping() -> bool {
@@ -253,6 +253,18 @@ async fn nodes_resubscribe_after_a_redis_restart_and_every_client_sees_every_seq
         restart
     );
 
+    // Every node noticed the restart and subscribed again.
+    for node in &cluster.nodes {
+        eventually("the node reconnected to Redis", WAIT, async || {
+            let metrics = node.metrics().await;
+            match metric(&metrics, "cs_redis_bus_reconnects_total") {
+                Some(n) if n >= 1 => Ok(()),
+                seen => Err(format!("cs_redis_bus_reconnects_total {seen:?}")),
+            }
+        })
+        .await;
+    }
+
     // Every send was stored once.
     let visitor_acks = acks(&mut visitor, &visitor_ids).await;
     let alice_acks = acks(&mut alice, &alice_ids).await;
@@ -269,9 +281,7 @@ async fn nodes_resubscribe_after_a_redis_restart_and_every_client_sees_every_seq
         ("alice on node 2", &mut alice),
         ("alice's tab on node 3", &mut alice_tab),
     ] {
-        client
-            .expect(|f| f["type"] == "message" && f["message"]["seq"] == last)
-            .await;
+        client.read_through(&conversation, last).await;
         client.drain(Duration::from_secs(1)).await;
         let seqs = client.seqs(&conversation);
         let first = seqs.first().copied().unwrap_or_default();

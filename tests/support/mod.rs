@@ -559,6 +559,20 @@ impl Client {
         frames
     }
 
+    /// Reads until it has taken a message of `conversation` with `seq` or
+    /// a later one (at once if it has already).
+    pub async fn read_through(&mut self, conversation: &str, seq: u64) {
+        if self.last_seq(conversation) >= seq {
+            return;
+        }
+        self.expect(|f| {
+            f["type"] == "message"
+                && f["message"]["conversation"] == conversation
+                && f["message"]["seq"].as_u64().is_some_and(|s| s >= seq)
+        })
+        .await;
+    }
+
     /// The seqs of the `message` frames taken so far in `conversation`.
     pub fn seqs(&self, conversation: &str) -> Vec<u64> {
         self.messages
@@ -592,6 +606,15 @@ pub fn text_of(frame: &Value) -> &str {
     frame["message"]["body"]["text"]
         .as_str()
         .unwrap_or_default()
+}
+
+/// The value of the unlabelled Prometheus counter or gauge `name` in
+/// `metrics`, if it is there.
+pub fn metric(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
 }
 
 /// Whether `seqs` are `first..=last` each once, in order.
