@@ -16,7 +16,10 @@
 //! it then runs the same load against a plain tokio-tungstenite relay
 //! (`--serve relay`: no pool, no dispatcher, no store) and reports the ratio.
 //! With `--url ws://HOST:PORT/ws` it loads a running server that offers the
-//! same two endpoints (`GET /pair/{n}` and `/ws?pair={n}&role=visitor|agent`).
+//! same two endpoints (`GET /pair/{n}` and `/ws?pair={n}&role=visitor|agent`),
+//! such as `chat_server --loadgen`. Repeat `--url` for the nodes of one
+//! cluster (pairs are spread as below), add `--server-pid` for their memory
+//! and CPU, and `--bus` for Redis's CPU.
 //!
 //! The last line of stdout is one JSON object: connections, msgs_per_sec,
 //! p50_ms, p99_ms, p999_ms, refused, degraded, server_rss_mb,
@@ -89,8 +92,14 @@ struct Args {
     #[arg(long)]
     baseline: bool,
     /// Load a running server instead of starting one (ws://HOST:PORT/ws).
+    /// Repeat it for several nodes of one cluster: each pair's visitor then
+    /// connects to node `n % N` and its agent to node `(n + 1) % N`.
     #[arg(long)]
-    url: Option<String>,
+    url: Vec<String>,
+    /// With `--url`: the running servers' process ids, so their memory and
+    /// CPU are reported too (`--server-pid $(pgrep -d, chat_server)`).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Socket read and write buffer of the servers it starts, in bytes.
     #[arg(long, default_value_t = WsConfig::default().read_buffer_bytes)]
     ws_buffer_bytes: usize,
@@ -193,12 +202,11 @@ async fn drive(args: &Args) -> Result<(), BoxError> {
         .store
         .as_ref()
         .map(|_| format!("cs_loadgen_{}", std::process::id()));
-    let mut result = match &args.url {
-        Some(url) => {
-            eprintln!("loading {url}");
-            run_load(args, std::slice::from_ref(url), Mode::Cs, &[]).await?
-        }
-        None => run_nodes(args, args.nodes, schema.as_deref()).await?,
+    let mut result = if args.url.is_empty() {
+        run_nodes(args, args.nodes, schema.as_deref()).await?
+    } else {
+        eprintln!("loading {}", args.url.join(", "));
+        run_load(args, &args.url, Mode::Cs, &args.server_pid).await?
     };
     if args.baseline {
         let baseline = if args.nodes > 1 {

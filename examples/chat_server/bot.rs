@@ -8,19 +8,33 @@
 //! or when they ask for one. Agents correct wrong answers from the console;
 //! a correction goes through `add_examples` and changes the next answer at
 //! once.
+//!
+//! In a cluster every node trains the same bot at start, and each answers
+//! the visitors connected to it. So that they stay the same bot, a node
+//! shares its decisions (for every node's console) and its corrections (for
+//! every node's model) on the pool's host channel, topic `bot`. A correction
+//! lost on the bus leaves that node's model one example behind; the console
+//! shows which node's decisions it reads.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use cs::core::{Body, Conversation, ConversationId, Message, Party, Seq, StateKind};
 use cs::intent::discovery::{DiscoveryConfig, SuggestedIntent};
 use cs::intent::{AgentConfig, Decision, Example, IntentAgent, IntentError, KbEntry};
-use cs::transport::{Hook, HookAction, HookContext, HookError};
+use cs::transport::{ConnectionPool, Hook, HookAction, HookContext, HookError};
+
+/// The host-channel topic the nodes' bots share decisions and corrections on.
+const BOT_TOPIC: &str = "bot";
 
 /// The bundled FAQ, embedded in the binary.
 const BUNDLED_FAQ: &str = include_str!("faq.json");
@@ -83,7 +97,7 @@ pub enum BotError {
 }
 
 /// One thing the bot decided, for the agent console.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BotDecision {
     /// The visitor message it answered.
     pub question_seq: Seq,
@@ -94,7 +108,7 @@ pub struct BotDecision {
     /// How sure it was.
     pub confidence: f32,
     /// `answer`, `clarify` or `handoff`.
-    pub outcome: &'static str,
+    pub outcome: String,
     /// The intent an agent said was right, if one corrected it.
     pub corrected_to: Option<String>,
 }
@@ -127,8 +141,26 @@ pub struct Bot {
     settings: BotSettings,
     rows: usize,
     decisions: DashMap<ConversationId, VecDeque<BotDecision>>,
+    /// In a cluster: where decisions and corrections are shared.
+    shared_through: OnceLock<Arc<ConnectionPool>>,
     /// For `/metrics`.
     pub counters: BotCounters,
+}
+
+/// What one node's bot tells the others.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum BotWire {
+    Decision {
+        conversation: ConversationId,
+        decision: BotDecision,
+    },
+    Correction {
+        conversation: ConversationId,
+        question_seq: Seq,
+        question: String,
+        intent: String,
+    },
 }
 
 impl Bot {
@@ -189,6 +221,7 @@ impl Bot {
             settings,
             rows: row_count,
             decisions: DashMap::new(),
+            shared_through: OnceLock::new(),
             counters: BotCounters::default(),
         })
     }
@@ -217,11 +250,11 @@ impl Bot {
             question: question.to_owned(),
             intent: prediction.intent.to_string(),
             confidence: prediction.confidence,
-            outcome: "answer",
+            outcome: "answer".to_owned(),
             corrected_to: None,
         };
         let actions = if asked_for_person || unsure {
-            decision.outcome = "handoff";
+            decision.outcome = "handoff".to_owned();
             self.counters.handed_off.fetch_add(1, Ordering::Relaxed);
             let reason = if asked_for_person {
                 "the visitor asked for a person".to_owned()
@@ -242,7 +275,7 @@ impl Bot {
                 HookAction::HandOff { reason },
             ]
         } else if prediction.decision == Decision::Clarify && !prediction.alternatives.is_empty() {
-            decision.outcome = "clarify";
+            decision.outcome = "clarify".to_owned();
             self.counters.clarified.fetch_add(1, Ordering::Relaxed);
             let first = self.label(&prediction.intent, chinese);
             let second = self.label(&prediction.alternatives[0].intent, chinese);
@@ -293,7 +326,16 @@ impl Bot {
             .unwrap_or_else(|| intent.replace('_', " "))
     }
 
+    /// Records a decision of this node's bot, and shares it in a cluster.
     fn log(&self, conversation: ConversationId, decision: BotDecision) {
+        self.share(&BotWire::Decision {
+            conversation,
+            decision: decision.clone(),
+        });
+        self.remember(conversation, decision);
+    }
+
+    fn remember(&self, conversation: ConversationId, decision: BotDecision) {
         let mut log = self.decisions.entry(conversation).or_default();
         if log.len() == DECISIONS_KEPT {
             log.pop_front();
@@ -317,19 +359,100 @@ impl Bot {
         question: &str,
         intent: &str,
     ) -> Result<u64, BotError> {
+        let version = self.learn(conversation, question_seq, question, intent)?;
+        // Counted where the agent made it, so a sum over nodes counts it once.
+        self.counters.corrections.fetch_add(1, Ordering::Relaxed);
+        self.share(&BotWire::Correction {
+            conversation,
+            question_seq,
+            question: question.to_owned(),
+            intent: intent.to_owned(),
+        });
+        Ok(version)
+    }
+
+    fn learn(
+        &self,
+        conversation: ConversationId,
+        question_seq: Seq,
+        question: &str,
+        intent: &str,
+    ) -> Result<u64, BotError> {
         if !self.intents.contains_key(intent) {
             return Err(BotError::UnknownIntent(intent.to_owned()));
         }
         let version = self
             .agent
             .add_examples([Example::new(question.to_owned(), intent.to_owned())])?;
-        self.counters.corrections.fetch_add(1, Ordering::Relaxed);
         if let Some(mut log) = self.decisions.get_mut(&conversation) {
             for decision in log.iter_mut().filter(|d| d.question_seq == question_seq) {
                 decision.corrected_to = Some(intent.to_owned());
             }
         }
         Ok(version)
+    }
+
+    /// Shares this bot's decisions and corrections with the other nodes'
+    /// bots through `pool`'s bus, and applies theirs, until `shutdown`.
+    pub fn share_through(
+        self: &Arc<Self>,
+        pool: Arc<ConnectionPool>,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        let mut heard = pool.host_messages();
+        let _ = self.shared_through.set(pool);
+        let bot = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    message = heard.recv() => message,
+                };
+                match message {
+                    Ok(message) if &*message.topic == BOT_TOPIC => {
+                        bot.apply(&message.payload);
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "missed other nodes' bot decisions and corrections");
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        })
+    }
+
+    fn share(&self, wire: &BotWire) {
+        let Some(pool) = self.shared_through.get() else {
+            return;
+        };
+        match serde_json::to_vec(wire) {
+            Ok(payload) => pool.publish_host(BOT_TOPIC, Bytes::from(payload)),
+            Err(e) => tracing::error!(error = %e, "could not encode a bot message"),
+        }
+    }
+
+    /// Another node's decision or correction.
+    fn apply(&self, payload: &[u8]) {
+        match serde_json::from_slice(payload) {
+            Ok(BotWire::Decision {
+                conversation,
+                decision,
+            }) => self.remember(conversation, decision),
+            Ok(BotWire::Correction {
+                conversation,
+                question_seq,
+                question,
+                intent,
+            }) => {
+                if let Err(e) = self.learn(conversation, question_seq, &question, &intent) {
+                    tracing::warn!(error = %e, "could not apply another node's correction");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable bot message from another node; are all nodes the same version?");
+            }
+        }
     }
 
     /// Groups of recent handed-off questions that may deserve an intent.

@@ -300,6 +300,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             let (cluster, tasks) =
                 Cluster::join(settings, bus, Arc::clone(&pool), shutdown.clone()).await?;
             cluster_tasks = tasks;
+            cluster_tasks.push(bot.share_through(Arc::clone(&pool), shutdown.clone()));
             tracing::info!(%node, cluster = %args.cluster, "joined the cluster");
             Some(cluster)
         }
