@@ -470,14 +470,7 @@ impl ConnectionPool {
             party: party.clone(),
             conversation,
         };
-        let local = self.follow_local(tenant, party, conversation, after);
-        self.bus.publish(Envelope {
-            from: self.config.node.clone(),
-            target,
-            seq: Some(after),
-            frame: Bytes::new(),
-        });
-        local
+        self.deliver(target, Some(after), Bytes::new())
     }
 
     fn follow_local(

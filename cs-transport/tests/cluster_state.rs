@@ -1,7 +1,7 @@
 //! Two nodes sharing a store and a bus agree on a conversation's state: a
 //! change made on one node is what the other node's dispatcher authorizes
 //! against next, not the copy it cached before. And hosts talk across nodes
-//! with `publish_host`.
+//! with `publish_host`. An assignment joins the agent's consoles on every node.
 
 mod support;
 
@@ -89,6 +89,31 @@ async fn an_assignment_made_on_one_node_lets_the_agent_write_on_the_other() {
         Ok(Outcome::Stored { message, .. }) => assert_eq!(message.seq.get(), 4),
         other => panic!("node two must see bob assigned, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn an_assignment_on_one_node_joins_the_agents_console_on_the_other() {
+    let (one, two) = two_nodes();
+    let conversation = one.conversation("shop", "ann", None).await;
+    let id = conversation.id();
+    let mut ann = one.connect("shop", visitor("ann"));
+    one.join_from_start(&mut ann, id).await;
+    // Bob's console is on node two and has never asked for this conversation.
+    let mut bob = two.connect("shop", agent("bob"));
+
+    one.change(
+        id,
+        Change::HandOff {
+            reason: "test".into(),
+        },
+    )
+    .await;
+    one.change(id, Change::Assign(agent_id("bob"))).await;
+    // Seq 1 is the hand-off, 2 the assignment: bob's console gets the
+    // assignment live, then ann's next message, without a resume.
+    wait_for_seq(&mut bob, 2).await;
+    one.client_send(&ann, id, "hello bob").await;
+    wait_for_seq(&mut bob, 3).await;
 }
 
 #[tokio::test]

@@ -341,17 +341,15 @@ impl Desk {
             .into_iter()
             .find(|c| c.state().kind() != StateKind::Closed)
         {
-            self.track(&open);
             if open.state().kind() == StateKind::Queued {
                 if self.routing() {
+                    self.track(&open);
                     self.route_queued(&open).await;
                 } else {
                     self.tell_router(open.id(), None);
                 }
             }
-            return self.visitor_chat(visitor).ok_or_else(|| {
-                ApiError::Unavailable("the conversation closed while opening".into())
-            });
+            return self.summary(&open);
         }
 
         let conversation =
@@ -368,18 +366,32 @@ impl Desk {
                 change: Change::StartBot,
             })
             .await?;
-        // Tracked from the outcome, not the event, which comes a moment later.
-        match started {
-            Outcome::Changed { conversation, .. } => self.track(&conversation),
-            _ => self.track(&conversation),
-        }
+        // From the outcome, not the event, which comes a moment later; and
+        // before the greeting, so its preview has a chat to land on.
+        let summary = match started {
+            Outcome::Changed { conversation, .. } => self.summary(&conversation)?,
+            _ => self.summary(&conversation)?,
+        };
         self.dispatcher
             .submit_and_wait(Command::Send {
                 origin: Origin::Host,
                 message: NewMessage::new(id, Party::Bot, Body::text(GREETING)),
             })
             .await?;
-        self.visitor_chat(visitor)
+        Ok(self.chats.get(&id).map_or(summary, |c| c.clone()))
+    }
+
+    /// The summary of a conversation a visitor opens. Only the routing node
+    /// tracks conversations (the others would keep entries that a close on
+    /// another node never removes), so a follower answers from the store's copy.
+    fn summary(&self, conversation: &Conversation) -> Result<ChatSummary, ApiError> {
+        if !self.routing() {
+            return Ok(ChatSummary::of(conversation));
+        }
+        self.track(conversation);
+        self.chats
+            .get(&conversation.id())
+            .map(|c| c.clone())
             .ok_or_else(|| ApiError::Unavailable("the conversation closed while opening".into()))
     }
 
@@ -567,7 +579,6 @@ impl Desk {
                     if self.routing() {
                         self.on_changed(conversation, handoff).await;
                     } else {
-                        self.track(&conversation);
                         self.tell_router(conversation.id(), handoff);
                     }
                 }
@@ -1003,6 +1014,8 @@ impl Desk {
         if let Ok(router) = fresh_router(&self.tenant, &self.settings) {
             *self.router.write() = Arc::new(router);
         }
+        self.chats.clear();
+        self.by_visitor.clear();
         tracing::info!("this node no longer routes the desk");
     }
 
