@@ -8,184 +8,11 @@ mod support;
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use support::{Server, SECRET};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------
-// Helpers: an HTTP client with a token, and a WebSocket client that waits
-// for the frame a test expects.
-
-struct Http {
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Http {
-    fn new(server: &Server) -> Self {
-        Http {
-            base: server.base.clone(),
-            client: reqwest::Client::new(),
-        }
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        let mut request = self.client.post(format!("{}{path}", self.base)).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.expect("the server answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut request = self.client.get(format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.expect("the server answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// A new visitor: (token, visitor id, conversation id).
-    async fn visitor(&self) -> (String, String, String) {
-        let (status, session) = self.post("/api/visitor/session", None, json!({})).await;
-        assert_eq!(status, 200, "{session}");
-        let token = session["token"].as_str().unwrap().to_owned();
-        let (status, open) = self
-            .post("/api/visitor/conversation", Some(&token), json!({}))
-            .await;
-        assert_eq!(status, 200, "{open}");
-        assert_eq!(open["conversation"]["state"], "bot");
-        (
-            token,
-            session["visitor"].as_str().unwrap().to_owned(),
-            open["conversation"]["id"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    async fn agent(&self, id: &str) -> String {
-        let (status, login) = self
-            .post(
-                "/api/agent/login",
-                None,
-                json!({ "agent": id, "password": "demo" }),
-            )
-            .await;
-        assert_eq!(status, 200, "{login}");
-        login["token"].as_str().unwrap().to_owned()
-    }
-}
-
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    /// Which client this is: client_msg_ids are unique per conversation,
-    /// across everyone in it, so each client has its own prefix.
-    name: String,
-    counter: u32,
-}
-
-impl Client {
-    async fn connect(server: &Server, path: &str, token: &str) -> Client {
-        let url = format!("ws://{}{path}?token={token}", server.host);
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("the socket opens");
-        let mut client = Client {
-            ws,
-            name: token.chars().rev().take(12).collect(),
-            counter: 0,
-        };
-        client.expect(|f| f["type"] == "welcome").await;
-        client
-    }
-
-    async fn send_frame(&mut self, frame: Value) {
-        self.ws
-            .send(WsMessage::text(frame.to_string()))
-            .await
-            .expect("the frame is sent");
-    }
-
-    async fn resume(&mut self, conversation: &str, last_seq: u64) {
-        self.send_frame(
-            json!({ "type": "resume", "conversation": conversation, "last_seq": last_seq }),
-        )
-        .await;
-    }
-
-    /// Sends text; answers its client_msg_id.
-    async fn say(&mut self, conversation: &str, text: &str) -> String {
-        self.counter += 1;
-        let id = format!("{}-{}", self.name, self.counter);
-        self.send_frame(json!({
-            "type": "send", "conversation": conversation, "client_msg_id": id,
-            "body": { "type": "text", "text": text }
-        }))
-        .await;
-        id
-    }
-
-    /// The next frame matching `want`, skipping others; panics after `WAIT`.
-    async fn expect(&mut self, want: impl Fn(&Value) -> bool) -> Value {
-        let mut seen = Vec::new();
-        let found = tokio::time::timeout(WAIT, async {
-            while let Some(Ok(message)) = self.ws.next().await {
-                let WsMessage::Text(text) = message else {
-                    continue;
-                };
-                let frame: Value = serde_json::from_str(&text).expect("frames are JSON");
-                if want(&frame) {
-                    return Some(frame);
-                }
-                seen.push(frame);
-            }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(frame)) => frame,
-            _ => panic!("the expected frame did not come; saw {seen:#?}"),
-        }
-    }
-
-    /// Every frame that arrives within `quiet` of the previous one.
-    async fn drain(&mut self, quiet: Duration) -> Vec<Value> {
-        let mut frames = Vec::new();
-        while let Ok(Some(Ok(message))) = tokio::time::timeout(quiet, self.ws.next()).await {
-            if let WsMessage::Text(text) = message {
-                frames.push(serde_json::from_str(&text).expect("frames are JSON"));
-            }
-        }
-        frames
-    }
-}
-
-fn is_message_from(frame: &Value, kind: &str) -> bool {
-    frame["type"] == "message" && frame["message"]["sender"]["kind"] == kind
-}
-
-fn is_event(frame: &Value, event: &str) -> bool {
-    frame["type"] == "message" && frame["message"]["body"]["event"] == event
-}
-
-fn text_of(frame: &Value) -> &str {
-    frame["message"]["body"]["text"]
-        .as_str()
-        .unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------
+use support::{eventually, is_event, is_message_from, text_of, Client, Http, Server, SECRET};
 
 #[tokio::test]
 async fn the_bot_answers_then_hands_off_to_an_agent_who_replies_and_reconnects_see_it_all_once() {
@@ -681,4 +508,92 @@ async fn metrics_health_and_ctrl_c_drain() {
     assert!(status.success(), "exit status {status}");
     let close = visitor.expect(|f| f["type"] == "close").await;
     assert_eq!(close["reason"], "shutdown");
+}
+
+/// The agent serving `conversation` in the desk as `token` sees it.
+async fn agent_of(http: &Http, token: &str, conversation: &str) -> Result<String, String> {
+    let desk = http.desk(token).await?;
+    let chat = desk["chats"]
+        .as_array()
+        .and_then(|chats| chats.iter().find(|c| c["id"] == conversation))
+        .ok_or_else(|| format!("no chat {conversation} in {desk}"))?;
+    chat["agent"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("chat without an agent: {chat}"))
+}
+
+#[tokio::test]
+async fn after_a_restart_agents_keep_their_chats_and_an_absent_one_loses_them_after_the_grace() {
+    let dir = std::env::temp_dir().join(format!(
+        "cs-e2e-restart-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let database = format!("sqlite://{}", dir.join("cs.db").display());
+    let flags = ["--database", database.as_str(), "--agent-grace-secs", "2"];
+
+    let server = Server::start_node("before", &flags).await;
+    let http = Http::new(&server);
+    let alice_token = http.agent("alice").await;
+    let bob_token = http.agent("bob").await;
+    let alice = Client::connect(&server, "/ws/agent", &alice_token).await;
+    let (first_token, _, first) = http.visitor().await;
+    let mut visitor = Client::connect(&server, "/ws/visitor", &first_token).await;
+    visitor.resume(&first, 0).await;
+    visitor.say(&first, "I want to talk to a real person").await;
+    let assigned = visitor.expect(|f| is_event(f, "assigned")).await;
+    assert_eq!(assigned["message"]["body"]["agent"], "alice");
+    // Bob comes online and Alice steps away, so the next visitor is Bob's.
+    let bob = Client::connect(&server, "/ws/agent", &bob_token).await;
+    let (status, _) = http
+        .post(
+            "/api/agent/presence",
+            Some(&alice_token),
+            json!({ "presence": "away" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (second_token, _, second) = http.visitor().await;
+    let mut other = Client::connect(&server, "/ws/visitor", &second_token).await;
+    other.resume(&second, 0).await;
+    other.say(&second, "I want to talk to a real person").await;
+    let assigned = other.expect(|f| is_event(f, "assigned")).await;
+    assert_eq!(assigned["message"]["body"]["agent"], "bob");
+    drop((alice, bob, visitor, other));
+    assert!(server.interrupt().await.success());
+
+    // The same store, a new process: both chats are still with their agents.
+    let server = Server::start_node("after", &flags).await;
+    let http = Http::new(&server);
+    assert_eq!(
+        agent_of(&http, &alice_token, &first).await.unwrap(),
+        "alice"
+    );
+    assert_eq!(agent_of(&http, &alice_token, &second).await.unwrap(), "bob");
+
+    // Alice comes back; Bob does not. After his grace his visitor returns to
+    // the queue, and Alice, online again, takes them; hers stays hers.
+    let mut alice = Client::connect(&server, "/ws/agent", &alice_token).await;
+    eventually(
+        "bob's chat to move to alice",
+        Duration::from_secs(20),
+        async || match agent_of(&http, &alice_token, &second).await {
+            Ok(agent) if agent == "alice" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    assert_eq!(
+        agent_of(&http, &alice_token, &first).await.unwrap(),
+        "alice"
+    );
+    let id = alice.say(&first, "still here after the restart").await;
+    let ack = alice.expect(|f| f["type"] == "ack").await;
+    assert_eq!(ack["client_msg_id"], id, "alice may still write: {ack}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

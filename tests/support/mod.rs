@@ -351,10 +351,11 @@ pub async fn eventually<T>(
     }
 }
 
-/// The HTTP API of one node, as chat_server_api.rs's `Http`.
+/// The HTTP API of one server, with a token where one is given.
 pub struct Http {
     pub base: String,
-    client: reqwest::Client,
+    /// For requests the helpers do not cover (uploads, raw bodies).
+    pub client: reqwest::Client,
 }
 
 impl Http {
@@ -428,7 +429,7 @@ impl Http {
     }
 }
 
-/// A WebSocket client, as chat_server_api.rs's `Client`, that reads its
+/// A WebSocket client that waits for the frame a test expects. It reads its
 /// socket all the time (so a test may send without reading) and keeps every
 /// `message` frame it has taken, to check seqs for gaps and duplicates.
 pub struct Client {
