@@ -162,14 +162,7 @@ async fn visitors_wait_in_order_and_are_told_their_place_then_transfer_moves_the
     assert_eq!(moved["position"], 1);
 
     // Away keeps her chat and takes nobody new; transfer needs Bob online.
-    let (status, _) = http
-        .post(
-            "/api/agent/presence",
-            Some(&alice_token),
-            json!({ "presence": "away" }),
-        )
-        .await;
-    assert_eq!(status, 200);
+    http.choose_presence(&alice_token, "away").await;
     let bob_token = http.agent("bob").await;
     let mut bob = Client::connect(&server, "/ws/agent", &bob_token).await;
     // Bob takes the second visitor as soon as he is online (capacity 1 each).
@@ -549,14 +542,7 @@ async fn after_a_restart_agents_keep_their_chats_and_an_absent_one_loses_them_af
     assert_eq!(assigned["message"]["body"]["agent"], "alice");
     // Bob comes online and Alice steps away, so the next visitor is Bob's.
     let bob = Client::connect(&server, "/ws/agent", &bob_token).await;
-    let (status, _) = http
-        .post(
-            "/api/agent/presence",
-            Some(&alice_token),
-            json!({ "presence": "away" }),
-        )
-        .await;
-    assert_eq!(status, 200);
+    http.choose_presence(&alice_token, "away").await;
     let (second_token, _, second) = http.visitor().await;
     let mut other = Client::connect(&server, "/ws/visitor", &second_token).await;
     other.resume(&second, 0).await;

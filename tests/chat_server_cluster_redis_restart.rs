@@ -13,87 +13,22 @@
 //! is missing or `CS_TEST_REDIS_URL` is not that local server. A guard
 //! starts Redis again if the test fails halfway.
 
+#[path = "../cs-transport/tests/support/local_redis.rs"]
+mod local_redis;
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+
+use local_redis::{installed, shutdown, start, wait_for, KeepRunning};
 
 use support::{
     cluster_services, contiguous, eventually, is_event, metric, stored, text_of, Client, Cluster,
     Http, WAIT,
 };
-
-fn ping() -> bool {
-    Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379", "ping"])
-        .output()
-        .is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"PONG"))
-}
-
-fn shutdown() -> bool {
-    Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"])
-        .status()
-        .is_ok()
-}
-
-/// Starts Redis as `.ci/run` does.
-fn start() -> bool {
-    Command::new("redis-server")
-        .args([
-            "--daemonize",
-            "yes",
-            "--bind",
-            "127.0.0.1",
-            "-::1",
-            "--port",
-            "6379",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            "/var/lib/redis",
-            "--logfile",
-            "/var/log/redis/ci.log",
-        ])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Waits up to `limit` for `ping` to answer `up`.
-fn wait_for(up: bool, limit: Duration) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if ping() == up {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// Starts Redis again on drop if it is not answering.
-struct KeepRunning;
-
-impl Drop for KeepRunning {
-    fn drop(&mut self) {
-        for _ in 0..10 {
-            if ping() {
-                return;
-            }
-            start();
-            if wait_for(true, Duration::from_secs(3)) {
-                return;
-            }
-        }
-        eprintln!("Redis did not come back; start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log");
-    }
-}
 
 /// Where the writers are: before the outage, during it, after it.
 const BEFORE: u8 = 0;
@@ -156,11 +91,7 @@ async fn nodes_resubscribe_after_a_redis_restart_and_every_client_sees_every_seq
     let Some((redis, postgres)) = cluster_services() else {
         return;
     };
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !installed() {
         eprintln!("skipped: redis-server is not on PATH, so this test cannot restart Redis");
         return;
     }

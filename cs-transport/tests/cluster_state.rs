@@ -43,6 +43,19 @@ async fn wait_for_seq(client: &mut Client, seq: u64) {
     .expect("the message reached the other node");
 }
 
+/// Hands the conversation to a person and assigns it to `agent` on `node`,
+/// as the node that routes would: two stored events.
+async fn hand_to(node: &Node, id: cs_core::ConversationId, agent: &str) {
+    node.change(
+        id,
+        Change::HandOff {
+            reason: "test".into(),
+        },
+    )
+    .await;
+    node.change(id, Change::Assign(agent_id(agent))).await;
+}
+
 #[tokio::test]
 async fn an_assignment_made_on_one_node_lets_the_agent_write_on_the_other() {
     let (one, two) = two_nodes();
@@ -69,14 +82,7 @@ async fn an_assignment_made_on_one_node_lets_the_agent_write_on_the_other() {
         .unwrap();
 
     // Node one hands the conversation to bob (as the node that routes would).
-    one.change(
-        id,
-        Change::HandOff {
-            reason: "test".into(),
-        },
-    )
-    .await;
-    one.change(id, Change::Assign(agent_id("bob"))).await;
+    hand_to(&one, id, "bob").await;
     // Seq 1 is ann's message, 2 the hand-off, 3 the assignment: once node
     // two has delivered seq 3, it has heard of the change.
     wait_for_seq(&mut ann, 3).await;
@@ -101,14 +107,7 @@ async fn an_assignment_on_one_node_joins_the_agents_console_on_the_other() {
     // Bob's console is on node two and has never asked for this conversation.
     let mut bob = two.connect("shop", agent("bob"));
 
-    one.change(
-        id,
-        Change::HandOff {
-            reason: "test".into(),
-        },
-    )
-    .await;
-    one.change(id, Change::Assign(agent_id("bob"))).await;
+    hand_to(&one, id, "bob").await;
     // Seq 1 is the hand-off, 2 the assignment: bob's console gets the
     // assignment live, then ann's next message, without a resume.
     wait_for_seq(&mut bob, 2).await;

@@ -11,92 +11,21 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cs_core::Seq;
 use cs_transport::ServerFrame;
+use support::local_redis::*;
 use support::redis_nodes::*;
 use support::*;
-
-fn ping() -> bool {
-    Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379", "ping"])
-        .output()
-        .is_ok_and(|out| out.status.success() && out.stdout.starts_with(b"PONG"))
-}
-
-fn shutdown() -> bool {
-    Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"])
-        .status()
-        .is_ok()
-}
-
-fn start() -> bool {
-    Command::new("redis-server")
-        .args([
-            "--daemonize",
-            "yes",
-            "--bind",
-            "127.0.0.1",
-            "-::1",
-            "--port",
-            "6379",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            "/var/lib/redis",
-            "--logfile",
-            "/var/log/redis/ci.log",
-        ])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Waits up to `limit` for `ping` to answer `up`.
-fn wait_for(up: bool, limit: Duration) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if ping() == up {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// Starts the server again on drop if it is not answering.
-struct KeepRunning;
-
-impl Drop for KeepRunning {
-    fn drop(&mut self) {
-        for _ in 0..10 {
-            if ping() {
-                return;
-            }
-            start();
-            if wait_for(true, Duration::from_secs(3)) {
-                return;
-            }
-        }
-        eprintln!("Redis did not come back; start it with: redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_nodes_resubscribe_after_a_redis_restart_and_miss_nothing() {
     let Some(url) = cs_core::testing::service_url("CS_TEST_REDIS_URL") else {
         return;
     };
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if !installed() {
         eprintln!("skipped: redis-server is not on PATH, so this test cannot restart Redis");
         return;
     }

@@ -407,6 +407,18 @@ impl Http {
     }
 
     /// A demo agent's token.
+    /// The agent chooses `presence` (online or away) in the console.
+    pub async fn choose_presence(&self, token: &str, presence: &str) {
+        let (status, answer) = self
+            .post(
+                "/api/agent/presence",
+                Some(token),
+                json!({ "presence": presence }),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
     pub async fn agent(&self, id: &str) -> String {
         let (status, login) = self
             .post(

@@ -307,4 +307,5 @@ impl AppendInterceptor for PanicOnText {
 }
 
 #[cfg(feature = "redis")]
+pub mod local_redis;
 pub mod redis_nodes;
