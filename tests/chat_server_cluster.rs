@@ -4,8 +4,8 @@
 //! with a cluster prefix and a tenant of its own. It covers a conversation
 //! whose visitor and agent sit on different nodes, agent presence seen from
 //! another node, a routing node killed mid-conversation (failover, resume
-//! with no gap and no duplicate), and an agent's capacity when hand-offs
-//! arrive on two nodes at once.
+//! with no gap and no duplicate), an agent's capacity when hand-offs
+//! arrive on two nodes at once, and a bot correction reaching every node.
 //!
 //! The tests skip (with a notice) when either URL is unset, and fail then
 //! when `CS_REQUIRE_SERVICES=1`. Redis restarts are in
@@ -357,4 +357,72 @@ async fn an_agents_capacity_holds_when_hand_offs_arrive_on_two_nodes_at_once() {
     alice
         .expect(|f| is_event(f, "assigned") && f["message"]["conversation"] == waiter_id.as_str())
         .await;
+}
+
+/// The bot's decisions in `conversation`, as the node behind `http` has them.
+async fn decisions(http: &Http, token: &str, conversation: &str) -> Value {
+    let (status, answer) = http
+        .get(
+            &format!("/api/agent/conversations/{conversation}/bot"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    answer["decisions"].clone()
+}
+
+#[tokio::test]
+async fn a_correction_made_on_one_node_teaches_the_bot_on_every_node() {
+    let Some((redis, postgres)) = cluster_services() else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start(&redis, &postgres, 2, &[]).await;
+    cluster.router(&[0, 1]).await;
+    let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let (http_one, http_two) = (Http::new(one), Http::new(two));
+    let carol = http_two.agent("carol").await;
+
+    // The visitor's bot runs on node 1; node 2's console sees its decision.
+    let (_, conversation, mut visitor) = visitor_on(one).await;
+    let question = "do you sell gift cards?";
+    visitor.say(&conversation, question).await;
+    let asked = visitor.expect(|f| is_message_from(f, "visitor")).await;
+    visitor.expect(|f| is_message_from(f, "bot")).await;
+    let first = eventually("node 2 to have node 1's decision", WAIT, async || {
+        let seen = decisions(&http_two, &carol, &conversation).await;
+        seen[0]["intent"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| seen.to_string())
+    })
+    .await;
+    let right = if first == "coupon" {
+        "payment_methods"
+    } else {
+        "coupon"
+    };
+
+    // Carol corrects it on node 2; node 1's bot learns it.
+    let (status, learned) = http_two
+        .post(
+            "/api/agent/corrections",
+            Some(&carol),
+            json!({ "conversation": conversation, "seq": asked["message"]["seq"], "intent": right }),
+        )
+        .await;
+    assert_eq!(status, 200, "{learned}");
+    eventually("node 1 to apply node 2's correction", WAIT, async || {
+        let seen = decisions(&http_one, &carol, &conversation).await;
+        if seen[0]["corrected_to"] == right {
+            Ok(())
+        } else {
+            Err(seen.to_string())
+        }
+    })
+    .await;
+    visitor.say(&conversation, question).await;
+    visitor.expect(|f| is_message_from(f, "bot")).await;
+    let after = decisions(&http_one, &carol, &conversation).await;
+    assert_eq!(after[1]["intent"], right, "{after}");
 }
