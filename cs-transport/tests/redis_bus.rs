@@ -123,7 +123,7 @@ async fn kill_own_subscribers(conn: &mut redis::aio::MultiplexedConnection) -> u
 /// A visitor on node one and an agent on node two, both joined to a fresh
 /// conversation assigned to the agent.
 async fn ann_and_alice(d: &RedisDeployment) -> (ConversationId, Client, Client, Seq) {
-    let id = d.one.conversation("shop", "ann", Some("alice")).await.id();
+    let id = d.conversation_for_alice().await;
     let mut ann = d.one.connect("shop", visitor("ann"));
     let mut alice = d.two.connect("shop", agent("alice"));
     let joined = d.one.join_from_start(&mut ann, id).await;

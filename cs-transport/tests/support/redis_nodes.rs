@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use cs_core::store::MemoryStore;
-use cs_core::Seq;
+use cs_core::{ConversationId, Seq};
 use cs_transport::{DispatcherConfig, RedisBus, RedisBusConfig, ServerFrame};
 
 use super::{Client, Node};
@@ -59,6 +60,36 @@ pub async fn redis_deployment(url_one: &str, url_two: &str, channel: &str) -> Re
         bus_two,
         one,
         two,
+    }
+}
+
+impl RedisDeployment {
+    /// A conversation of visitor ann, assigned to alice on node one, once
+    /// node two has handled everything node one published for it. The
+    /// assignment joins alice's connections on every node (a `Follow`
+    /// envelope), so one that node two opens before that has landed could
+    /// be joined behind the test's back, mid-way through its own join.
+    pub async fn conversation_for_alice(&self) -> ConversationId {
+        let id = self
+            .one
+            .conversation("shop", "ann", Some("alice"))
+            .await
+            .id();
+        let mut heard = self.two.pool.host_messages();
+        let marker = Bytes::from(id.to_string());
+        // One publisher, one channel: node two hears this after the Follow.
+        self.one.pool.publish_host("settled", marker.clone());
+        let settled = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(message) = heard.recv().await {
+                if &*message.topic == "settled" && message.payload == marker {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(settled, Ok(true), "node two heard node one within 10 s");
+        id
     }
 }
 
