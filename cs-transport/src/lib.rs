@@ -47,6 +47,8 @@
 
 pub mod bus;
 #[cfg(feature = "redis")]
+mod bus_wire;
+#[cfg(feature = "redis")]
 pub mod cluster;
 pub mod dispatcher;
 pub mod hooks;
