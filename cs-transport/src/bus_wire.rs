@@ -1,5 +1,5 @@
-//! What the network buses ([`RedisBus`](crate::RedisBus) and the ones
-//! to come) share: the wire format of an envelope, the
+//! What the network buses ([`RedisBus`](crate::RedisBus) and
+//! [`NatsBus`](crate::NatsBus)) share: the wire format of an envelope, the
 //! publisher's counter that lets receivers notice losses, the inbox that
 //! reports them, the counters behind their stats, and small helpers.
 //!
@@ -102,6 +102,10 @@ pub(crate) struct Counters {
     pub(crate) lost_reported: AtomicU64,
     pub(crate) subscriptions: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    /// NATS only: times the client said it dropped messages for a
+    /// subscription that did not keep up.
+    #[cfg(feature = "nats")]
+    pub(crate) slow_consumers: AtomicU64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
