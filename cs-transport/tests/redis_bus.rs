@@ -12,15 +12,12 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cs_core::{ConversationId, Seq};
-use cs_transport::ServerFrame;
 use support::redis_nodes::*;
 use support::*;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const LIMIT: Duration = Duration::from_secs(10);
-/// How long a connection must stay silent to count as having nothing more.
-const QUIET: Duration = Duration::from_millis(400);
 
 async fn plain(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
@@ -28,26 +25,6 @@ async fn plain(url: &str) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap()
-}
-
-/// Fails if a message frame arrives within `QUIET`.
-async fn assert_no_more_messages(client: &mut Client) {
-    while let Some(frame) = client.next_within(QUIET).await {
-        assert!(
-            !matches!(frame, ServerFrame::Message { .. }),
-            "no message after the last one (a duplicate?): {frame:?}"
-        );
-    }
-}
-
-/// The seqs in `seen`, which must be `from..=to` exactly.
-fn assert_complete(seen: &[(u64, String)], from: u64, to: Seq) {
-    let seqs: Vec<u64> = seen.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(
-        seqs,
-        (from..=to.get()).collect::<Vec<_>>(),
-        "every seq once, in order"
-    );
 }
 
 /// Local ports of this process's TCP sockets: its fds that are sockets,
