@@ -312,6 +312,7 @@ pub(crate) struct Delivery {
     inbox: Inbox,
     tracker: Tracker,
     counters: Arc<Counters>,
+    decode_failures: LogLimit,
 }
 
 impl Delivery {
@@ -332,23 +333,28 @@ impl Delivery {
             },
             tracker: Tracker::new(node.clone()),
             counters,
+            decode_failures: LogLimit::new(LOG_EVERY),
         };
         (delivery, rx)
     }
 
-    /// One message from the channel or subject. An error means it was not
-    /// an envelope: counted and skipped, for the caller to log.
-    pub(crate) fn receive(&mut self, payload: &[u8]) -> Result<(), WireError> {
+    /// One message from the channel or subject. A message that is not an
+    /// envelope is counted and skipped; it comes back, with how many were
+    /// skipped unlogged before it, when it is time to log one (once per
+    /// [`LOG_EVERY`]).
+    pub(crate) fn receive(&mut self, payload: &[u8]) -> Option<(WireError, u64)> {
         add(&self.counters.received, 1);
         match self.tracker.accept(payload) {
             Ok(Some((envelope, lost))) => {
                 self.inbox.push(envelope, lost, &self.counters);
-                Ok(())
+                None
             }
-            Ok(None) => Ok(()),
+            Ok(None) => None,
             Err(e) => {
                 add(&self.counters.decode_errors, 1);
-                Err(e)
+                self.decode_failures
+                    .allow()
+                    .map(|suppressed| (e, suppressed))
             }
         }
     }
@@ -632,19 +638,27 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_connection_is_reported_once_and_garbage_is_counted() {
+    fn a_lost_connection_resets_the_counters_a_reported_loss_does_not() {
         let counters = Arc::new(Counters::default());
         let (mut delivery, mut rx) = Delivery::new(&NodeId::new("two"), 8, Arc::clone(&counters));
         let sent = envelope("one", conversation(), Some(1), b"x");
-        delivery.receive(&encode(1, 1, &sent)).unwrap();
+        assert!(delivery.receive(&encode(1, 1, &sent)).is_none());
         delivery.lost_connection();
         // Counting starts afresh: 7 after 1 is not a second loss.
-        delivery.receive(&encode(1, 7, &sent)).unwrap();
-        assert!(delivery.receive(b"not an envelope").is_err());
+        assert!(delivery.receive(&encode(1, 7, &sent)).is_none());
+        assert!(delivery.receive(b"not an envelope").is_some(), "logged");
+        assert!(
+            delivery.receive(b"nor this").is_none(),
+            "not logged again at once"
+        );
+        // Kept counting: a jump after a mere report is a loss again.
+        delivery.report_loss();
+        assert!(delivery.receive(&encode(1, 9, &sent)).is_none());
         let lost: Vec<bool> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|inbound| matches!(inbound, Inbound::Lost))
             .collect();
-        assert_eq!(lost, [false, true, false]);
+        // 1, the reconnect, 7, the report, the jump to 9, 9.
+        assert_eq!(lost, [false, true, false, true, true, false]);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         assert_eq!(
             (
@@ -652,7 +666,7 @@ mod tests {
                 get(&counters.decode_errors),
                 get(&counters.lost_reported)
             ),
-            (3, 1, 1)
+            (5, 2, 3)
         );
     }
 }

@@ -28,7 +28,8 @@
 //! # How it differs from `RedisBus`
 //!
 //! - The NATS client (`async-nats`) reconnects and resubscribes by itself,
-//!   so there is no resubscribe loop here. Instead each subscriber watches
+//!   so there is no resubscribe loop here; a subscriber ends only if the
+//!   client is closed, which the bus never does. Instead each subscriber watches
 //!   the client: its connection count (which only grows, so no reconnect
 //!   goes unseen even if an event does) and its events. Any change is
 //!   reported as a loss.
@@ -177,9 +178,8 @@ bus_stats! {
         dropped_full_inbox: "Envelopes dropped because a subscriber's inbox was full.",
         /// [`Inbound::Lost`] reports handed to subscribers.
         lost_reported: "Possible losses reported to subscribers.",
-        /// Subscriptions made: one per subscriber, and one after each time
-        /// a subscription ended (the client resubscribes across reconnects
-        /// by itself, which is not counted here).
+        /// Subscriptions made, one per subscriber (the client renews them
+        /// after a reconnect by itself, which is not counted here).
         subscriptions: "Subscriptions made.",
         /// Times the client connected again after losing its connection.
         reconnects: "Reconnects of the NATS client.",
@@ -280,15 +280,15 @@ impl NatsBus {
         };
         let subject = Subject::from(config.subject.as_str());
         let (queue, rx) = PublishQueue::new(config.publish_queue, Arc::clone(&counters));
+        let publisher = Publisher {
+            client: client.clone(),
+            subject: subject.clone(),
+            timeout: config.timeout,
+            counters: Arc::clone(&counters),
+            shown: Arc::clone(&shown),
+        };
         let runtime = tokio::runtime::Handle::current();
-        runtime.spawn(publish_loop(
-            rx,
-            client.clone(),
-            subject.clone(),
-            config.timeout,
-            Arc::clone(&counters),
-            Arc::clone(&shown),
-        ));
+        runtime.spawn(publisher.run(rx));
         Ok(Arc::new(Self {
             client,
             config,
@@ -301,14 +301,6 @@ impl NatsBus {
         }))
     }
 
-    /// A copy of the counters.
-    pub fn stats(&self) -> NatsBusStats {
-        let mut stats = NatsBusStats::from_counters(&self.counters);
-        // The client counts its connections itself, the first one included.
-        stats.reconnects = connects(&self.client).saturating_sub(1);
-        stats
-    }
-
     /// This process's boot id, carried in every envelope it publishes.
     pub fn boot(&self) -> u64 {
         self.queue.boot()
@@ -318,26 +310,36 @@ impl NatsBus {
     pub fn addr(&self) -> &str {
         &self.shown
     }
+
+    /// A copy of the counters.
+    pub fn stats(&self) -> NatsBusStats {
+        let mut stats = NatsBusStats::from_counters(&self.counters);
+        // The client counts its connections itself, the first one included.
+        stats.reconnects = connects(&self.client).saturating_sub(1);
+        stats
+    }
 }
 
 impl Bus for NatsBus {
-    fn publish(&self, envelope: Envelope) {
-        self.queue.offer(envelope);
-    }
-
     fn subscribe(&self, node: &NodeId) -> mpsc::Receiver<Inbound> {
         let (delivery, rx) = Delivery::new(node, self.config.inbox, Arc::clone(&self.counters));
-        let subscriber = Subscriber {
-            client: self.client.clone(),
-            subject: self.subject.clone(),
-            config: self.config.clone(),
-            shown: Arc::clone(&self.shown),
-            counters: Arc::clone(&self.counters),
-            wake: Arc::clone(&self.wake),
-            delivery,
-        };
-        self.runtime.spawn(subscriber.run());
+        self.runtime.spawn(
+            Subscriber {
+                client: self.client.clone(),
+                subject: self.subject.clone(),
+                shown: Arc::clone(&self.shown),
+                counters: Arc::clone(&self.counters),
+                wake: Arc::clone(&self.wake),
+                delivery,
+            }
+            .run(),
+        );
         rx
+    }
+
+    fn publish(&self, envelope: Envelope) {
+        // Numbered and queued here; the publisher task hands it to the client.
+        self.queue.offer(envelope);
     }
 }
 
@@ -443,28 +445,52 @@ const BATCH: usize = 512;
 /// the count cannot.
 const LOSS_CHECK: Duration = Duration::from_secs(1);
 
-/// Drains the queue into the client until the bus is dropped (its sender
-/// with it).
-async fn publish_loop(
-    mut rx: PublishRx,
+/// Hands what the queue holds to the client.
+struct Publisher {
     client: Client,
     subject: Subject,
     timeout: Duration,
     counters: Arc<Counters>,
     shown: Arc<str>,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut failures = LogLimit::new(LOG_EVERY);
-    while rx.recv_encoded(&mut batch, BATCH).await > 0 {
-        let total = batch.len() as u64;
-        let (mut sent, mut refused) = (0, 0);
-        let mut error = None;
+}
+
+impl Publisher {
+    /// Drains the queue into the client until the bus is dropped (its
+    /// sender with it).
+    async fn run(self, mut rx: PublishRx) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut failures = LogLimit::new(LOG_EVERY);
+        while rx.recv_encoded(&mut batch, BATCH).await > 0 {
+            let total = batch.len() as u64;
+            let (sent, refused, error) = self.hand_over(&mut batch).await;
+            batch.clear();
+            add(&self.counters.published, sent);
+            let failed = total - sent;
+            if failed == 0 {
+                continue;
+            }
+            add(&self.counters.publish_failed, failed);
+            if let Some(suppressed) = failures.allow() {
+                tracing::warn!(
+                    server = %self.shown, envelopes = failed, refused, error = error.as_deref().unwrap_or("unknown"),
+                    suppressed_failures = suppressed,
+                    "nats bus: publishing failed; other nodes will get these messages from the store once they notice"
+                );
+            }
+        }
+    }
+
+    /// Publishes `batch` within the timeout: how many the client took, how
+    /// many it refused, and the last error.
+    async fn hand_over(&self, batch: &mut Vec<Vec<u8>>) -> (u64, u64, Option<String>) {
+        let (mut sent, mut refused, mut error) = (0, 0, None);
         // One deadline per batch: while the client reconnects its own queue
         // fills and publishing waits; past the deadline the rest of the
         // batch fails rather than hold up what follows.
-        let in_time = tokio::time::timeout(timeout, async {
+        let in_time = tokio::time::timeout(self.timeout, async {
             for payload in batch.drain(..) {
-                match client.publish(subject.clone(), Bytes::from(payload)).await {
+                let subject = self.subject.clone();
+                match self.client.publish(subject, Bytes::from(payload)).await {
                     Ok(()) => sent += 1,
                     Err(e) => {
                         refused += 1;
@@ -474,31 +500,19 @@ async fn publish_loop(
             }
         })
         .await;
-        batch.clear();
-        add(&counters.published, sent);
         if in_time.is_err() {
-            error = Some(format!("the client took no more within {timeout:?}"));
+            error = Some(format!("the client took no more within {:?}", self.timeout));
         }
-        let failed = total - sent;
-        if failed == 0 {
-            continue;
-        }
-        add(&counters.publish_failed, failed);
-        if let Some(suppressed) = failures.allow() {
-            tracing::warn!(
-                server = %shown, envelopes = failed, refused, error = error.as_deref().unwrap_or("unknown"),
-                suppressed_failures = suppressed,
-                "nats bus: publishing failed; other nodes will get these messages from the store once they notice"
-            );
-        }
+        (sent, refused, error)
     }
 }
 
-/// One node's subscription, until the node's receiver is dropped.
+/// One node's subscription, until the node's receiver is dropped. The
+/// client renews it after each reconnect by itself; this task only notices
+/// that there was one.
 struct Subscriber {
     client: Client,
     subject: Subject,
-    config: NatsBusConfig,
     shown: Arc<str>,
     counters: Arc<Counters>,
     /// Held so that `changed()` below never fails for want of a sender.
@@ -508,77 +522,58 @@ struct Subscriber {
 
 impl Subscriber {
     async fn run(mut self) {
-        let mut backoff = self.config.reconnect_min;
-        let mut first_attempt = true;
-        let mut failures = LogLimit::new(LOG_EVERY);
-        let mut decode_failures = LogLimit::new(LOG_EVERY);
+        // Waits only for room in the client's queue: during an outage,
+        // until the client is back.
+        let subscribed = tokio::select! {
+            () = self.delivery.closed() => return,
+            subscribed = self.client.subscribe(self.subject.clone()) => subscribed,
+        };
+        let mut messages = match subscribed {
+            Ok(messages) => messages,
+            Err(e) => {
+                // Only a closed client refuses, and it never opens again.
+                tracing::error!(
+                    server = %self.shown, subject = %self.subject, error = %e,
+                    "nats bus: cannot subscribe; this node will not hear from the others until it restarts"
+                );
+                return;
+            }
+        };
+        add(&self.counters.subscriptions, 1);
         let mut woken = self.wake.subscribe();
         let mut check = tokio::time::interval(LOSS_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut seen = self.loss_marks();
         loop {
-            let subscribed = tokio::select! {
+            tokio::select! {
                 () = self.delivery.closed() => return,
-                subscribed = self.subscribe() => subscribed,
-            };
-            let mut stream = match subscribed {
-                Ok(stream) => stream,
-                Err(reason) => {
-                    first_attempt = false;
-                    if let Some(suppressed) = failures.allow() {
+                // Ok or not, look at the marks below; the sender lives in
+                // `self.wake`, so this cannot fail over and over.
+                _ = woken.changed() => {}
+                _ = check.tick() => {}
+                msg = messages.next() => {
+                    let Some(msg) = msg else {
+                        tracing::error!(
+                            server = %self.shown, subject = %self.subject,
+                            "nats bus: the client was closed; this node will not hear from the others until it restarts"
+                        );
+                        return;
+                    };
+                    if let Some((e, suppressed)) = self.delivery.receive(&msg.payload) {
                         tracing::warn!(
-                            server = %self.shown, subject = %self.subject, error = %reason,
-                            retry_in = ?backoff, suppressed_failures = suppressed,
-                            "nats bus: cannot subscribe; retrying. Messages from other nodes reach this node's connections once it is back"
+                            subject = %self.subject, error = %e, suppressed_errors = suppressed,
+                            "nats bus: skipped a message that is not an envelope; is another program publishing on this subject?"
                         );
                     }
-                    tokio::select! {
-                        () = self.delivery.closed() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(self.config.reconnect_max);
-                    continue;
-                }
-            };
-            backoff = self.config.reconnect_min;
-            add(&self.counters.subscriptions, 1);
-            if !first_attempt {
-                // Whatever was published while we had no subscription is gone.
-                self.delivery.lost_connection();
-                tracing::info!(server = %self.shown, subject = %self.subject, "nats bus: subscribed again; missed messages are replayed from the store");
-            }
-            first_attempt = false;
-            loop {
-                tokio::select! {
-                    () = self.delivery.closed() => return,
-                    // Ok or not, look at the marks below; the sender lives
-                    // in `self.wake`, so this cannot fail in a loop.
-                    _ = woken.changed() => {}
-                    _ = check.tick() => {}
-                    msg = stream.next() => {
-                        let Some(msg) = msg else { break };
-                        if let Err(e) = self.delivery.receive(&msg.payload) {
-                            if let Some(suppressed) = decode_failures.allow() {
-                                tracing::warn!(
-                                    subject = %self.subject, error = %e, suppressed_errors = suppressed,
-                                    "nats bus: skipped a message that is not an envelope; is another program publishing on this subject?"
-                                );
-                            }
-                        }
-                    }
-                }
-                let marks = self.loss_marks();
-                if marks != seen {
-                    seen = marks;
-                    // The client reconnected or dropped messages for us:
-                    // what was published meanwhile is gone.
-                    self.delivery.report_loss();
                 }
             }
-            tracing::warn!(
-                server = %self.shown, subject = %self.subject,
-                "nats bus: subscription ended (the client was closed?); subscribing again"
-            );
+            let marks = self.loss_marks();
+            if marks != seen {
+                seen = marks;
+                // The client reconnected or dropped messages for us: what
+                // was published meanwhile is gone.
+                self.delivery.report_loss();
+            }
         }
     }
 
@@ -589,25 +584,6 @@ impl Subscriber {
             connects(&self.client),
             self.counters.slow_consumers.load(Ordering::Relaxed),
         )
-    }
-
-    /// A subscription to the subject, sent to the server within the timeout.
-    async fn subscribe(&self) -> Result<async_nats::Subscriber, String> {
-        let attempt = async {
-            let subscriber = self
-                .client
-                .subscribe(self.subject.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            // Out of the client's buffer and on its way, so that a test or a
-            // host that waits for `subscriptions` misses as little as it can.
-            self.client.flush().await.map_err(|e| e.to_string())?;
-            Ok(subscriber)
-        };
-        match tokio::time::timeout(self.config.timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {:?}", self.config.timeout)),
-        }
     }
 }
 
@@ -650,21 +626,23 @@ mod tests {
     }
 
     #[test]
-    fn prometheus_text_has_every_counter() {
+    fn every_field_of_the_stats_is_a_prometheus_counter() {
         let stats = NatsBusStats {
-            published: 3,
-            slow_consumers: 1,
+            slow_consumers: 7,
             ..NatsBusStats::default()
         };
         let text = stats.to_prometheus("cs_");
+        let fields = serde_json::to_value(&stats).unwrap();
+        let names: Vec<&String> = fields.as_object().unwrap().keys().collect();
+        assert_eq!(names.len(), 10);
+        for name in names {
+            let typed = format!("# TYPE cs_nats_bus_{name}_total counter\n");
+            assert!(text.contains(&typed), "{name} in {text}");
+        }
         assert!(
-            text.contains(
-                "# TYPE cs_nats_bus_published_total counter\ncs_nats_bus_published_total 3\n"
-            ),
+            text.contains("\ncs_nats_bus_slow_consumers_total 7\n"),
             "{text}"
         );
-        assert!(text.contains("cs_nats_bus_slow_consumers_total 1\n"));
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 10);
     }
 
     #[tokio::test]

@@ -338,7 +338,6 @@ impl Subscriber {
         let mut first_attempt = true;
         let mut down_since: Option<Instant> = None;
         let mut connect_failures = LogLimit::new(LOG_EVERY);
-        let mut decode_failures = LogLimit::new(LOG_EVERY);
         loop {
             let subscribed = tokio::select! {
                 () = self.delivery.closed() => return,
@@ -385,13 +384,11 @@ impl Subscriber {
                     msg = stream.next() => msg,
                 };
                 let Some(msg) = msg else { break };
-                if let Err(e) = self.delivery.receive(msg.get_payload_bytes()) {
-                    if let Some(suppressed) = decode_failures.allow() {
-                        tracing::warn!(
-                            channel = %self.config.channel, error = %e, suppressed_errors = suppressed,
-                            "redis bus: skipped a message that is not an envelope; is another program publishing on this channel?"
-                        );
-                    }
+                if let Some((e, suppressed)) = self.delivery.receive(msg.get_payload_bytes()) {
+                    tracing::warn!(
+                        channel = %self.config.channel, error = %e, suppressed_errors = suppressed,
+                        "redis bus: skipped a message that is not an envelope; is another program publishing on this channel?"
+                    );
                 }
             }
             down_since = Some(Instant::now());
