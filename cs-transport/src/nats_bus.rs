@@ -235,7 +235,15 @@ impl NatsBus {
                 reason,
             });
         }
-        let shown: Arc<str> = Arc::from(redact_url(url));
+        // The client takes a list; a URL with commas names several servers.
+        let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+        let shown: Arc<str> = Arc::from(
+            servers
+                .iter()
+                .map(|server| redact_url(server))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         let counters = Arc::new(Counters::default());
         let wake = Arc::new(watch::Sender::new(()));
         let events = Events {
@@ -258,7 +266,7 @@ impl NatsBus {
                 events.on(event);
                 std::future::ready(())
             });
-        let client = match tokio::time::timeout(config.timeout, options.connect(url)).await {
+        let client = match tokio::time::timeout(config.timeout, options.connect(servers)).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => {
                 let reason = scrub(&e.to_string(), url);
@@ -362,20 +370,20 @@ fn check_subject(subject: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `reason` without the credentials of `url`, should the client have
-/// quoted them.
+/// `reason` without the credentials in `url` (one server or several,
+/// separated by commas), should the client have quoted them.
 fn scrub(reason: &str, url: &str) -> String {
     // The password after `user:`, or a bare token.
-    let secret = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .map(|(user_info, _)| user_info.split_once(':').map_or(user_info, |(_, pw)| pw))
-        .filter(|secret| !secret.is_empty());
-    match secret {
-        Some(secret) => reason.replace(secret, "***"),
-        None => reason.to_owned(),
-    }
+    let secrets = url.split(',').filter_map(|server| {
+        let (_, rest) = server.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let (user_info, _) = authority.rsplit_once('@')?;
+        let secret = user_info.split_once(':').map_or(user_info, |(_, pw)| pw);
+        (!secret.is_empty()).then_some(secret)
+    });
+    secrets.fold(reason.to_owned(), |reason, secret| {
+        reason.replace(secret, "***")
+    })
 }
 
 /// The delay before reconnect attempt `attempts` (1 for the first retry):
@@ -613,6 +621,8 @@ mod tests {
         let token = "nats://t0ken@nats:4222";
         assert_eq!(scrub("bad token t0ken", token), "bad token ***");
         assert_eq!(scrub("refused", "nats://nats:4222"), "refused");
+        let two = "nats://a:pw1@n1:4222,nats://b:pw2@n2:4222";
+        assert_eq!(scrub("pw1 pw2", two), "*** ***");
     }
 
     #[test]
@@ -666,5 +676,20 @@ mod tests {
         let text = e.to_string();
         assert!(!text.contains("s3cret"), "{text}");
         assert!(text.contains("127.0.0.1:1"), "{text}");
+        // Several servers, none up: each shown, no password.
+        let config = NatsBusConfig {
+            timeout: Duration::from_secs(2),
+            ..NatsBusConfig::default()
+        };
+        let two = "nats://a:pw1@127.0.0.1:1, nats://b:pw2@127.0.0.1:2";
+        let Err(e) = NatsBus::connect(two, config).await else {
+            panic!("connected to closed ports");
+        };
+        let text = e.to_string();
+        assert!(!text.contains("pw1") && !text.contains("pw2"), "{text}");
+        assert!(
+            text.contains("nats://a:***@127.0.0.1:1,nats://b:***@127.0.0.1:2"),
+            "{text}"
+        );
     }
 }
