@@ -19,7 +19,7 @@
 //! same two endpoints (`GET /pair/{n}` and `/ws?pair={n}&role=visitor|agent`),
 //! such as `chat_server --loadgen`. Repeat `--url` for the nodes of one
 //! cluster (pairs are spread as below), add `--server-pid` for their memory
-//! and CPU, and `--bus` for Redis's CPU.
+//! and CPU, and `--bus` for the CPU of Redis or nats-server.
 //!
 //! The last line of stdout is one JSON object: connections, msgs_per_sec,
 //! p50_ms, p99_ms, p999_ms, refused, degraded, server_rss_mb,
@@ -32,13 +32,16 @@
 //! **Several nodes.** `--nodes 3 --bus redis://127.0.0.1:6379 --store
 //! postgres://postgres@127.0.0.1:5432/test` starts three cs servers that share
 //! a PostgreSQL store (in a fresh schema, dropped at the end) and a
-//! [`RedisBus`](cs::transport::RedisBus); each pair's visitor connects to node
+//! [`RedisBus`](cs::transport::RedisBus), or a
+//! [`NatsBus`](cs::transport::NatsBus) with `--bus nats://127.0.0.1:4222`
+//! (the URL's scheme picks the bus); each pair's visitor connects to node
 //! `n % 3` and its agent to node `(n + 1) % 3`, so every message crosses the
 //! bus. With `--baseline`, the baseline is then one node on the same store
 //! (no bus), not the relay. The JSON also has `nodes`, `servers_cpu_percent`
-//! and `redis_cpu_percent` (Redis's own CPU over the sending window, read
-//! from `/proc` with the pid Redis reports, so Redis must run on this
-//! machine).
+//! and `redis_cpu_percent` or `nats_cpu_percent` (the bus server's own CPU
+//! over the sending window, read from `/proc`, so it must run on this
+//! machine: Redis's pid is the one it reports, nats-server's the one process
+//! of that name).
 //!
 //! These machines cap open files at 20,000 per process, so one server holds at
 //! most about 19,900 connections; clients spread over 127.0.0.x source
@@ -72,8 +75,8 @@ use cs::core::{AgentId, Conversation, ConversationId, Party, TenantId, Timestamp
 use cs::datahub::store::PostgresStore;
 use cs::transport::websocket::{self, WsConfig};
 use cs::transport::{
-    Change, ClientFrame, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, NodeId,
-    PoolConfig, RedisBus, RedisBusConfig,
+    Change, ClientFrame, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, NatsBus,
+    NatsBusConfig, NodeId, PoolConfig, RedisBus, RedisBusConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -106,7 +109,8 @@ struct Args {
     /// cs servers to start, sharing `--store` and `--bus`.
     #[arg(long, default_value_t = 1)]
     nodes: usize,
-    /// The Redis bus between the nodes (needed with `--nodes` above 1).
+    /// The bus between the nodes (needed with `--nodes` above 1):
+    /// `redis://…` for Redis pub/sub, `nats://…` for NATS.
     #[arg(long)]
     bus: Option<String>,
     /// A shared PostgreSQL store for the cs servers (needed with `--nodes`
@@ -181,6 +185,8 @@ struct LoadResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_cpu_percent: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    nats_cpu_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     baseline_msgs_per_sec: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     baseline_p99_ms: Option<f64>,
@@ -194,7 +200,7 @@ async fn drive(args: &Args) -> Result<(), BoxError> {
     }
     if args.nodes > 1 && (args.bus.is_none() || args.store.is_none()) {
         return Err(
-            "--nodes above 1 needs --bus redis://… and --store postgres://… (the nodes share both)"
+            "--nodes above 1 needs --bus redis://… or nats://…, and --store postgres://… (the nodes share both)"
                 .into(),
         );
     }
@@ -386,6 +392,26 @@ fn cpu_times(pids: &[u32]) -> Option<Duration> {
     pids.iter().map(|pid| cpu_time(*pid)).sum()
 }
 
+/// Whether `--bus` names a NATS server rather than Redis.
+fn is_nats(url: &str) -> bool {
+    url.starts_with("nats://") || url.starts_with("tls://")
+}
+
+/// The pid of the one process named `nats-server` on this machine (NATS
+/// does not report its pid to clients); none if there are several.
+fn nats_server_pid() -> Option<u32> {
+    let mut pids = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim() == "nats-server").then_some(pid)
+        });
+    let pid = pids.next()?;
+    pids.next().is_none().then_some(pid)
+}
+
 /// The pid of the Redis behind `url`, as it reports it (`INFO server`).
 async fn redis_pid(url: &str) -> Option<u32> {
     let client = redis::Client::open(url).ok()?;
@@ -454,7 +480,8 @@ async fn run_load(
         pids.iter().map(|pid| rss_kb(*pid)).sum()
     };
     let rss_before = rss(server_pids);
-    let redis = match (&args.bus, nodes > 1) {
+    let bus_server = match (&args.bus, nodes > 1) {
+        (Some(url), true) if is_nats(url) => nats_server_pid(),
         (Some(url), true) => redis_pid(url).await,
         _ => None,
     };
@@ -515,7 +542,7 @@ async fn run_load(
     start_sending.cancel();
     let started = Instant::now();
     let servers_cpu_before = cpu_times(server_pids);
-    let redis_cpu_before = redis.and_then(cpu_time);
+    let bus_cpu_before = bus_server.and_then(cpu_time);
     let duration = Duration::from_secs(args.duration);
     let mut last_delivered = 0;
     while started.elapsed() < duration {
@@ -545,7 +572,11 @@ async fn run_load(
         _ => None,
     };
     let servers_cpu_percent = share(servers_cpu_before, cpu_times(server_pids));
-    let redis_cpu_percent = share(redis_cpu_before, redis.and_then(cpu_time));
+    let bus_cpu_percent = share(bus_cpu_before, bus_server.and_then(cpu_time));
+    let (redis_cpu_percent, nats_cpu_percent) = match &args.bus {
+        Some(url) if is_nats(url) => (None, bus_cpu_percent),
+        _ => (bus_cpu_percent, None),
+    };
     // Give in-flight messages a moment to arrive; they count, late.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
@@ -574,6 +605,7 @@ async fn run_load(
         nodes,
         servers_cpu_percent,
         redis_cpu_percent,
+        nats_cpu_percent,
         baseline_msgs_per_sec: None,
         baseline_p99_ms: None,
         ratio: None,
@@ -865,7 +897,11 @@ async fn serve_cs(args: &Args) -> Result<(), BoxError> {
     let mut dispatcher_config = DispatcherConfig::default();
     let pool = match &args.bus {
         Some(url) => {
-            let bus = RedisBus::connect(url, RedisBusConfig::default()).await?;
+            let bus: Arc<dyn cs::transport::Bus> = if is_nats(url) {
+                NatsBus::connect(url, NatsBusConfig::default()).await?
+            } else {
+                RedisBus::connect(url, RedisBusConfig::default()).await?
+            };
             // A message lost on the bus with nothing after it is found by this.
             dispatcher_config.position_check_interval = Some(Duration::from_secs(2));
             ConnectionPool::with_bus(pool_config, bus, Arc::clone(&metrics))

@@ -5,7 +5,8 @@
 ///
 /// The user info ends at the last `@` (a password may itself contain one).
 /// A bare user info is a user name (`mysql://root@host`), except for Redis
-/// (`redis://`, `rediss://`), where it is the password.
+/// (`redis://`, `rediss://`), where it is the password, and NATS
+/// (`nats://`, `tls://`), where it is a token.
 ///
 /// ```
 /// use cs_core::redact_url;
@@ -32,7 +33,7 @@ pub fn redact_url(url: &str) -> String {
             &user_info[..colon],
             &rest[at..]
         ),
-        None if matches!(scheme, "redis" | "rediss") => {
+        None if matches!(scheme, "redis" | "rediss" | "nats" | "tls") => {
             format!("{}***{}", &url[..scheme_end + 3], &rest[at..])
         }
         None => url.to_owned(),
@@ -57,6 +58,8 @@ mod tests {
         assert_eq!(redact_url("redis://:pw@host/0"), "redis://:***@host/0");
         assert_eq!(redact_url("redis://u:p@ss@h:6379"), "redis://u:***@h:6379");
         assert_eq!(redact_url("redis://secret@h:6379"), "redis://***@h:6379");
+        assert_eq!(redact_url("nats://t0ken@h:4222"), "nats://***@h:4222");
+        assert_eq!(redact_url("nats://u:pw@h:4222"), "nats://u:***@h:4222");
         assert_eq!(
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"

@@ -13,6 +13,9 @@
 //!   [`InProcessBus`].
 //! - `redis_bus` (feature `redis`): `RedisBus`, the bus over Redis pub/sub,
 //!   which notices and reports what it loses.
+//! - `nats_bus` (feature `nats`): `NatsBus`, the same over NATS core
+//!   pub/sub. `bus_wire` holds what both share: the envelope's wire format,
+//!   the publisher's counter, the inbox that reports losses, the counters.
 //! - `cluster` (feature `redis`): state several nodes share in Redis: a
 //!   `Lease` (one owner at a time, such as the node that routes a tenant)
 //!   and `ClusterPresence` (who is connected on which live node).
@@ -37,7 +40,7 @@
 //! ([`ConnectionPool::publish_host`], [`ConnectionPool::host_messages`]).
 //!
 //! Not built yet: a server-initiated heartbeat (clients keep the connection
-//! alive with `ping` frames) and a NATS bus. The pool's presence events are
+//! alive with `ping` frames). The pool's presence events are
 //! per node; a host shares them through `cluster::ClusterPresence`.
 //!
 //! It depends only on `cs-core`; storage comes in as a
@@ -46,11 +49,15 @@
 #![warn(missing_docs)]
 
 pub mod bus;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod bus_wire;
 #[cfg(feature = "redis")]
 pub mod cluster;
 pub mod dispatcher;
 pub mod hooks;
 pub mod metrics;
+#[cfg(feature = "nats")]
+pub mod nats_bus;
 mod outbox;
 mod path;
 pub mod pool;
@@ -66,6 +73,8 @@ pub use dispatcher::{
 };
 pub use hooks::{Hook, HookAction, HookContext, HookError};
 pub use metrics::{Metrics, MetricsSnapshot};
+#[cfg(feature = "nats")]
+pub use nats_bus::{NatsBus, NatsBusConfig, NatsBusError, NatsBusStats};
 pub use outbox::{PushError, WriterExit};
 pub use path::{Outcome, PathError, PathEvent};
 pub use pool::{

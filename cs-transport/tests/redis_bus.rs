@@ -11,16 +11,10 @@ mod support;
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cs_core::{ConversationId, Seq};
-use cs_transport::ServerFrame;
 use support::redis_nodes::*;
 use support::*;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const LIMIT: Duration = Duration::from_secs(10);
-/// How long a connection must stay silent to count as having nothing more.
-const QUIET: Duration = Duration::from_millis(400);
 
 async fn plain(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
@@ -30,57 +24,12 @@ async fn plain(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// Fails if a message frame arrives within `QUIET`.
-async fn assert_no_more_messages(client: &mut Client) {
-    while let Some(frame) = client.next_within(QUIET).await {
-        assert!(
-            !matches!(frame, ServerFrame::Message { .. }),
-            "no message after the last one (a duplicate?): {frame:?}"
-        );
-    }
-}
-
-/// The seqs in `seen`, which must be `from..=to` exactly.
-fn assert_complete(seen: &[(u64, String)], from: u64, to: Seq) {
-    let seqs: Vec<u64> = seen.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(
-        seqs,
-        (from..=to.get()).collect::<Vec<_>>(),
-        "every seq once, in order"
-    );
-}
-
-/// Local ports of this process's TCP sockets: its fds that are sockets,
-/// matched by inode with the kernel's socket tables.
+/// Local ports of this process's TCP sockets.
 fn own_ports() -> HashSet<u16> {
-    let inodes: HashSet<String> = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_string_lossy().into_owned();
-            Some(
-                target
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_owned(),
-            )
-        })
-        .collect();
-    let mut ports = HashSet::new();
-    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() > 9 && inodes.contains(fields[9]) {
-                if let Some((_, port)) = fields[1].rsplit_once(':') {
-                    ports.insert(u16::from_str_radix(port, 16).unwrap());
-                }
-            }
-        }
-    }
-    ports
+    own_tcp_sockets()
+        .into_iter()
+        .map(|socket| socket.local_port)
+        .collect()
 }
 
 /// `CLIENT KILL TYPE pubsub`, narrowed to this process's connections so
@@ -120,17 +69,6 @@ async fn kill_own_subscribers(conn: &mut redis::aio::MultiplexedConnection) -> u
     killed
 }
 
-/// A visitor on node one and an agent on node two, both joined to a fresh
-/// conversation assigned to the agent.
-async fn ann_and_alice(d: &RedisDeployment) -> (ConversationId, Client, Client, Seq) {
-    let id = d.conversation_for_alice().await;
-    let mut ann = d.one.connect("shop", visitor("ann"));
-    let mut alice = d.two.connect("shop", agent("alice"));
-    let joined = d.one.join_from_start(&mut ann, id).await;
-    assert_eq!(d.two.join_from_start(&mut alice, id).await, joined);
-    (id, ann, alice, joined)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_visitor_and_an_agent_on_two_nodes_talk_both_ways_in_order_once() {
     let Some(url) = cs_core::testing::service_url("CS_TEST_REDIS_URL") else {
@@ -138,38 +76,12 @@ async fn a_visitor_and_an_agent_on_two_nodes_talk_both_ways_in_order_once() {
     };
     let _serial = SERIAL.lock().await;
     let d = redis_deployment(&url, &url, &unique_channel("talk")).await;
-    let (id, mut ann, mut alice, joined) = ann_and_alice(&d).await;
+    let (id, mut ann, mut alice, joined) = ann_and_alice(&d.one, &d.two).await;
 
     // Both write at once, each on its own node.
     const EACH: usize = 40;
-    let ann_writes = async {
-        for i in 0..EACH {
-            d.one.client_send(&ann, id, &format!("ann {i}")).await;
-        }
-    };
-    let alice_writes = async {
-        for i in 0..EACH {
-            d.two.client_send(&alice, id, &format!("alice {i}")).await;
-        }
-    };
-    tokio::join!(ann_writes, alice_writes);
-    let last = Seq::new(joined.get() + 2 * EACH as u64);
-
-    let ann_saw = read_until(&mut ann, last, LIMIT).await;
-    let alice_saw = read_until(&mut alice, last, LIMIT).await;
-    assert_complete(&ann_saw, joined.get() + 1, last);
-    assert_eq!(ann_saw, alice_saw, "both sides saw the same conversation");
-    for who in ["ann", "alice"] {
-        let theirs: Vec<&str> = ann_saw
-            .iter()
-            .map(|(_, text)| text.as_str())
-            .filter(|text| text.starts_with(&format!("{who} ")))
-            .collect();
-        let sent: Vec<String> = (0..EACH).map(|i| format!("{who} {i}")).collect();
-        assert_eq!(theirs, sent, "{who}'s messages in the order sent");
-    }
-    assert_no_more_messages(&mut ann).await;
-    assert_no_more_messages(&mut alice).await;
+    let nodes = (&d.one, &d.two);
+    talk_both_ways(nodes, id, (&mut ann, &mut alice), joined, EACH).await;
 
     for bus in [&d.bus_one, &d.bus_two] {
         let stats = bus.stats();
@@ -189,14 +101,10 @@ async fn garbage_on_the_channel_is_counted_and_skipped() {
     };
     let _serial = SERIAL.lock().await;
     let d = redis_deployment(&url, &url, &unique_channel("garbage")).await;
-    let (id, _ann, mut alice, joined) = ann_and_alice(&d).await;
+    let (id, _ann, mut alice, joined) = ann_and_alice(&d.one, &d.two).await;
 
     let mut conn = plain(&url).await;
-    for garbage in [
-        &b"not an envelope"[..],
-        b"{\"v\":1,\"from\":\"one\"}\n{}",
-        b"\xff\xfe\n\x00",
-    ] {
+    for garbage in GARBAGE {
         let _: i64 = redis::cmd("PUBLISH")
             .arg(&d.channel)
             .arg(garbage)
@@ -204,9 +112,7 @@ async fn garbage_on_the_channel_is_counted_and_skipped() {
             .await
             .unwrap();
     }
-    let after = d.one.host_send(id, agent("alice"), "still here").await;
-    let saw = read_until(&mut alice, after.seq, LIMIT).await;
-    assert_complete(&saw, joined.get() + 1, after.seq);
+    still_delivered(&d.one, id, &mut alice, joined).await;
     wait_until("both nodes counted the garbage", LIMIT, || {
         d.bus_one.stats().decode_errors == 3 && d.bus_two.stats().decode_errors == 3
     })
@@ -221,27 +127,16 @@ async fn killed_subscriptions_reconnect_report_a_loss_and_miss_nothing() {
     };
     let _serial = SERIAL.lock().await;
     let d = redis_deployment(&url, &url, &unique_channel("kill")).await;
-    let (id, mut ann, mut alice, joined) = ann_and_alice(&d).await;
-    let first = d.one.client_send(&ann, id, "hello").await;
-    assert_complete(
-        &read_until(&mut ann, first, LIMIT).await,
-        joined.get() + 1,
-        first,
-    );
-    assert_complete(
-        &read_until(&mut alice, first, LIMIT).await,
-        joined.get() + 1,
-        first,
-    );
+    let (id, mut ann, mut alice, joined) = ann_and_alice(&d.one, &d.two).await;
+    let first = hello(&d.one, id, (&mut ann, &mut alice), joined).await;
 
     // Kill both subscriptions and write at once, so that what is written
     // may well land while they are away.
     let mut conn = plain(&url).await;
-    let (killed, (from_ann, from_alice)) = tokio::join!(kill_own_subscribers(&mut conn), async {
-        let from_ann = d.one.client_send(&ann, id, "are you there?").await;
-        let from_alice = d.two.client_send(&alice, id, "yes, one moment").await;
-        (from_ann, from_alice)
-    });
+    let (killed, written) = tokio::join!(
+        kill_own_subscribers(&mut conn),
+        both_write_once((&d.one, &d.two), id, (&ann, &alice))
+    );
     assert!(
         killed >= 2,
         "both nodes' subscriptions were killed: {killed}"
@@ -255,14 +150,7 @@ async fn killed_subscriptions_reconnect_report_a_loss_and_miss_nothing() {
         })
         .await;
     }
-    let last = d.one.client_send(&ann, id, "thanks").await;
-    assert!(from_ann < from_alice && from_alice < last);
-    let ann_saw = read_until(&mut ann, last, LIMIT).await;
-    let alice_saw = read_until(&mut alice, last, LIMIT).await;
-    assert_complete(&ann_saw, first.get() + 1, last);
-    assert_complete(&alice_saw, first.get() + 1, last);
-    assert_no_more_messages(&mut ann).await;
-    assert_no_more_messages(&mut alice).await;
+    nothing_missed(&d.one, id, (&mut ann, &mut alice), first, written).await;
 }
 
 /// An ACL user for node two's bus, removed on drop. Taking its channel
@@ -327,7 +215,7 @@ async fn a_message_published_while_a_node_cannot_subscribe_is_replayed_from_the_
     let url_two = format!("redis://{}:unused@{host}", user.name);
     let channel = unique_channel("away");
     let d = redis_deployment(&url, &url_two, &channel).await;
-    let (id, _ann, mut alice, joined) = ann_and_alice(&d).await;
+    let (id, _ann, mut alice, joined) = ann_and_alice(&d.one, &d.two).await;
     let mut conn = plain(&url).await;
     let subscribers = |conn: &mut redis::aio::MultiplexedConnection| {
         let mut conn = conn.clone();

@@ -31,7 +31,8 @@ async fn both_nodes_resubscribe_after_a_redis_restart_and_miss_nothing() {
     }
     let _guard = KeepRunning;
     let d = redis_deployment(&url, &url, &unique_channel("restart")).await;
-    let id = d.conversation_for_alice().await;
+    let id = d.one.conversation("shop", "ann", Some("alice")).await.id();
+    heard(&d.one, &d.two).await;
     let mut ann = d.one.connect("shop", visitor("ann"));
     let mut alice = d.two.connect("shop", agent("alice"));
     let joined = d.one.join_from_start(&mut ann, id).await;

@@ -306,6 +306,9 @@ impl AppendInterceptor for PanicOnText {
     }
 }
 
+#[cfg(any(feature = "redis", feature = "nats"))]
+pub mod bus_nodes;
 #[cfg(feature = "redis")]
 pub mod local_redis;
+#[cfg(feature = "redis")]
 pub mod redis_nodes;
