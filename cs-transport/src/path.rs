@@ -291,6 +291,26 @@ impl MessagePath {
             .ok_or(PathError::UnknownConversation(id))
     }
 
+    /// Most recent messages searched for a refused retry's original.
+    const RETRY_WINDOW: usize = 200;
+
+    /// The stored original of `message`, if it is a retry (same
+    /// `client_msg_id`, same sender) of one among the conversation's last
+    /// [`Self::RETRY_WINDOW`] messages. Only asked on the refusal path, so
+    /// the store's dedup stays the one check on the hot path; a retry comes
+    /// soon after its original, so a recent window finds it.
+    async fn stored_retry(&self, message: &NewMessage) -> Option<Message> {
+        let client_msg_id = message.client_msg_id.as_ref()?;
+        let recent = self
+            .store
+            .recent(message.conversation, Self::RETRY_WINDOW)
+            .await
+            .ok()?;
+        recent.into_iter().find(|stored| {
+            stored.client_msg_id.as_ref() == Some(client_msg_id) && stored.sender == message.sender
+        })
+    }
+
     fn sender_info(&self, origin: Origin) -> Result<Option<ConnInfo>, PathError> {
         match origin {
             Origin::Host => Ok(None),
@@ -329,11 +349,34 @@ impl MessagePath {
         message.validate(&self.config.message_limits)?;
 
         let conversation = self.conversation(state, id).await?;
-        if let Some(info) = &sender {
-            may_write(conversation, info)?;
+        let refused = match &sender {
+            Some(info) => may_write(conversation, info).err(),
+            None => None,
         }
-        if conversation.state().kind() == cs_core::StateKind::Closed {
-            return Err(PathError::Closed(id));
+        .or_else(|| {
+            (conversation.state().kind() == cs_core::StateKind::Closed)
+                .then_some(PathError::Closed(id))
+        });
+        if let Some(refused) = refused {
+            // A retry of a message stored before a close or a transfer must
+            // get its ack, not an error that says it was lost; only for a
+            // sender who may read the conversation (its tenant, its visitor).
+            let may_ask = sender
+                .as_ref()
+                .is_none_or(|info| may_read(conversation, info).is_ok());
+            let original = if may_ask {
+                self.stored_retry(&message).await
+            } else {
+                None
+            };
+            if let Some(original) = original {
+                Metrics::bump(&self.metrics.duplicates);
+                return Ok(Outcome::Stored {
+                    message: original,
+                    duplicate: true,
+                });
+            }
+            return Err(refused);
         }
         if let Body::Event(Event::Typing { active }) = message.body {
             let frame = ServerFrame::Typing {

@@ -114,6 +114,42 @@ async fn a_retry_is_acked_with_the_original_seq_and_not_delivered_twice() {
     assert_eq!(node.metrics.snapshot().duplicates, 1);
 }
 
+#[tokio::test]
+async fn a_retry_after_a_transfer_or_a_close_gets_its_original_ack() {
+    let node = Node::memory();
+    let id = node.conversation("shop", "ann", Some("alice")).await.id();
+    let alice = node.connect("shop", agent("alice"));
+    let ann = node.connect("shop", visitor("ann"));
+    let send = |client: &Client, key: &str| Command::Send {
+        origin: Origin::Connection(client.conn),
+        message: NewMessage::text(id, client.party.clone(), "are you there?")
+            .with_client_msg_id(ClientMsgId::new(key).unwrap()),
+    };
+    let stored = |outcome: Result<Outcome, SubmitError>| match outcome {
+        Ok(Outcome::Stored { message, duplicate }) => (message.seq, duplicate),
+        other => panic!("expected a stored message, got {other:?}"),
+    };
+
+    // Alice's message is stored, but her ack is lost; the chat moves to bob.
+    let (seq, _) = stored(node.dispatcher.submit_and_wait(send(&alice, "a-1")).await);
+    node.change(id, Change::Transfer(agent_id("bob"))).await;
+    // Her retry is acked with the original seq; a new message is refused.
+    let retried = stored(node.dispatcher.submit_and_wait(send(&alice, "a-1")).await);
+    assert_eq!(retried, (seq, true));
+    assert_unauthorized(&node, send(&alice, "a-2")).await;
+
+    // The same for ann's message once the conversation is closed.
+    let (seq, _) = stored(node.dispatcher.submit_and_wait(send(&ann, "v-1")).await);
+    node.change(id, Change::Close { reason: None }).await;
+    let retried = stored(node.dispatcher.submit_and_wait(send(&ann, "v-1")).await);
+    assert_eq!(retried, (seq, true));
+    match node.dispatcher.submit_and_wait(send(&ann, "v-2")).await {
+        Err(SubmitError::Rejected(PathError::Closed(closed))) => assert_eq!(closed, id),
+        other => panic!("a new message to a closed conversation is refused, got {other:?}"),
+    }
+    assert_eq!(node.metrics.snapshot().duplicates, 2);
+}
+
 async fn assert_unauthorized(node: &Node, command: Command) {
     match node.dispatcher.submit_and_wait(command).await {
         Err(SubmitError::Rejected(PathError::Unauthorized { .. })) => {}
