@@ -505,11 +505,7 @@ async fn metrics_health_and_ctrl_c_drain() {
 
 /// The agent serving `conversation` in the desk as `token` sees it.
 async fn agent_of(http: &Http, token: &str, conversation: &str) -> Result<String, String> {
-    let desk = http.desk(token).await?;
-    let chat = desk["chats"]
-        .as_array()
-        .and_then(|chats| chats.iter().find(|c| c["id"] == conversation))
-        .ok_or_else(|| format!("no chat {conversation} in {desk}"))?;
+    let chat = http.chat(token, conversation).await?;
     chat["agent"]
         .as_str()
         .map(str::to_owned)

@@ -61,16 +61,6 @@ async fn visitor_on(node: &support::Server) -> (String, String, Client) {
     (token, conversation, client)
 }
 
-/// The conversation as the desk on `http`'s node lists it.
-async fn chat(http: &Http, token: &str, conversation: &str) -> Value {
-    let desk = http.desk(token).await.expect("the desk answers");
-    desk["chats"]
-        .as_array()
-        .and_then(|chats| chats.iter().find(|c| c["id"] == conversation))
-        .cloned()
-        .unwrap_or_else(|| panic!("{conversation} is not on the desk: {desk}"))
-}
-
 #[tokio::test]
 async fn a_visitor_on_one_node_and_an_agent_on_another_exchange_messages_both_ways() {
     let Some((redis, postgres)) = cluster_services() else {
@@ -231,11 +221,11 @@ async fn killing_the_routing_node_mid_conversation_loses_nothing_and_another_nod
         "the new router lists the chat as Alice's",
         WAIT,
         async || {
-            let desk = http_three.desk(&alice_token).await?;
-            let chats = desk["chats"].as_array().cloned().unwrap_or_default();
-            match chats.iter().find(|c| c["id"] == conversation.as_str()) {
-                Some(chat) if chat["agent"] == "alice" => Ok(()),
-                _ => Err(desk.to_string()),
+            let chat = http_three.chat(&alice_token, &conversation).await?;
+            if chat["agent"] == "alice" {
+                Ok(())
+            } else {
+                Err(chat.to_string())
             }
         },
     )
@@ -332,7 +322,7 @@ async fn an_agents_capacity_holds_when_hand_offs_arrive_on_two_nodes_at_once() {
     assert_eq!(alice_view["active"], 1, "{desk}");
     assert_eq!(alice_view["capacity"], 1, "{desk}");
     assert_eq!(
-        chat(&http, &alice_token, waiter_id).await["queue_position"],
+        http.chat(&alice_token, waiter_id).await.unwrap()["queue_position"],
         1
     );
 

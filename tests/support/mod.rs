@@ -439,6 +439,16 @@ impl Http {
             (status, body) => Err(format!("{status} {body}")),
         }
     }
+
+    /// `conversation` as the desk lists it, or what was seen instead.
+    pub async fn chat(&self, token: &str, conversation: &str) -> Result<Value, String> {
+        let desk = self.desk(token).await?;
+        desk["chats"]
+            .as_array()
+            .and_then(|chats| chats.iter().find(|c| c["id"] == conversation))
+            .cloned()
+            .ok_or_else(|| format!("{conversation} is not on the desk: {desk}"))
+    }
 }
 
 /// A WebSocket client that waits for the frame a test expects. It reads its
