@@ -746,7 +746,7 @@ impl Desk {
                 Ok(PresenceEvent {
                     tenant,
                     party: Party::Agent(agent),
-                    online,
+                    ..
                 }) if tenant == self.tenant => {
                     if let Some(cluster) = &self.cluster {
                         self.share_presence(cluster, &agent).await;
@@ -757,7 +757,9 @@ impl Desk {
                         *epoch += 1;
                         *epoch
                     };
-                    if online {
+                    // The pool's state now, not the event's: a first tab's
+                    // event and a last tab's can arrive in either order.
+                    if self.connected_here(&agent) {
                         if let Err(e) = self.set_presence(&agent, self.chosen(&agent)).await {
                             tracing::warn!(%agent, error = %e, "presence not applied");
                         }
