@@ -349,32 +349,28 @@ impl MessagePath {
         message.validate(&self.config.message_limits)?;
 
         let conversation = self.conversation(state, id).await?;
-        let refused = match &sender {
-            Some(info) => may_write(conversation, info).err(),
-            None => None,
-        }
-        .or_else(|| {
-            (conversation.state().kind() == cs_core::StateKind::Closed)
-                .then_some(PathError::Closed(id))
-        });
+        let refused = sender
+            .as_ref()
+            .and_then(|info| may_write(conversation, info).err())
+            .or_else(|| {
+                (conversation.state().kind() == cs_core::StateKind::Closed)
+                    .then_some(PathError::Closed(id))
+            });
         if let Some(refused) = refused {
             // A retry of a message stored before a close or a transfer must
             // get its ack, not an error that says it was lost; only for a
             // sender who may read the conversation (its tenant, its visitor).
-            let may_ask = sender
+            if sender
                 .as_ref()
-                .is_none_or(|info| may_read(conversation, info).is_ok());
-            let original = if may_ask {
-                self.stored_retry(&message).await
-            } else {
-                None
-            };
-            if let Some(original) = original {
-                Metrics::bump(&self.metrics.duplicates);
-                return Ok(Outcome::Stored {
-                    message: original,
-                    duplicate: true,
-                });
+                .is_none_or(|info| may_read(conversation, info).is_ok())
+            {
+                if let Some(original) = self.stored_retry(&message).await {
+                    Metrics::bump(&self.metrics.duplicates);
+                    return Ok(Outcome::Stored {
+                        message: original,
+                        duplicate: true,
+                    });
+                }
             }
             return Err(refused);
         }
