@@ -75,7 +75,7 @@ use cs::core::{AgentId, Conversation, ConversationId, Party, TenantId, Timestamp
 use cs::datahub::store::PostgresStore;
 use cs::transport::websocket::{self, WsConfig};
 use cs::transport::{
-    Change, ClientFrame, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, NatsBus,
+    Actor, Change, ClientFrame, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, NatsBus,
     NatsBusConfig, NodeId, PoolConfig, RedisBus, RedisBusConfig,
 };
 
@@ -840,6 +840,7 @@ impl CsServer {
                 let command = Command::Change {
                     conversation: id,
                     change,
+                    by: Actor::Host,
                 };
                 self.dispatcher
                     .submit_and_wait(command)

@@ -11,3 +11,7 @@ pub use cs_intent as intent;
 /// Connections, the flood-handling dispatcher, the message path and the
 /// axum WebSocket adapter (feature `axum`).
 pub use cs_transport as transport;
+/// The service desk: live chat, the bot and the shop's data as an axum
+/// router a host nests into its own app (feature `desk`).
+#[cfg(feature = "desk")]
+pub mod desk;

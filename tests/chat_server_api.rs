@@ -367,15 +367,23 @@ async fn uploads_are_size_limited_images_are_checked_and_files_come_back() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["body"]["type"], "image");
     let url = body["body"]["url"].as_str().unwrap().to_owned();
-    let served = http
-        .client
-        .get(format!("{}{url}", http.base))
-        .send()
-        .await
-        .unwrap();
+    let download = |url: &str, token: Option<&str>| {
+        let mut request = http.client.get(format!("{}{url}", http.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let served = download(&url, Some(&token)).await.unwrap();
     assert_eq!(served.headers()["content-type"], "image/png");
     assert_eq!(served.headers()["x-content-type-options"], "nosniff");
     assert_eq!(served.bytes().await.unwrap().as_ref(), png.as_slice());
+
+    // A file is its conversation's: nobody signed out can open it, and to
+    // another visitor it does not exist.
+    assert_eq!(download(&url, None).await.unwrap().status(), 401);
+    let (stranger, _, _) = http.visitor().await;
+    assert_eq!(download(&url, Some(&stranger)).await.unwrap().status(), 404);
 
     // Not an image, whatever it says; and not without a token.
     let fake = b"<script>alert(1)</script>".to_vec();
@@ -395,12 +403,7 @@ async fn uploads_are_size_limited_images_are_checked_and_files_come_back() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["body"]["type"], "file");
     let url = body["body"]["url"].as_str().unwrap();
-    let served = http
-        .client
-        .get(format!("{}{url}", http.base))
-        .send()
-        .await
-        .unwrap();
+    let served = download(url, Some(&token)).await.unwrap();
     assert_eq!(served.headers()["content-type"], "application/octet-stream");
     assert!(served.headers()["content-disposition"]
         .to_str()
@@ -409,14 +412,11 @@ async fn uploads_are_size_limited_images_are_checked_and_files_come_back() {
 
     // Over the limit (1 MiB here).
     let big = vec![0u8; 1024 * 1024 + 1];
-    let response = upload("big.bin", "application/octet-stream", big, Some(token))
+    let response = upload("big.bin", "application/octet-stream", big, Some(token.clone()))
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
-    let missing = http
-        .client
-        .get(format!("{}/files/{}", http.base, "0".repeat(32)))
-        .send()
+    let missing = download(&format!("/files/{}", "0".repeat(32)), Some(&token))
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);

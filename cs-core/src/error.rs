@@ -1,6 +1,7 @@
 //! One error type for hosts that just want `?`.
 
 use crate::conversation::ConversationError;
+use crate::directory::DirectoryError;
 use crate::ids::InvalidId;
 use crate::message::InvalidMessage;
 use crate::router::RouterError;
@@ -19,6 +20,9 @@ pub enum Error {
     /// See [`ConversationError`].
     #[error(transparent)]
     Conversation(#[from] ConversationError),
+    /// See [`DirectoryError`].
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
     /// See [`RouterError`].
     #[error(transparent)]
     Router(#[from] RouterError),

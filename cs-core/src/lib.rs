@@ -9,9 +9,13 @@
 //!   ([`Body`], [`Event`]), and the size limits checked before it is accepted.
 //! - [`conversation`]: [`Conversation`] and its state machine
 //!   (`Waiting → Bot → Queued → Assigned → Closed`, plus transfer and reopen).
+//! - [`directory`]: which agents exist, as the host lists them
+//!   ([`AgentDirectory`], [`MemoryDirectory`]), for the router to follow.
 //! - [`router`]: agent presence and capacity, the waiting queue, and the
 //!   pluggable [`AssignmentStrategy`](router::AssignmentStrategy).
 //! - [`store`]: the [`MessageStore`](store::MessageStore) contract,
+//!   [`ConversationQueries`](store::ConversationQueries) (a visitor's, an
+//!   agent's and a tenant's open conversations, for a desk),
 //!   [`MemoryStore`](store::MemoryStore), and (feature `testing`) the
 //!   contract suite every store runs.
 //! - [`testing`] (feature `testing`): the service-URL helper for tests that
@@ -59,7 +63,13 @@
 
 #![warn(missing_docs)]
 
+// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod conversation;
+pub mod directory;
 mod error;
 pub mod ids;
 pub mod message;
@@ -71,6 +81,7 @@ pub mod testing;
 mod timestamp;
 
 pub use conversation::{Conversation, ConversationError, ConversationState, Reader, StateKind};
+pub use directory::{AgentDirectory, AgentRecord, AgentRole, DirectoryError, MemoryDirectory};
 pub use error::Error;
 pub use ids::{
     AgentId, ClientMsgId, ConnId, ConversationId, InvalidId, Seq, Skill, TenantId, VisitorId,

@@ -16,8 +16,10 @@
 //!   against a real server: SQLite (`sqlite`), PostgreSQL (`postgres`),
 //!   MariaDB/MySQL (`mysql`), Redis (`redis`), and `TieredStore` (`redis`):
 //!   Redis as a cache of recent messages in front of any of the SQL stores.
-//!   Plus [`store::MessageStoreExt`] for batched appends, inbox queries, the
-//!   open conversations a restart re-queues and per-day statistics, and
+//!   Each also answers cs-core's
+//!   [`ConversationQueries`](cs_core::store::ConversationQueries) (inbox
+//!   queries, the open conversations a restart re-queues). Plus
+//!   [`store::MessageStoreExt`] for batched appends and per-day statistics, and
 //!   [`store::VisitorStore`] for visitor records (name, email, first and
 //!   last seen, the host's own attributes).
 //! - [`error`]: [`OpenError`], for a store that cannot be opened.
@@ -32,6 +34,11 @@
 //! merges an ERP (a SQL table) and a CRM (an HTTP/JSON service) into one profile.
 
 #![warn(missing_docs)]
+
+// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub mod adapter;
 pub mod breaker;

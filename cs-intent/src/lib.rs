@@ -32,6 +32,9 @@
 //! - [`persist`][]: save/load the whole agent (magic, format version, CRC-32).
 //! - [`dataset`][]: reading `text,category` CSV files.
 //! - [`error`][]: [`IntentError`], every failure as a typed error.
+//! - [`faq`][]: a FAQ bot from a JSON file: [`faq::Faq`] parses and checks it,
+//!   [`faq::FaqBot`] answers, asks which was meant, or hands off, and learns
+//!   from corrections and clarification clicks.
 //!
 //! # Example
 //!
@@ -61,12 +64,18 @@
 //! self-test, incremental learning, KB search) and what is not built yet.
 #![warn(missing_docs)]
 
+// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod agent;
 pub mod calibration;
 pub mod classifier;
 pub mod dataset;
 pub mod discovery;
 pub mod error;
+pub mod faq;
 pub mod kb;
 pub mod memory;
 pub mod model;

@@ -38,7 +38,8 @@ use tokio_util::task::TaskTracker;
 
 use cs_core::store::MessageStore;
 use cs_core::{
-    AgentId, Body, ClientMsgId, ConnId, ConversationId, Event, MessageLimits, NewMessage, Seq,
+    AgentId, Body, ClientMsgId, ConnId, Conversation, ConversationId, Event, MessageLimits,
+    NewMessage, Seq, VisitorId,
 };
 
 use crate::hooks::Hook;
@@ -182,7 +183,53 @@ pub enum Command {
         conversation: ConversationId,
         /// The change.
         change: Change,
+        /// On whose behalf: checked on the conversation's shard, against
+        /// its state at that moment.
+        by: Actor,
     },
+}
+
+/// Who asks for a [`Command::Change`]. The check runs on the
+/// conversation's shard, the single writer, so it never reads a view that
+/// lags the conversation (an assignment made a moment ago counts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// The host itself (the router, a hook, recovery): any legal change.
+    Host,
+    /// An agent: only the agent the conversation is assigned to may close
+    /// or transfer it, and an agent may make no other change.
+    Agent(AgentId),
+    /// A visitor: only the conversation's own visitor may close it, and a
+    /// visitor may make no other change.
+    Visitor(VisitorId),
+}
+
+impl Actor {
+    /// Why `self` may not make `change` to `conversation`, if it may not.
+    pub fn refusal(&self, change: &Change, conversation: &Conversation) -> Option<&'static str> {
+        match self {
+            Actor::Host => None,
+            Actor::Agent(agent) => {
+                let allowed = matches!(change, Change::Close { .. } | Change::Transfer(_));
+                if !allowed {
+                    Some("an agent may only close or transfer a conversation")
+                } else if conversation.agent() != Some(agent) {
+                    Some("only the agent serving the conversation may close or transfer it")
+                } else {
+                    None
+                }
+            }
+            Actor::Visitor(visitor) => {
+                if !matches!(change, Change::Close { .. }) {
+                    Some("a visitor may only close a conversation")
+                } else if conversation.visitor() != visitor {
+                    Some("only the conversation's own visitor may close it")
+                } else {
+                    None
+                }
+            }
+        }
+    }
 }
 
 impl Command {

@@ -48,6 +48,11 @@
 
 #![warn(missing_docs)]
 
+// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod bus;
 #[cfg(any(feature = "redis", feature = "nats"))]
 mod bus_wire;
@@ -69,7 +74,7 @@ pub mod websocket;
 
 pub use bus::{Bus, Envelope, InProcessBus, Inbound, NodeId, Target};
 pub use dispatcher::{
-    Admission, Change, Command, DispatchError, Dispatcher, DispatcherConfig, Origin, SubmitError,
+    Actor, Admission, Change, Command, DispatchError, Dispatcher, DispatcherConfig, Origin, SubmitError,
 };
 pub use hooks::{Hook, HookAction, HookContext, HookError};
 pub use metrics::{Metrics, MetricsSnapshot};
@@ -80,6 +85,8 @@ pub use path::{Outcome, PathError, PathEvent};
 pub use pool::{
     ConnInfo, ConnectionPool, Gap, HostMessage, PoolConfig, PresenceEvent, Registered, SendError,
 };
-pub use protocol::{ClientFrame, CloseReason, ErrorCode, FrameError, ServerFrame};
+pub use protocol::{
+    AgentRow, ChatRow, ClientFrame, CloseReason, DeskFrame, ErrorCode, FrameError, ServerFrame,
+};
 #[cfg(feature = "redis")]
 pub use redis_bus::{RedisBus, RedisBusConfig, RedisBusError, RedisBusStats};

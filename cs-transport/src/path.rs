@@ -27,7 +27,7 @@ use cs_core::{
     NewMessage, Party, Reader, Seq, TenantId, Timestamp,
 };
 
-use crate::dispatcher::{Change, Command, DispatcherConfig, Inner, Job, Origin};
+use crate::dispatcher::{Actor, Change, Command, DispatcherConfig, Inner, Job, Origin};
 use crate::hooks::{Hook, HookAction, HookContext};
 use crate::metrics::Metrics;
 use crate::pool::{ConnInfo, ConnectionPool, SendError};
@@ -216,7 +216,8 @@ impl MessagePath {
             Command::Change {
                 conversation,
                 change,
-            } => self.change(state, conversation, change).await,
+                by,
+            } => self.change(state, conversation, change, by).await,
         };
 
         match &result {
@@ -590,8 +591,17 @@ impl MessagePath {
         state: &mut ShardState,
         id: ConversationId,
         change: Change,
+        by: Actor,
     ) -> Result<Outcome, PathError> {
         let conversation = self.conversation(state, id).await?;
+        // Checked here, on the single writer, against the state this very
+        // change would modify: no cached view can lag it.
+        if let Some(reason) = by.refusal(&change, conversation) {
+            return Err(PathError::Unauthorized {
+                conversation: id,
+                reason,
+            });
+        }
         let before = conversation.clone();
         let now = Timestamp::now();
         let mut leaving = None;
@@ -742,6 +752,7 @@ impl MessagePath {
                         HookAction::HandOff { reason } => Command::Change {
                             conversation: id,
                             change: Change::HandOff { reason },
+                            by: Actor::Host,
                         },
                     };
                     if let Err(e) = dispatcher.admit_from(command, None, true).await {

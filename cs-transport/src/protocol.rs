@@ -9,7 +9,11 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use cs_core::{Body, ClientMsgId, ConnId, ConversationId, Message, Party, Seq};
+use cs_core::router::Presence;
+use cs_core::{
+    AgentId, Body, ClientMsgId, ConnId, ConversationId, Message, Party, Seq, StateKind, Timestamp,
+    VisitorId,
+};
 
 /// What a client sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +237,93 @@ impl ClientFrame {
     pub fn encode(&self) -> Bytes {
         encode_json(self)
     }
+}
+
+/// Frames a service desk sends besides the message path's own: a queued
+/// visitor's place, and what the agents' consoles show. They share the
+/// `type` tag with [`ServerFrame`] and use names it does not, so a client
+/// reads both from one socket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DeskFrame {
+    /// To a queued visitor: their place (1 is next), whenever it changes.
+    Queue {
+        /// Their conversation.
+        conversation: ConversationId,
+        /// Their place.
+        position: usize,
+    },
+    /// To consoles: the conversations that changed since the last frame
+    /// (coalesced, a bounded number per frame), and those that left the desk.
+    Desk {
+        /// Changed conversations, whole.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        chats: Vec<ChatRow>,
+        /// Conversations closed since the last frame.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        closed: Vec<ConversationId>,
+    },
+    /// To consoles: how many wait, and the head of the queue in order.
+    QueueSummary {
+        /// Conversations waiting for an agent.
+        waiting: usize,
+        /// The first of them, next first.
+        head: Vec<ConversationId>,
+    },
+    /// To consoles: every agent with presence and load.
+    Agents {
+        /// The agents, by id.
+        agents: Vec<AgentRow>,
+    },
+}
+
+impl DeskFrame {
+    /// Encodes the frame as JSON.
+    pub fn encode(&self) -> Bytes {
+        encode_json(self)
+    }
+}
+
+/// A conversation as a console lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatRow {
+    /// The conversation.
+    pub id: ConversationId,
+    /// Its visitor.
+    pub visitor: VisitorId,
+    /// The visitor's name, for a shopper logged in to the shop.
+    pub visitor_name: Option<String>,
+    /// Bot, queued, assigned…
+    pub state: StateKind,
+    /// The agent serving it.
+    pub agent: Option<AgentId>,
+    /// When it started.
+    pub opened_at: Timestamp,
+    /// The last thing said, shortened.
+    pub last_text: Option<String>,
+    /// Who said it: visitor, agent, bot or system.
+    pub last_from: Option<String>,
+    /// When.
+    pub last_at: Option<Timestamp>,
+    /// Its place in the queue (1 is next), while queued near the head.
+    pub queue_position: Option<usize>,
+    /// Why it was handed to a person.
+    pub handoff_reason: Option<String>,
+}
+
+/// An agent as the consoles show them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRow {
+    /// Their id.
+    pub id: AgentId,
+    /// Their display name.
+    pub name: String,
+    /// Online, away or offline.
+    pub presence: Presence,
+    /// Conversations they serve now.
+    pub active: usize,
+    /// Conversations they may serve at once.
+    pub capacity: usize,
 }
 
 impl ServerFrame {

@@ -12,7 +12,7 @@ use cs_core::store::MemoryStore;
 use cs_core::testing::Intercepted;
 use cs_core::{Body, ClientMsgId, ConversationState, Event, Message, NewMessage, Party, Seq};
 use cs_transport::{
-    Change, Command, DispatcherConfig, ErrorCode, Hook, HookAction, HookContext, HookError, Origin,
+    Actor, Change, Command, DispatcherConfig, ErrorCode, Hook, HookAction, HookContext, HookError, Origin,
     Outcome, PathError, PathEvent, ServerFrame, SubmitError,
 };
 use support::*;
@@ -502,6 +502,7 @@ async fn state_changes_are_ordered_saved_and_announced() {
         .submit_and_wait(Command::Change {
             conversation: conversation.id(),
             change: Change::Reopen,
+            by: Actor::Host,
         })
         .await;
     assert!(matches!(

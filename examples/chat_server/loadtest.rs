@@ -21,10 +21,10 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use cs::core::{AgentId, Conversation, ConversationId, Party, TenantId, Timestamp, VisitorId};
-use cs::transport::{Change, Command};
+use cs::desk::ApiError;
+use cs::transport::{Actor, Change, Command};
 
-use crate::app::App;
-use crate::error::ApiError;
+use crate::Host;
 
 /// The tenant of the load test's conversations.
 const TENANT: &str = "loadgen";
@@ -44,15 +44,15 @@ fn party(pair: usize, role: &str) -> Result<Party, ApiError> {
         "visitor" => VisitorId::new(format!("lg-visitor-{pair}")).map(Party::Visitor),
         "agent" => AgentId::new(format!("lg-agent-{pair}")).map(Party::Agent),
         other => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::bad_request(format!(
                 "role {other:?}: use visitor or agent"
             )))
         }
     };
-    party.map_err(|e| ApiError::BadRequest(e.to_string()))
+    party.map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-async fn conversation(app: &App, pairs: &Pairs, pair: usize) -> Result<ConversationId, ApiError> {
+async fn conversation(host: &Host, pairs: &Pairs, pair: usize) -> Result<ConversationId, ApiError> {
     // The cell is cloned out so no map guard is held across the await.
     let cell = Arc::clone(&pairs.conversations.entry(pair).or_default());
     let id = cell
@@ -65,22 +65,22 @@ async fn conversation(app: &App, pairs: &Pairs, pair: usize) -> Result<Conversat
             };
             let conversation = Conversation::open(tenant(), visitor, Timestamp::now());
             let id = conversation.id();
-            app.stores
-                .messages
-                .create_conversation(&conversation)
-                .await?;
+            host.desk.store().create_conversation(&conversation).await?;
             for change in [
                 Change::HandOff {
                     reason: "load test".into(),
                 },
                 Change::Assign(agent),
             ] {
-                app.dispatcher
+                host.desk
+                    .dispatcher()
                     .submit_and_wait(Command::Change {
                         conversation: id,
                         change,
+                        by: Actor::Host,
                     })
-                    .await?;
+                    .await
+                    .map_err(cs::desk::RoutingError::from)?;
             }
             Ok::<_, ApiError>(id)
         })
@@ -88,19 +88,19 @@ async fn conversation(app: &App, pairs: &Pairs, pair: usize) -> Result<Conversat
     Ok(*id)
 }
 
-fn pairs_of(app: &App) -> Result<Arc<Pairs>, ApiError> {
-    app.loadgen
+fn pairs_of(host: &Host) -> Result<Arc<Pairs>, ApiError> {
+    host.loadgen
         .clone()
-        .ok_or_else(|| ApiError::NotFound("start the server with --loadgen".into()))
+        .ok_or_else(|| ApiError::not_found("start the server with --loadgen"))
 }
 
 /// `GET /pair/{n}`.
 pub async fn pair(
-    State(app): State<App>,
+    State(host): State<Host>,
     Path(pair): Path<usize>,
 ) -> Result<Json<Value>, ApiError> {
-    let pairs = pairs_of(&app)?;
-    let id = conversation(&app, &pairs, pair).await?;
+    let pairs = pairs_of(&host)?;
+    let id = conversation(&host, &pairs, pair).await?;
     Ok(Json(json!({ "conversation": id })))
 }
 
@@ -113,10 +113,10 @@ pub struct SocketQuery {
 /// `GET /ws?pair={n}&role=visitor|agent`.
 pub async fn socket(
     upgrade: WebSocketUpgrade,
-    State(app): State<App>,
+    State(host): State<Host>,
     Query(query): Query<SocketQuery>,
 ) -> Result<Response, ApiError> {
-    pairs_of(&app)?;
+    pairs_of(&host)?;
     let party = party(query.pair, &query.role)?;
-    Ok(app.serve_socket(upgrade, tenant(), party))
+    Ok(host.desk.serve_socket(upgrade, tenant(), party))
 }

@@ -1,45 +1,25 @@
-//! The complete customer-service demo: a visitor widget, an agent console,
-//! the FAQ bot, and the shop's data, served by one axum app built from the
-//! `cs` crates on the embedded defaults.
+//! The complete customer-service demo: a storefront with the chat widget,
+//! the agent console, the FAQ bot and the shop's data, served by
+//! [`cs::desk::ServiceDesk`] on the embedded defaults.
 //!
 //! ```sh
 //! cargo run --release --example chat_server
 //! # then open http://127.0.0.1:8080/ (a shopper) and http://127.0.0.1:8080/agent (an agent)
 //! ```
 //!
-//! It is also the reference for wiring the crates into an existing axum
-//! backend. Layout, one concept per file:
+//! It is a host, and only a host: the desk is the library's. What is here
+//! is what a shop brings of its own:
 //!
-//! - `main.rs`: flags, startup in dependency order, graceful shutdown.
-//! - `app.rs`: the state struct and every route, in one place.
-//! - `auth.rs`: HMAC-signed tokens for visitors and agents; the demo accounts.
+//! - `main.rs`: flags, the demo accounts, the wiring, graceful shutdown.
 //! - `storage.rs`: the store a `--database` URL names (SQLite by default).
-//! - `bot.rs`: the FAQ bot: training at start, the message-path hook, corrections.
-//! - `desk.rs`: the glue between the message path and the router: hand-offs
-//!   to the queue, assignments, presence, queue positions, transfers.
-//! - `cluster.rs`: several nodes behind a load balancer (`--bus redis://…`):
-//!   the routing lease, shared presence, and how the desks talk.
-//! - `visitor.rs`, `agent.rs`: the HTTP and WebSocket handlers of each side.
-//! - `uploads.rs`: images and files, size-limited, kept in the data dir.
 //! - `shop.rs`: two demo systems (an ERP and a CRM) behind the `DataHub`.
-//! - `ops.rs`: `/metrics` and `/healthz`.
+//! - `faq.json`: the bot's intents, examples and answers, in two languages.
 //! - `loadtest.rs`: the endpoints the load generator drives (`--loadgen` only).
-//! - `error.rs`: one error type for every handler.
-//! - `assets/`: the pages, embedded in the binary.
+//! - `assets/`: the storefront page, with the desk's one script tag.
 
-mod agent;
-mod app;
-mod auth;
-mod bot;
-mod cluster;
-mod desk;
-mod error;
 mod loadtest;
-mod ops;
 mod shop;
 mod storage;
-mod uploads;
-mod visitor;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,21 +27,24 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use axum::extract::{FromRef, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
+use serde::Deserialize;
+use serde_json::{json, Value};
 
 use cs::core::router::BuiltinStrategy;
-use cs::core::TenantId;
-use cs::transport::websocket::WsConfig;
-use cs::transport::{
-    ConnectionPool, Dispatcher, DispatcherConfig, Hook, Metrics, NodeId, PoolConfig,
+use cs::core::{AgentId, AgentRecord, MemoryDirectory, Skill, TenantId};
+use cs::desk::{
+    AuthAgent, DeskSettings, FsAttachments, Identity, IdentityError, ServiceDesk, Signer,
 };
-
-use crate::app::App;
-use crate::auth::Signer;
-use crate::bot::{Bot, BotHook, BotSettings};
-use crate::cluster::{Cluster, ClusterSettings};
-use crate::desk::{Desk, DeskHook, DeskSettings};
+use cs::intent::faq::{Faq, FaqBot, FaqSettings};
+use cs::transport::websocket::WsConfig;
+use cs::transport::NodeId;
 
 /// Flags; each also reads an environment variable, so a container can be
 /// configured without a command line.
@@ -166,6 +149,68 @@ impl Args {
     }
 }
 
+/// The demo's agents: (login, name, skill). Every password is [`DEMO_PASSWORD`].
+const DEMO_AGENTS: [(&str, &str, &str); 3] = [
+    ("alice", "Alice", "orders"),
+    ("bob", "Bob", "returns"),
+    ("carol", "Carol", "orders"),
+];
+
+/// The password of every demo account.
+const DEMO_PASSWORD: &str = "demo";
+
+/// The bot's intents, examples and answers.
+const BUNDLED_FAQ: &str = include_str!("faq.json");
+
+/// The storefront page and its stylesheet.
+const INDEX: &str = include_str!("assets/index.html");
+const SHOP_CSS: &str = include_str!("assets/shop.css");
+
+/// The demo's sign-in: the console's form, checked against [`DEMO_AGENTS`].
+/// Every shopper is a guest (the `shop` example shows logged-in customers).
+struct DemoAccounts;
+
+#[async_trait]
+impl Identity for DemoAccounts {
+    async fn sign_in(&self, login: &str, password: &str) -> Result<Option<AgentId>, IdentityError> {
+        let known = DEMO_AGENTS.iter().any(|(id, _, _)| *id == login);
+        if !known || password != DEMO_PASSWORD {
+            return Ok(None);
+        }
+        Ok(AgentId::new(login).ok())
+    }
+
+    fn offers_sign_in(&self) -> bool {
+        true
+    }
+}
+
+/// The demo agents, each serving `capacity` conversations at once.
+fn demo_directory(capacity: usize) -> Result<MemoryDirectory, BoxError> {
+    let mut records = Vec::new();
+    for (id, name, skill) in DEMO_AGENTS {
+        records.push(
+            AgentRecord::new(AgentId::new(id)?, name, capacity.max(1))
+                .with_skill(Skill::new(skill)?),
+        );
+    }
+    Ok(MemoryDirectory::from_records(records)?)
+}
+
+/// The host's state: the desk, the demo CRM's switch, the load test's pairs.
+#[derive(Clone)]
+pub struct Host {
+    desk: ServiceDesk,
+    shop: Arc<shop::Shop>,
+    loadgen: Option<Arc<loadtest::Pairs>>,
+}
+
+impl FromRef<Host> for ServiceDesk {
+    fn from_ref(host: &Host) -> ServiceDesk {
+        host.desk.clone()
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(conflict) = args.conflicts() {
@@ -211,7 +256,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
             args.data_dir.display()
         )
     })?;
-    let signer = Signer::load_or_create(&args.data_dir, args.secret.as_deref())?;
+    let signer = match &args.secret {
+        Some(secret) => Signer::new(secret.as_bytes().to_vec()),
+        None => Signer::load_or_create(&args.data_dir.join("secret.key"))?,
+    };
 
     // Listening first: in a cluster, the port names the node. Connections
     // wait in the backlog until the app is ready.
@@ -230,17 +278,17 @@ async fn run(args: Args) -> Result<(), BoxError> {
             .unwrap_or_else(|| format!("node-{}", addr.port())),
     );
 
-    // Storage first: everything else writes to it.
-    let stores = storage::open(args.database.as_deref(), &args.data_dir).await?;
-    tracing::info!(store = %stores.describe, "store ready");
-
     // The bot trains before the first visitor can ask it anything.
     let started = Instant::now();
-    let bot = Arc::new(Bot::train_bundled(BotSettings {
-        min_confidence: args.bot_min_confidence,
-        oos_weight: args.bot_oos_weight,
-        clarify_ratio: args.bot_clarify_ratio,
-    })?);
+    let bot = FaqBot::train(
+        Faq::from_json(BUNDLED_FAQ)?,
+        FaqSettings {
+            min_confidence: args.bot_min_confidence,
+            oos_weight: args.bot_oos_weight,
+            clarify_ratio: args.bot_clarify_ratio,
+            ..FaqSettings::default()
+        },
+    )?;
     tracing::info!(
         intents = bot.intent_names().len(),
         examples = bot.training_rows(),
@@ -248,170 +296,135 @@ async fn run(args: Args) -> Result<(), BoxError> {
         "bot trained on the bundled retail FAQ"
     );
 
-    let metrics = Arc::new(Metrics::new());
-    let pool_config = PoolConfig {
-        node: node.clone(),
-        ..PoolConfig::default()
-    };
-    let bus = match &args.bus {
-        Some(url) => Some((url, Cluster::connect_bus(url, &args.cluster).await?)),
-        None => None,
-    };
-    let pool = match &bus {
-        Some((_, bus)) => ConnectionPool::with_bus(pool_config, bus.clone(), Arc::clone(&metrics)),
-        None => ConnectionPool::new(pool_config, Arc::clone(&metrics)),
-    };
-    let desk_hook = Arc::new(DeskHook::new(tenant.clone()));
-    let hooks: Vec<Arc<dyn Hook>> = vec![
-        Arc::new(BotHook::new(Arc::clone(&bot))),
-        Arc::clone(&desk_hook) as Arc<dyn Hook>,
-    ];
-    let max_upload_bytes = args.max_upload_mb * 1024 * 1024;
-    let mut dispatcher_config = DispatcherConfig {
-        shards: args.shards.max(1),
-        ..DispatcherConfig::default()
-    };
-    // A message may announce any file the upload endpoint accepted.
-    dispatcher_config.message_limits.max_attachment_bytes = max_upload_bytes;
-    if bus.is_some() {
-        // Pub/sub may drop a message: each connection's position is checked
-        // against the store this often, and a gap replayed.
-        dispatcher_config.position_check_interval = Some(Duration::from_secs(1));
-    }
-    let dispatcher = Dispatcher::start(
-        dispatcher_config,
-        Arc::clone(&stores.messages),
-        Arc::clone(&pool),
-        hooks,
-        Arc::clone(&metrics),
-    );
-
-    let shutdown = CancellationToken::new();
-    let mut cluster_tasks = Vec::new();
-    let cluster = match bus {
-        Some((url, bus)) => {
-            let settings = ClusterSettings {
-                url: url.clone(),
-                prefix: args.cluster.clone(),
-                node: node.clone(),
-                tenant: tenant.clone(),
-                ttl: Duration::from_millis(args.cluster_ttl_ms.max(100)),
-            };
-            let (cluster, tasks) =
-                Cluster::join(settings, bus, Arc::clone(&pool), shutdown.clone()).await?;
-            cluster_tasks = tasks;
-            cluster_tasks.push(bot.share_through(Arc::clone(&pool), shutdown.clone()));
-            tracing::info!(%node, cluster = %args.cluster, "joined the cluster");
-            Some(cluster)
+    let ws = if args.loadgen {
+        WsConfig {
+            rate_per_second: 1_000_000,
+            rate_burst: 1_000_000,
+            ..WsConfig::default()
         }
-        None => None,
-    };
-
-    let desk = Desk::new(
-        tenant.clone(),
-        DeskSettings {
-            strategy: args.strategy,
-            capacity: args.agent_capacity,
-            grace: Duration::from_secs(args.agent_grace_secs),
-        },
-        dispatcher.clone(),
-        Arc::clone(&pool),
-        stores.clone(),
-        cluster.clone(),
-    )?;
-    desk_hook.attach(&desk);
-    let desk_tasks = desk.spawn(shutdown.clone());
-    // In a cluster the node that takes the routing lease recovers, when it does.
-    let recovered = if args.bus.is_none() {
-        desk.recover().await
     } else {
-        0
+        WsConfig {
+            rate_per_second: args.ws_rate,
+            rate_burst: args.ws_rate * 2,
+            ..WsConfig::default()
+        }
     };
-    if recovered > 0 {
-        tracing::info!(
-            conversations = recovered,
-            "open conversations recovered from the store"
-        );
-    }
-
-    let ws = WsConfig {
-        rate_per_second: if args.loadgen {
-            1_000_000
-        } else {
-            args.ws_rate
-        },
-        rate_burst: if args.loadgen {
-            1_000_000
-        } else {
-            args.ws_rate * 2
-        },
-        ..WsConfig::default()
-    };
-    let app = App {
-        tenant,
-        signer: Arc::new(signer),
-        stores,
-        pool: Arc::clone(&pool),
-        dispatcher: dispatcher.clone(),
-        desk: Arc::clone(&desk),
-        cluster,
-        bot,
-        shop: Arc::new(shop::Shop::new()),
-        uploads: Arc::new(uploads::Uploads::new(
-            args.data_dir.join("uploads"),
-            max_upload_bytes,
-        )?),
-        metrics,
+    let settings = DeskSettings {
+        strategy: args.strategy,
+        grace: Duration::from_secs(args.agent_grace_secs),
+        shards: args.shards,
         ws,
-        loadgen: args.loadgen.then(|| Arc::new(loadtest::Pairs::default())),
-        sockets: tokio_util::task::TaskTracker::new(),
+        max_upload_bytes: args.max_upload_mb * 1024 * 1024,
+        ..DeskSettings::default()
     };
-    let sockets = app.sockets.clone();
-    let router = app::routes(app);
+    let shop = Arc::new(shop::Shop::new());
+    let desk = ServiceDesk::builder(tenant)
+        .node(node.clone())
+        .signer(signer)
+        .identity(DemoAccounts)
+        .directory(Arc::new(demo_directory(args.agent_capacity)?))
+        .bot(Arc::new(bot))
+        .data_hub(Arc::clone(&shop.hub))
+        .attachments(FsAttachments::new(args.data_dir.join("uploads"))?)
+        .settings(settings);
+    let (desk, store) = storage::open(args.database.as_deref(), &args.data_dir, desk).await?;
+    tracing::info!(%store, "store ready");
+    let desk = match &args.bus {
+        Some(url) => desk.cluster(cluster_config(&args, url, node)),
+        None => desk,
+    };
+    let desk = desk.build().await?;
 
-    // The browser tests read this line to find the port when --addr ends in :0.
-    println!("chat_server listening on http://{addr}/ (agents: http://{addr}/agent)");
-    println!(
-        "demo agent accounts (password \"demo\"): {}",
-        auth::DEMO_AGENTS
-            .iter()
-            .map(|a| a.id)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let host = Host {
+        desk: desk.clone(),
+        shop,
+        loadgen: args.loadgen.then(|| Arc::new(loadtest::Pairs::default())),
+    };
+    let mut app = Router::new()
+        .route(
+            "/",
+            get(|| async { page(INDEX, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/shop.css",
+            get(|| async { page(SHOP_CSS, "text/css; charset=utf-8") }),
+        )
+        .route("/api/agent/demo/crm", post(crm_outage));
     if args.loadgen {
+        app = app
+            .route("/pair/{pair}", get(loadtest::pair))
+            .route("/ws", get(loadtest::socket));
         tracing::warn!(
             "--loadgen: unauthenticated load-test endpoints are on and rate limits are off"
         );
     }
+    let app = app.merge(desk.router()).with_state(host);
 
-    let stop = shutdown.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("Ctrl-C: draining queued messages, then stopping");
-            stop.cancel();
-        })
+    // The browser tests read this line to find the port when --addr ends in :0.
+    println!("chat_server listening on http://{addr}/ (agents: http://{addr}/agent)");
+    println!(
+        "demo agent accounts (password \"{DEMO_PASSWORD}\"): {}",
+        DEMO_AGENTS.map(|(id, _, _)| id).join(", ")
+    );
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cs::desk::shutdown_signal())
         .await?;
-
-    // HTTP has stopped taking requests. Drain the message path (every
-    // accepted message is stored and delivered, and the bot's answers to
-    // them too), then tell the open sockets to reconnect elsewhere.
-    shutdown.cancel();
-    dispatcher.shutdown().await;
-    let closed = pool.close_all(cs::transport::CloseReason::Shutdown);
-    // close_all only queues each close frame; wait (briefly) for the socket
-    // tasks to write them, or clients would see a bare disconnect.
-    sockets.close();
-    if tokio::time::timeout(Duration::from_secs(5), sockets.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some sockets did not close within 5 s");
-    }
-    for task in desk_tasks.into_iter().chain(cluster_tasks) {
-        let _ = task.await;
-    }
-    tracing::info!(connections = closed, "stopped");
+    // HTTP has stopped taking requests: drain the message path, then tell
+    // the open sockets to reconnect elsewhere.
+    tracing::info!("draining queued messages, then stopping");
+    desk.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(feature = "redis")]
+fn cluster_config(args: &Args, url: &str, node: NodeId) -> cs::desk::ClusterConfig {
+    cs::desk::ClusterConfig {
+        url: url.to_owned(),
+        prefix: args.cluster.clone(),
+        node,
+        ttl: Duration::from_millis(args.cluster_ttl_ms.max(100)),
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+fn cluster_config(_: &Args, _: &str, _: NodeId) -> cs::desk::ClusterConfig {
+    eprintln!("chat_server: --bus needs the `redis` feature: cargo run --features redis --example chat_server");
+    std::process::exit(2)
+}
+
+/// A page of the storefront. It loads only its own scripts and styles, so
+/// an injected `<script>` would not run even if escaping failed somewhere.
+fn page(body: &'static str, content_type: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+}
+
+/// The body of `POST /api/agent/demo/crm`.
+#[derive(Deserialize)]
+struct Outage {
+    down: bool,
+}
+
+/// `POST /api/agent/demo/crm {"down": true}`: simulates a CRM outage, so
+/// an agent can see the console degrade to a partial profile.
+async fn crm_outage(
+    State(host): State<Host>,
+    AuthAgent(me): AuthAgent,
+    Json(outage): Json<Outage>,
+) -> Json<Value> {
+    host.shop.set_crm_down(outage.down);
+    host.shop.hub.clear_cache();
+    tracing::info!(agent = %me, down = outage.down, "demo CRM outage switched");
+    Json(json!({ "crm_down": outage.down }))
 }

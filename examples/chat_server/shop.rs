@@ -24,7 +24,7 @@ use cs::datahub::{
 /// The DataHub with the two demo systems registered.
 pub struct Shop {
     /// Ask it for profiles and orders.
-    pub hub: DataHub,
+    pub hub: Arc<DataHub>,
     crm_down: Arc<AtomicBool>,
 }
 
@@ -48,7 +48,10 @@ impl Shop {
         if let Err(e) = registered {
             unreachable!("two distinct names: {e}")
         }
-        Shop { hub, crm_down }
+        Shop {
+            hub: Arc::new(hub),
+            crm_down,
+        }
     }
 
     /// Switches the simulated CRM outage.

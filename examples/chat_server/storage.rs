@@ -5,44 +5,29 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use cs::core::store::MessageStore;
-use cs::datahub::store::{MessageStoreExt, MySqlStore, PostgresStore, SqliteStore};
+use cs::datahub::store::{MySqlStore, PostgresStore, SqliteStore};
 use cs::datahub::{redact_url, OpenError};
+use cs::desk::ServiceDeskBuilder;
 
-/// The store, seen through the two traits the server uses: the message
-/// path's [`MessageStore`], and the inbox queries of [`MessageStoreExt`].
-/// Both point at the same store.
-#[derive(Clone)]
-pub struct Stores {
-    /// For the dispatcher and the message path.
-    pub messages: Arc<dyn MessageStore>,
-    /// For the desk: a visitor's conversations, the open ones at start.
-    pub queries: Arc<dyn MessageStoreExt>,
-    /// What it is, for logs (never with a password).
-    pub describe: String,
-}
-
-impl Stores {
-    fn of<S: MessageStoreExt + 'static>(store: S, describe: String) -> Self {
-        let store = Arc::new(store);
-        Stores {
-            messages: Arc::clone(&store) as Arc<dyn MessageStore>,
-            queries: store,
-            describe,
-        }
-    }
-}
-
-/// Opens the store `url` names, creating its schema on first use.
-pub async fn open(url: Option<&str>, data_dir: &Path) -> Result<Stores, OpenError> {
+/// Opens the store `url` names, creating its schema on first use, and hands
+/// it to the desk. Returns what it opened, for the log (never a password).
+pub async fn open(
+    url: Option<&str>,
+    data_dir: &Path,
+    desk: ServiceDeskBuilder,
+) -> Result<(ServiceDeskBuilder, String), OpenError> {
     let Some(url) = url else {
         let path = data_dir.join("cs.db");
-        let describe = format!("sqlite at {}", path.display());
-        return Ok(Stores::of(SqliteStore::open(&path).await?, describe));
+        let store = SqliteStore::open(&path).await?;
+        return Ok((
+            desk.store(Arc::new(store)),
+            format!("sqlite at {}", path.display()),
+        ));
     };
     if url == "sqlite::memory:" {
-        return Ok(Stores::of(
-            SqliteStore::in_memory().await?,
+        let store = SqliteStore::in_memory().await?;
+        return Ok((
+            desk.store(Arc::new(store)),
             "sqlite in memory (gone at exit)".into(),
         ));
     }
@@ -50,17 +35,17 @@ pub async fn open(url: Option<&str>, data_dir: &Path) -> Result<Stores, OpenErro
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     {
-        let describe = format!("sqlite at {path}");
-        return Ok(Stores::of(SqliteStore::open(path).await?, describe));
+        let store = SqliteStore::open(path).await?;
+        return Ok((desk.store(Arc::new(store)), format!("sqlite at {path}")));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store = PostgresStore::connect(url).await?;
-        return Ok(Stores::of(store, "postgresql".into()));
+        return Ok((desk.store(Arc::new(store)), "postgresql".into()));
     }
     if url.starts_with("mysql://") || url.starts_with("mariadb://") {
         let url = url.replacen("mariadb://", "mysql://", 1);
         let store = MySqlStore::connect(&url).await?;
-        return Ok(Stores::of(store, "mariadb/mysql".into()));
+        return Ok((desk.store(Arc::new(store)), "mariadb/mysql".into()));
     }
     Err(OpenError::BadUrl {
         url: redact_url(url),

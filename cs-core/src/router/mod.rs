@@ -22,6 +22,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::directory::AgentRecord;
 use crate::ids::{AgentId, ConversationId, Skill, TenantId, VisitorId};
 
 pub use strategy::{
@@ -147,6 +148,22 @@ pub struct Rebalanced {
     pub assigned: Vec<Assignment>,
 }
 
+/// What [`Router::sync_agents`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// Agents registered by the sync (offline, as with
+    /// [`Router::register_agent`]), by id.
+    pub added: Vec<AgentId>,
+    /// Agents the sync took off the desk, by id.
+    pub removed: Vec<AgentId>,
+    /// The removed agents' conversations, put at the head of the queue in
+    /// this order (each agent's oldest first, agents by id). Apply these first.
+    pub requeued: Vec<ConversationId>,
+    /// Conversations then assigned: some of `requeued`, or queued ones that a
+    /// new seat or skill now suits.
+    pub assigned: Vec<Assignment>,
+}
+
 /// Where a released conversation was.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReleasedFrom {
@@ -199,11 +216,20 @@ pub enum RouterError {
         agent: AgentId,
     },
     /// The agent is already registered.
-    #[error("agent {agent} is already registered in tenant {tenant}; change them with set_capacity or set_presence")]
+    #[error("agent {agent} is already registered in tenant {tenant}; change them with set_capacity, set_skills or set_presence")]
     AgentExists {
         /// The tenant.
         tenant: TenantId,
         /// The agent.
+        agent: AgentId,
+    },
+    /// [`Router::sync_agents`] was given two records with one id; nothing
+    /// was changed.
+    #[error("agent {agent} is listed twice in the records synced for tenant {tenant}; nothing was changed")]
+    DuplicateAgent {
+        /// The tenant.
+        tenant: TenantId,
+        /// The agent listed twice.
         agent: AgentId,
     },
     /// The agent is not online.
@@ -324,15 +350,8 @@ impl Router {
                 agent: profile.id,
             });
         }
-        desk.agents.insert(
-            profile.id.clone(),
-            AgentSlot {
-                profile,
-                presence: Presence::Offline,
-                active: Vec::new(),
-                last_assigned: 0,
-            },
-        );
+        desk.agents
+            .insert(profile.id.clone(), AgentSlot::offline(profile));
         Ok(())
     }
 
@@ -354,17 +373,151 @@ impl Router {
         slot.presence = presence;
         let mut requeued = Vec::new();
         if presence == Presence::Offline {
-            let taken = std::mem::take(&mut slot.active);
-            // Reverse, so after pushing each to the front the oldest leads.
-            for conversation in taken.iter().rev() {
-                if let Some(seat) = desk.seats.remove(conversation) {
-                    desk.queue.push_front(seat.request);
-                }
-            }
-            requeued = taken;
+            requeued = std::mem::take(&mut slot.active);
+            desk.requeue_at_head(&requeued);
         }
         let assigned = desk.fill(self.strategy.as_ref());
         Ok(Rebalanced { requeued, assigned })
+    }
+
+    /// Takes an agent off the desk, because the host no longer lists them.
+    /// Their conversations go back to the head of the queue (oldest first),
+    /// as when they go offline, and are offered to the other agents.
+    ///
+    /// # Errors
+    /// [`RouterError::UnknownAgent`].
+    pub fn remove_agent(
+        &self,
+        tenant: &TenantId,
+        agent: &AgentId,
+    ) -> Result<Rebalanced, RouterError> {
+        let desk = self.desk(tenant);
+        let mut desk = desk.lock();
+        let Some(slot) = desk.agents.remove(agent) else {
+            return Err(RouterError::UnknownAgent {
+                tenant: tenant.clone(),
+                agent: agent.clone(),
+            });
+        };
+        desk.requeue_at_head(&slot.active);
+        let assigned = desk.fill(self.strategy.as_ref());
+        Ok(Rebalanced {
+            requeued: slot.active,
+            assigned,
+        })
+    }
+
+    /// Replaces an agent's skills and groups. Conversations they already
+    /// serve stay with them; a new skill may let queued work be assigned,
+    /// which the result lists.
+    ///
+    /// # Errors
+    /// [`RouterError::UnknownAgent`].
+    pub fn set_skills(
+        &self,
+        tenant: &TenantId,
+        agent: &AgentId,
+        skills: Vec<Skill>,
+    ) -> Result<Vec<Assignment>, RouterError> {
+        let desk = self.desk(tenant);
+        let mut desk = desk.lock();
+        desk.slot_mut(tenant, agent)?.profile.skills = skills.into_iter().collect();
+        Ok(desk.fill(self.strategy.as_ref()))
+    }
+
+    /// Makes the tenant's agents exactly `records`, as an
+    /// [`AgentDirectory`](crate::AgentDirectory) lists them: new agents are
+    /// registered (offline, until [`Router::set_presence`]), the capacity
+    /// and skills of listed ones are updated (presence and conversations are
+    /// kept; a lower capacity takes nothing away), and agents not listed are
+    /// removed as by [`Router::remove_agent`]. The queue is then offered to
+    /// whoever is free. [`AgentRecord::name`] and [`AgentRecord::role`] are
+    /// not the router's business and are ignored.
+    ///
+    /// It all happens under one lock of the tenant's desk, so no assignment
+    /// in between can see half a sync (an old capacity beside a new one).
+    ///
+    /// ```
+    /// use cs_core::router::{LeastBusy, Router};
+    /// use cs_core::{AgentDirectory, AgentId, AgentRecord, MemoryDirectory, TenantId};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let shop = TenantId::new("shop")?;
+    /// let router = Router::new(LeastBusy);
+    /// let directory = MemoryDirectory::from_records([
+    ///     AgentRecord::new(AgentId::new("alice")?, "Alice", 3),
+    ///     AgentRecord::new(AgentId::new("bob")?, "Bob", 2),
+    /// ])?;
+    /// let synced = router.sync_agents(&shop, &directory.agents())?;
+    /// assert_eq!(synced.added.len(), 2);
+    ///
+    /// // Bob leaves the shop: the next sync takes him off the desk.
+    /// directory.remove(&AgentId::new("bob")?);
+    /// let synced = router.sync_agents(&shop, &directory.agents())?;
+    /// assert_eq!(synced.removed, vec![AgentId::new("bob")?]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`RouterError::DuplicateAgent`] if an id appears twice in `records`;
+    /// nothing is changed then.
+    pub fn sync_agents(
+        &self,
+        tenant: &TenantId,
+        records: &[AgentRecord],
+    ) -> Result<Synced, RouterError> {
+        let mut listed: BTreeMap<&AgentId, &AgentRecord> = BTreeMap::new();
+        for record in records {
+            if listed.insert(&record.id, record).is_some() {
+                return Err(RouterError::DuplicateAgent {
+                    tenant: tenant.clone(),
+                    agent: record.id.clone(),
+                });
+            }
+        }
+        let desk = self.desk(tenant);
+        let mut desk = desk.lock();
+        let removed: Vec<AgentId> = desk
+            .agents
+            .keys()
+            .filter(|id| !listed.contains_key(id))
+            .cloned()
+            .collect();
+        let mut requeued = Vec::new();
+        for id in &removed {
+            if let Some(slot) = desk.agents.remove(id) {
+                requeued.extend(slot.active);
+            }
+        }
+        desk.requeue_at_head(&requeued);
+
+        let mut added = Vec::new();
+        for (id, record) in listed {
+            let skills: BTreeSet<Skill> = record.skills.iter().cloned().collect();
+            match desk.agents.get_mut(id) {
+                Some(slot) => {
+                    slot.profile.max_concurrent = record.capacity;
+                    slot.profile.skills = skills;
+                }
+                None => {
+                    let profile = AgentProfile {
+                        id: id.clone(),
+                        max_concurrent: record.capacity,
+                        skills,
+                    };
+                    desk.agents.insert(id.clone(), AgentSlot::offline(profile));
+                    added.push(id.clone());
+                }
+            }
+        }
+        let assigned = desk.fill(self.strategy.as_ref());
+        Ok(Synced {
+            added,
+            removed,
+            requeued,
+            assigned,
+        })
     }
 
     /// Changes how many conversations an agent may serve at once. Raising it
@@ -610,6 +763,16 @@ struct AgentSlot {
 }
 
 impl AgentSlot {
+    /// A newly registered agent: offline, serving nobody.
+    fn offline(profile: AgentProfile) -> Self {
+        Self {
+            profile,
+            presence: Presence::Offline,
+            active: Vec::new(),
+            last_assigned: 0,
+        }
+    }
+
     fn has_free_seat(&self) -> bool {
         self.active.len() < self.profile.max_concurrent
     }
@@ -645,6 +808,18 @@ impl Desk {
             .iter()
             .position(|r| r.conversation == conversation)
             .map(|i| i + 1)
+    }
+
+    /// Puts assigned conversations back at the head of the queue, in the
+    /// order given, keeping each one's request (skill, preferred agent). The
+    /// caller has already taken them out of their agent's `active`.
+    fn requeue_at_head(&mut self, conversations: &[ConversationId]) {
+        // Reverse, so after pushing each to the front the first given leads.
+        for conversation in conversations.iter().rev() {
+            if let Some(seat) = self.seats.remove(conversation) {
+                self.queue.push_front(seat.request);
+            }
+        }
     }
 
     /// Offers the queue, in order, to agents with a free seat. A request that
@@ -993,5 +1168,208 @@ mod tests {
             rebalanced.requeued,
             vec![kept.conversation, waiting.conversation]
         );
+    }
+
+    #[test]
+    fn removing_an_agent_requeues_their_chats_at_the_head_for_others() {
+        let router = Router::new(LeastBusy);
+        online(&router, "alice", 2);
+        let (a, b, waiting) = (request(), request(), request());
+        router.enqueue(&shop(), a.clone()).unwrap();
+        router.enqueue(&shop(), b.clone()).unwrap();
+        router.enqueue(&shop(), waiting.clone()).unwrap();
+        // Bob is registered but away: nobody can take the returned chats yet.
+        router
+            .register_agent(&shop(), AgentProfile::new(agent("bob"), 1))
+            .unwrap();
+        router
+            .set_presence(&shop(), &agent("bob"), Presence::Away)
+            .unwrap();
+
+        let gone = router.remove_agent(&shop(), &agent("alice")).unwrap();
+        assert_eq!(gone.requeued, vec![a.conversation, b.conversation]);
+        assert!(gone.assigned.is_empty());
+        let snapshot = router.snapshot(&shop());
+        assert_eq!(
+            snapshot.queue,
+            vec![a.conversation, b.conversation, waiting.conversation],
+            "ahead of those who were already waiting, in their old order"
+        );
+        assert_eq!(
+            snapshot
+                .agents
+                .iter()
+                .map(|s| s.profile.id.clone())
+                .collect::<Vec<_>>(),
+            vec![agent("bob")]
+        );
+        assert!(matches!(
+            router.remove_agent(&shop(), &agent("alice")),
+            Err(RouterError::UnknownAgent { .. })
+        ));
+
+        // With a free agent online, a removal hands the chats straight over.
+        online(&router, "carol", 3);
+        let carol_has = router.snapshot(&shop()).agents[1].active.clone();
+        assert_eq!(
+            carol_has,
+            vec![a.conversation, b.conversation, waiting.conversation]
+        );
+        online(&router, "dave", 3);
+        let moved = router.remove_agent(&shop(), &agent("carol")).unwrap();
+        assert_eq!(moved.requeued, carol_has);
+        assert_eq!(
+            moved
+                .assigned
+                .iter()
+                .map(|x| (x.conversation, x.agent.clone()))
+                .collect::<Vec<_>>(),
+            carol_has
+                .iter()
+                .map(|c| (*c, agent("dave")))
+                .collect::<Vec<_>>()
+        );
+        assert!(router.snapshot(&shop()).queue.is_empty());
+    }
+
+    #[test]
+    fn lowering_capacity_takes_nothing_away() {
+        let router = Router::new(LeastBusy);
+        online(&router, "alice", 3);
+        let chats: Vec<_> = (0..3).map(|_| request()).collect();
+        for c in &chats {
+            router.enqueue(&shop(), c.clone()).unwrap();
+        }
+        assert!(router
+            .set_capacity(&shop(), &agent("alice"), 1)
+            .unwrap()
+            .is_empty());
+        let sync = router
+            .sync_agents(&shop(), &[AgentRecord::new(agent("alice"), "Alice", 1)])
+            .unwrap();
+        assert_eq!(sync, Synced::default(), "an update moves nothing");
+        let alice = &router.snapshot(&shop()).agents[0];
+        assert_eq!(alice.active.len(), 3, "she keeps all three");
+        assert_eq!(alice.profile.max_concurrent, 1);
+        // Below her new limit only once two have closed.
+        let newcomer = request();
+        assert_eq!(
+            router.enqueue(&shop(), newcomer.clone()).unwrap().position,
+            Some(1)
+        );
+        assert!(router
+            .release(&shop(), chats[0].conversation)
+            .unwrap()
+            .assigned
+            .is_empty());
+        let freed = router.release(&shop(), chats[1].conversation).unwrap();
+        assert!(freed.assigned.is_empty(), "one of one seat still taken");
+        let freed = router.release(&shop(), chats[2].conversation).unwrap();
+        assert_eq!(freed.assigned[0].conversation, newcomer.conversation);
+    }
+
+    #[test]
+    fn a_new_skill_assigns_queued_work() {
+        let router = Router::new(SkillMatch(LeastBusy));
+        online(&router, "alice", 2);
+        let zh = Skill::new("zh").unwrap();
+        let mut needs_zh = request();
+        needs_zh.skill = Some(zh.clone());
+        assert_eq!(
+            router.enqueue(&shop(), needs_zh.clone()).unwrap().position,
+            Some(1)
+        );
+        let assigned = router
+            .set_skills(&shop(), &agent("alice"), vec![zh.clone()])
+            .unwrap();
+        assert_eq!(assigned.len(), 1);
+        assert_eq!(assigned[0].conversation, needs_zh.conversation);
+        // Losing the skill does not take the chat away.
+        assert!(router
+            .set_skills(&shop(), &agent("alice"), Vec::new())
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            router.agent_of(&shop(), needs_zh.conversation),
+            Some(agent("alice"))
+        );
+        assert!(router.snapshot(&shop()).agents[0].profile.skills.is_empty());
+        assert!(matches!(
+            router.set_skills(&shop(), &agent("nobody"), vec![zh]),
+            Err(RouterError::UnknownAgent { .. })
+        ));
+    }
+
+    #[test]
+    fn sync_adds_updates_and_removes() {
+        let router = Router::new(SkillMatch(LeastBusy));
+        let refunds = Skill::new("refunds").unwrap();
+        online(&router, "alice", 1);
+        online(&router, "bob", 1);
+        let (a, b) = (request(), request());
+        router.enqueue(&shop(), a.clone()).unwrap();
+        router.enqueue(&shop(), b.clone()).unwrap();
+        let mut needs_refunds = request();
+        needs_refunds.skill = Some(refunds.clone());
+        router.enqueue(&shop(), needs_refunds.clone()).unwrap();
+        let bob_had = router.snapshot(&shop()).agents[1].active.clone();
+
+        // Bob leaves, Carol joins, Alice gets a second seat and the skill.
+        let records = [
+            AgentRecord::new(agent("carol"), "Carol", 2),
+            AgentRecord::new(agent("alice"), "Alice", 2).with_skill(refunds.clone()),
+        ];
+        let synced = router.sync_agents(&shop(), &records).unwrap();
+        assert_eq!(synced.added, vec![agent("carol")]);
+        assert_eq!(synced.removed, vec![agent("bob")]);
+        assert_eq!(synced.requeued, bob_had);
+        // Alice's new seat goes to the head of the queue: Bob's chat.
+        assert_eq!(
+            synced.assigned,
+            vec![Assignment {
+                conversation: bob_had[0],
+                visitor: b.visitor.clone(),
+                agent: agent("alice"),
+            }]
+        );
+        let snapshot = router.snapshot(&shop());
+        assert_eq!(snapshot.queue, vec![needs_refunds.conversation]);
+        let carol = &snapshot.agents[1];
+        assert_eq!(carol.profile.id, agent("carol"));
+        assert_eq!(
+            carol.presence,
+            Presence::Offline,
+            "new agents start offline"
+        );
+        assert_eq!(carol.profile.max_concurrent, 2);
+        let alice = &snapshot.agents[0];
+        assert_eq!(alice.presence, Presence::Online, "presence is kept");
+        assert!(alice.profile.skills.contains(&refunds));
+        assert_eq!(alice.active.len(), 2);
+
+        // The same records again change nothing.
+        assert_eq!(
+            router.sync_agents(&shop(), &records).unwrap(),
+            Synced::default()
+        );
+
+        // A duplicate id refuses the whole sync.
+        let twice = [
+            AgentRecord::new(agent("dave"), "Dave", 1),
+            AgentRecord::new(agent("dave"), "Dave again", 1),
+        ];
+        assert!(matches!(
+            router.sync_agents(&shop(), &twice),
+            Err(RouterError::DuplicateAgent { .. })
+        ));
+        assert_eq!(router.snapshot(&shop()), snapshot);
+
+        // An empty list takes everyone off the desk.
+        let emptied = router.sync_agents(&shop(), &[]).unwrap();
+        assert_eq!(emptied.removed, vec![agent("alice"), agent("carol")]);
+        assert_eq!(emptied.requeued, alice.active);
+        let snapshot = router.snapshot(&shop());
+        assert!(snapshot.agents.is_empty());
+        assert_eq!(snapshot.queue.len(), 3);
     }
 }

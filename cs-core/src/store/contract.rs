@@ -1,4 +1,5 @@
-//! The contract every [`MessageStore`] must keep, as a reusable test suite.
+//! The contract every [`MessageStore`] must keep, and the
+//! [`ConversationQueries`] it answers, as a reusable test suite.
 //!
 //! Each function below checks one promise and panics, naming it, when the
 //! store breaks it. A store crate runs them all with one line in a test file:
@@ -27,12 +28,12 @@ use std::sync::Arc;
 use crate::conversation::{Conversation, ConversationState};
 use crate::ids::{AgentId, ClientMsgId, ConversationId, Seq, TenantId, VisitorId};
 use crate::message::{Body, Event, Message, NewMessage, Party};
-use crate::store::{MessageStore, StoreError};
+use crate::store::{ConversationQueries, MessageStore, StoreError};
 use crate::timestamp::Timestamp;
 
 /// Expands to one `#[tokio::test]` per contract case, in a module named
 /// `message_store_contract`. `$make` names an `async fn() -> Option<S>` in the calling module where
-/// `S: MessageStore`; `None` skips the case.
+/// `S: ConversationQueries` (so also a [`MessageStore`]); `None` skips the case.
 #[macro_export]
 macro_rules! message_store_contract {
     ($make:ident) => {
@@ -46,6 +47,9 @@ macro_rules! message_store_contract {
             conversations_number_independently,
             concurrent_appenders_get_gap_free_unique_seqs,
             concurrent_retries_store_once,
+            visitor_conversations_newest_first,
+            agent_open_conversations_oldest_first,
+            open_conversations_oldest_first,
         );
     };
     (@cases $make:ident; $($case:ident),+ $(,)?) => {
@@ -63,6 +67,12 @@ macro_rules! message_store_contract {
 
 fn tenant() -> TenantId {
     TenantId::new("contract-tenant").expect("valid id")
+}
+
+/// A tenant of its own per call: the query cases list a tenant's
+/// conversations, and cases (and earlier runs) may share one database.
+fn fresh_tenant() -> TenantId {
+    TenantId::new(format!("contract-{}", uuid::Uuid::now_v7())).expect("valid id")
 }
 
 fn visitor() -> VisitorId {
@@ -436,4 +446,247 @@ pub async fn concurrent_retries_store_once<S: MessageStore + ?Sized>(store: Arc<
         assert_eq!(task.await.expect("task panicked"), Seq::new(1));
     }
     assert_eq!(store.last_seq(c.id()).await.expect("last_seq"), Seq::new(1));
+}
+
+fn ids(conversations: &[Conversation]) -> Vec<ConversationId> {
+    conversations.iter().map(Conversation::id).collect()
+}
+
+/// A time a minute ago plus `ms`: creation times in the cases are explicit,
+/// so "newest" and "oldest" do not depend on the clock ticking between calls.
+fn minute_ago_plus(ms: u64) -> Timestamp {
+    Timestamp::from_millis(Timestamp::now().as_millis().saturating_sub(60_000) + ms)
+}
+
+async fn create_at<S: MessageStore + ?Sized>(
+    store: &S,
+    tenant: &TenantId,
+    visitor: &str,
+    at: Timestamp,
+) -> Conversation {
+    let conversation = Conversation::open(
+        tenant.clone(),
+        VisitorId::new(visitor).expect("valid id"),
+        at,
+    );
+    store
+        .create_conversation(&conversation)
+        .await
+        .expect("create_conversation on a fresh id must succeed");
+    conversation
+}
+
+/// `visitor_conversations` lists one visitor's conversations in one tenant,
+/// newest first, at most `limit`, closed ones included.
+pub async fn visitor_conversations_newest_first<S: ConversationQueries + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    let base = minute_ago_plus(0).as_millis();
+    let first = create_at(
+        &*store,
+        &tenant,
+        "alice",
+        Timestamp::from_millis(base + 1_000),
+    )
+    .await;
+    let mut second = create_at(
+        &*store,
+        &tenant,
+        "alice",
+        Timestamp::from_millis(base + 2_000),
+    )
+    .await;
+    create_at(
+        &*store,
+        &tenant,
+        "bob",
+        Timestamp::from_millis(base + 3_000),
+    )
+    .await;
+    second
+        .close(Timestamp::from_millis(base + 4_000))
+        .expect("close");
+    store.save_conversation(&second).await.expect("save");
+    let alice = VisitorId::new("alice").expect("valid id");
+
+    let found = store
+        .visitor_conversations(&tenant, &alice, 10)
+        .await
+        .expect("visitor_conversations");
+    assert_eq!(
+        ids(&found),
+        vec![second.id(), first.id()],
+        "one visitor's conversations, newest first, closed ones too"
+    );
+    assert_eq!(found[0], second, "the saved state comes back");
+    assert_eq!(
+        ids(&store
+            .visitor_conversations(&tenant, &alice, 1)
+            .await
+            .expect("visitor_conversations")),
+        vec![second.id()],
+        "limit keeps the newest"
+    );
+    assert!(store
+        .visitor_conversations(&tenant, &alice, 0)
+        .await
+        .expect("visitor_conversations")
+        .is_empty());
+    assert!(
+        store
+            .visitor_conversations(&fresh_tenant(), &alice, 10)
+            .await
+            .expect("visitor_conversations")
+            .is_empty(),
+        "another tenant's visitor of the same name is someone else"
+    );
+}
+
+/// `agent_open_conversations` lists the conversations assigned to one agent
+/// in one tenant right now, oldest first: not queued ones, not another
+/// agent's, not closed ones, and not after a transfer away.
+pub async fn agent_open_conversations_oldest_first<S: ConversationQueries + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    let agent = AgentId::new("contract-agent").expect("valid id");
+    let other = AgentId::new("contract-other").expect("valid id");
+    let base = minute_ago_plus(0).as_millis();
+    let at = |ms: u64| Timestamp::from_millis(base + ms);
+    assert!(store
+        .agent_open_conversations(&tenant, &agent)
+        .await
+        .expect("agent_open_conversations")
+        .is_empty());
+
+    // Created out of order, so the answer's order is the store's doing.
+    let mut newer = create_at(&*store, &tenant, "v2", at(2_000)).await;
+    let mut older = create_at(&*store, &tenant, "v1", at(1_000)).await;
+    let mut theirs = create_at(&*store, &tenant, "v3", at(1_500)).await;
+    let mut queued = create_at(&*store, &tenant, "v4", at(500)).await;
+    for (c, to) in [
+        (&mut newer, &agent),
+        (&mut older, &agent),
+        (&mut theirs, &other),
+    ] {
+        c.enqueue(at(2_500)).expect("enqueue");
+        c.assign(to.clone()).expect("assign");
+        store.save_conversation(c).await.expect("save");
+    }
+    queued.enqueue(at(2_500)).expect("enqueue");
+    store.save_conversation(&queued).await.expect("save");
+    // The same agent id in another tenant is another agent.
+    let mut elsewhere = create_at(&*store, &fresh_tenant(), "v1", at(0)).await;
+    elsewhere.enqueue(at(100)).expect("enqueue");
+    elsewhere.assign(agent.clone()).expect("assign");
+    store.save_conversation(&elsewhere).await.expect("save");
+
+    let open = store
+        .agent_open_conversations(&tenant, &agent)
+        .await
+        .expect("agent_open_conversations");
+    assert_eq!(open, vec![older.clone(), newer.clone()], "oldest first");
+
+    older.close(at(3_000)).expect("close");
+    store.save_conversation(&older).await.expect("save");
+    newer.transfer(other.clone()).expect("transfer");
+    store.save_conversation(&newer).await.expect("save");
+    assert!(
+        store
+            .agent_open_conversations(&tenant, &agent)
+            .await
+            .expect("agent_open_conversations")
+            .is_empty(),
+        "closed is not open, and a transferred conversation is the new agent's"
+    );
+    assert_eq!(
+        ids(&store
+            .agent_open_conversations(&tenant, &other)
+            .await
+            .expect("agent_open_conversations")),
+        vec![theirs.id(), newer.id()]
+    );
+    theirs.close(at(3_000)).expect("close");
+    store.save_conversation(&theirs).await.expect("save");
+}
+
+/// `open_conversations` lists a tenant's conversations that are not closed
+/// (waiting, bot, queued, assigned), oldest first by creation time then id,
+/// at most `limit`, following closes and reopens.
+pub async fn open_conversations_oldest_first<S: ConversationQueries + ?Sized>(store: Arc<S>) {
+    let tenant = fresh_tenant();
+    let base = minute_ago_plus(0).as_millis();
+    let at = |ms: u64| Timestamp::from_millis(base + ms);
+    // Created out of order, in every open state, and one closed.
+    let mut middle = create_at(&*store, &tenant, "v2", at(2_000)).await;
+    let oldest = create_at(&*store, &tenant, "v1", at(1_000)).await;
+    let mut newest = create_at(&*store, &tenant, "v3", at(3_000)).await;
+    let mut closed = create_at(&*store, &tenant, "v0", at(500)).await;
+    middle.start_bot().expect("start_bot");
+    store.save_conversation(&middle).await.expect("save");
+    newest.enqueue(at(3_100)).expect("enqueue");
+    newest
+        .assign(AgentId::new("contract-agent").expect("valid id"))
+        .expect("assign");
+    store.save_conversation(&newest).await.expect("save");
+    closed.close(at(600)).expect("close");
+    store.save_conversation(&closed).await.expect("save");
+    // Another tenant's open conversation is not ours.
+    create_at(&*store, &fresh_tenant(), "v1", at(0)).await;
+
+    let open = store
+        .open_conversations(&tenant, 10)
+        .await
+        .expect("open_conversations");
+    assert_eq!(
+        ids(&open),
+        vec![oldest.id(), middle.id(), newest.id()],
+        "open ones only, oldest first"
+    );
+    assert_eq!(open[1], middle, "the saved state comes back");
+    assert_eq!(
+        ids(&store
+            .open_conversations(&tenant, 2)
+            .await
+            .expect("open_conversations")),
+        vec![oldest.id(), middle.id()],
+        "limit keeps the oldest"
+    );
+    assert!(store
+        .open_conversations(&tenant, 0)
+        .await
+        .expect("open_conversations")
+        .is_empty());
+
+    // Closing drops one from the list; reopening brings one back.
+    let mut oldest = oldest;
+    oldest.close(at(4_000)).expect("close");
+    store.save_conversation(&oldest).await.expect("save");
+    closed.reopen(at(4_100)).expect("reopen");
+    store.save_conversation(&closed).await.expect("save");
+    assert_eq!(
+        ids(&store
+            .open_conversations(&tenant, 10)
+            .await
+            .expect("open_conversations")),
+        vec![closed.id(), middle.id(), newest.id()]
+    );
+
+    // Equal creation times come back in id order (ids are minted in order).
+    let tie = fresh_tenant();
+    let same = at(5_000);
+    let a = create_at(&*store, &tie, "v1", same).await;
+    let b = create_at(&*store, &tie, "v2", same).await;
+    let mut expected = vec![a.id(), b.id()];
+    expected.sort();
+    assert_eq!(
+        ids(&store
+            .open_conversations(&tie, 10)
+            .await
+            .expect("open_conversations")),
+        expected,
+        "equal creation times are ordered by id"
+    );
+    assert!(store
+        .open_conversations(&fresh_tenant(), 10)
+        .await
+        .expect("open_conversations")
+        .is_empty());
 }

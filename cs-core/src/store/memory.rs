@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use crate::conversation::Conversation;
-use crate::ids::{ClientMsgId, ConversationId, Seq};
+use crate::conversation::{Conversation, ConversationState};
+use crate::ids::{AgentId, ClientMsgId, ConversationId, Seq, TenantId, VisitorId};
 use crate::message::{Message, NewMessage};
-use crate::store::{Appended, MessageStore, StoreError};
+use crate::store::{Appended, ConversationQueries, MessageStore, StoreError};
 
 /// Keeps everything in memory, forever: memory grows with every message, so
 /// use it where history is short-lived or kept elsewhere.
@@ -72,6 +72,68 @@ impl MemoryStore {
             .get(&id)
             .map(|log| Arc::clone(&log))
             .ok_or(StoreError::UnknownConversation(id))
+    }
+
+    /// The saved conversations `keep` accepts. A scan of every conversation:
+    /// this store has no indexes, and is meant for the sizes a test or a demo
+    /// reaches. The logs are collected first so that no map guard is held
+    /// while a log is locked (see `logs`).
+    fn conversations_where(&self, keep: impl Fn(&Conversation) -> bool) -> Vec<Conversation> {
+        let logs: Vec<Arc<Mutex<Log>>> = self
+            .logs
+            .iter()
+            .map(|entry| Arc::clone(entry.value()))
+            .collect();
+        logs.iter()
+            .filter_map(|log| {
+                let log = log.lock();
+                keep(&log.conversation).then(|| log.conversation.clone())
+            })
+            .collect()
+    }
+}
+
+/// The same orders as the SQL stores: creation time, with the id (a UUIDv7,
+/// time-ordered) breaking ties so the answer is stable.
+#[async_trait]
+impl ConversationQueries for MemoryStore {
+    async fn visitor_conversations(
+        &self,
+        tenant: &TenantId,
+        visitor: &VisitorId,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let mut found =
+            self.conversations_where(|c| c.tenant() == tenant && c.visitor() == visitor);
+        found.sort_by_key(|c| std::cmp::Reverse((c.created_at(), c.id())));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn agent_open_conversations(
+        &self,
+        tenant: &TenantId,
+        agent: &AgentId,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let mut found = self.conversations_where(|c| {
+            c.tenant() == tenant
+                && matches!(c.state(), ConversationState::Assigned(a) if a == agent)
+        });
+        found.sort_by_key(|c| (c.created_at(), c.id()));
+        Ok(found)
+    }
+
+    async fn open_conversations(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let mut found = self.conversations_where(|c| {
+            c.tenant() == tenant && !matches!(c.state(), ConversationState::Closed)
+        });
+        found.sort_by_key(|c| (c.created_at(), c.id()));
+        found.truncate(limit);
+        Ok(found)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Where conversations and their messages are kept: the [`MessageStore`]
-//! contract, and [`MemoryStore`], its in-process reference implementation.
+//! contract, the [`ConversationQueries`] a desk runs on it, and
+//! [`MemoryStore`], the in-process reference implementation of both.
 //!
 //! The contract in one paragraph: `append` gives each message of a
 //! conversation the next [`Seq`] (1, 2, 3, … with no gaps, even with many
@@ -11,6 +12,7 @@
 //! [`contract`] (feature `testing`).
 
 mod memory;
+mod queries;
 
 #[cfg(feature = "testing")]
 pub mod contract;
@@ -24,6 +26,7 @@ use crate::ids::{ConversationId, Seq};
 use crate::message::{Message, NewMessage};
 
 pub use memory::MemoryStore;
+pub use queries::ConversationQueries;
 
 /// Any error from a backend (a database driver, a network client).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1,6 +1,6 @@
-//! Storage engines: implementations of [`cs_core::store::MessageStore`], the
-//! queries a shop needs beyond it ([`MessageStoreExt`]), and visitor records
-//! ([`VisitorStore`]).
+//! Storage engines: implementations of [`cs_core::store::MessageStore`] and
+//! [`cs_core::store::ConversationQueries`], what a shop needs beyond them
+//! ([`MessageStoreExt`]), and visitor records ([`VisitorStore`]).
 //!
 //! | Store | Feature | Keeps |
 //! |---|---|---|
@@ -14,7 +14,7 @@
 //! embedded in the binary and applied on connect) and one code path
 //! (`sql.rs`); only the SQL dialect differs. `tiered.rs` wraps any of them;
 //! `visitors.rs` holds the visitor record and its trait. Every store passes
-//! cs-core's contract suite, and the crate's own suites for
+//! cs-core's contract suite (which covers the queries), and the crate's own suites for
 //! [`MessageStoreExt`] and [`VisitorStore`], against the real server in this
 //! crate's tests.
 
@@ -53,8 +53,8 @@ mod tiered;
 mod visitors;
 
 use async_trait::async_trait;
-use cs_core::store::{Appended, MessageStore, StoreError};
-use cs_core::{AgentId, Conversation, NewMessage, TenantId, VisitorId};
+use cs_core::store::{Appended, ConversationQueries, StoreError};
+use cs_core::{NewMessage, TenantId};
 
 pub use codec::{OversizeValue, MAX_BODY_JSON_BYTES};
 pub use stats::{DailyStats, Day};
@@ -73,53 +73,21 @@ pub use sqlite::{Durability, SqliteStore};
 #[cfg(feature = "redis")]
 pub use tiered::{TieredConfig, TieredStats, TieredStore};
 
-/// What the cs-datahub stores offer beyond [`MessageStore`]: batched appends
-/// and the queries behind an agent's inbox and a manager's report.
+/// What the cs-datahub stores offer beyond [`MessageStore`](cs_core::store::MessageStore) and
+/// [`ConversationQueries`] (the inbox queries, which live in cs-core so that
+/// a desk can run them on any store): batched appends and a manager's report.
 #[async_trait]
-pub trait MessageStoreExt: MessageStore {
+pub trait MessageStoreExt: ConversationQueries {
     /// Appends many messages in one transaction: all are stored, or none
     /// (an error). Each gets the next seq of its own conversation, in the
     /// order given; `client_msg_id` retries are deduplicated as in
-    /// [`MessageStore::append`], also within the batch. Results come back in
+    /// [`MessageStore::append`](cs_core::store::MessageStore::append), also within the batch. Results come back in
     /// the order of `messages`.
     ///
     /// # Errors
     /// [`StoreError::UnknownConversation`] if any message names one, or a
     /// backend error; nothing of the batch is stored then.
     async fn append_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError>;
-
-    /// A visitor's conversations in `tenant`, newest first, at most `limit`.
-    ///
-    /// # Errors
-    /// A backend error.
-    async fn visitor_conversations(
-        &self,
-        tenant: &TenantId,
-        visitor: &VisitorId,
-        limit: usize,
-    ) -> Result<Vec<Conversation>, StoreError>;
-
-    /// The conversations assigned to `agent` in `tenant` right now, oldest first.
-    ///
-    /// # Errors
-    /// A backend error.
-    async fn agent_open_conversations(
-        &self,
-        tenant: &TenantId,
-        agent: &AgentId,
-    ) -> Result<Vec<Conversation>, StoreError>;
-
-    /// The conversations of `tenant` that are not closed (waiting, with the
-    /// bot, queued or assigned), oldest first (by creation time, then id), at
-    /// most `limit`: what a chat server re-queues when it restarts.
-    ///
-    /// # Errors
-    /// A backend error.
-    async fn open_conversations(
-        &self,
-        tenant: &TenantId,
-        limit: usize,
-    ) -> Result<Vec<Conversation>, StoreError>;
 
     /// The per-day counters of `tenant` for `from..=to` (UTC days), oldest
     /// first; days with no activity are absent. Reads one row per day: the

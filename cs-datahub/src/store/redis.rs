@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cs_core::store::{Appended, MessageStore, StoreError};
+use cs_core::store::{Appended, ConversationQueries, MessageStore, StoreError};
 use cs_core::{
     AgentId, Conversation, ConversationId, ConversationState, Message, NewMessage, Seq, TenantId,
     Timestamp, VisitorId,
@@ -691,14 +691,7 @@ fn delta_values(d: &StatsDelta) -> [i64; 7] {
 }
 
 #[async_trait]
-impl MessageStoreExt for RedisStore {
-    async fn append_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
-        if messages.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.run_append(&messages).await
-    }
-
+impl ConversationQueries for RedisStore {
     async fn visitor_conversations(
         &self,
         tenant: &TenantId,
@@ -754,6 +747,16 @@ impl MessageStoreExt for RedisStore {
             .await
             .map_err(|e| self.error(e))?;
         self.load_conversations(ids).await
+    }
+}
+
+#[async_trait]
+impl MessageStoreExt for RedisStore {
+    async fn append_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run_append(&messages).await
     }
 
     async fn daily_stats(

@@ -395,7 +395,8 @@ pub(crate) fn connect_error(url: &str, e: sqlx::Error) -> crate::OpenError {
     }
 }
 
-/// Writes the [`MessageStore`](cs_core::store::MessageStore) and
+/// Writes the [`MessageStore`](cs_core::store::MessageStore),
+/// [`ConversationQueries`](cs_core::store::ConversationQueries) and
 /// [`MessageStoreExt`](crate::store::MessageStoreExt) impls for a SQL store
 /// type with fields `writer` and `reader` (pools of `$db`), `statements`
 /// ([`Statements`]) and `backend` (its name in errors).
@@ -404,7 +405,7 @@ macro_rules! sql_message_store {
         use std::collections::{BTreeMap, HashMap};
 
         use async_trait::async_trait;
-        use cs_core::store::{Appended, MessageStore, StoreError};
+        use cs_core::store::{Appended, ConversationQueries, MessageStore, StoreError};
         use cs_core::{
             AgentId, Conversation, ConversationId, Message, NewMessage, Seq, TenantId, Timestamp,
             VisitorId,
@@ -1007,22 +1008,7 @@ macro_rules! sql_message_store {
         }
 
         #[async_trait]
-        impl MessageStoreExt for $store {
-            async fn append_batch(
-                &self,
-                messages: Vec<NewMessage>,
-            ) -> Result<Vec<Appended>, StoreError> {
-                if messages.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let encoded = messages
-                    .iter()
-                    .map(|m| codec::encode_message(&self.backend, m))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.with_retries(|| self.append_batch_once(&messages, &encoded))
-                    .await
-            }
-
+        impl ConversationQueries for $store {
             async fn visitor_conversations(
                 &self,
                 tenant: &TenantId,
@@ -1056,6 +1042,24 @@ macro_rules! sql_message_store {
                     .bind(tenant.as_str())
                     .bind(codec::limit_to_i64(limit));
                 self.read_conversations(query).await
+            }
+        }
+
+        #[async_trait]
+        impl MessageStoreExt for $store {
+            async fn append_batch(
+                &self,
+                messages: Vec<NewMessage>,
+            ) -> Result<Vec<Appended>, StoreError> {
+                if messages.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let encoded = messages
+                    .iter()
+                    .map(|m| codec::encode_message(&self.backend, m))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.with_retries(|| self.append_batch_once(&messages, &encoded))
+                    .await
             }
 
             async fn daily_stats(

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cs_core::store::{Appended, MessageStore, StoreError};
+use cs_core::store::{Appended, ConversationQueries, MessageStore, StoreError};
 use cs_core::{
     AgentId, Conversation, ConversationId, Message, NewMessage, Seq, TenantId, Timestamp, VisitorId,
 };
@@ -822,22 +822,9 @@ impl<Cold: MessageStoreExt> MessageStore for TieredStore<Cold> {
     }
 }
 
+/// The queries read SQL, which holds every conversation.
 #[async_trait]
-impl<Cold: MessageStoreExt> MessageStoreExt for TieredStore<Cold> {
-    async fn append_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
-        let appended = self.cold.append_batch(messages).await?;
-        // Each conversation's new messages in seq order, as the push script
-        // wants them; retries are skipped as in `append`.
-        let mut fresh: Vec<&Message> = appended
-            .iter()
-            .filter(|a| !a.duplicate)
-            .map(|a| &a.message)
-            .collect();
-        fresh.sort_by_key(|m| (m.conversation, m.seq));
-        self.hot.push(&fresh).await;
-        Ok(appended)
-    }
-
+impl<Cold: MessageStoreExt> ConversationQueries for TieredStore<Cold> {
     async fn visitor_conversations(
         &self,
         tenant: &TenantId,
@@ -863,6 +850,23 @@ impl<Cold: MessageStoreExt> MessageStoreExt for TieredStore<Cold> {
         limit: usize,
     ) -> Result<Vec<Conversation>, StoreError> {
         self.cold.open_conversations(tenant, limit).await
+    }
+}
+
+#[async_trait]
+impl<Cold: MessageStoreExt> MessageStoreExt for TieredStore<Cold> {
+    async fn append_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+        let appended = self.cold.append_batch(messages).await?;
+        // Each conversation's new messages in seq order, as the push script
+        // wants them; retries are skipped as in `append`.
+        let mut fresh: Vec<&Message> = appended
+            .iter()
+            .filter(|a| !a.duplicate)
+            .map(|a| &a.message)
+            .collect();
+        fresh.sort_by_key(|m| (m.conversation, m.seq));
+        self.hot.push(&fresh).await;
+        Ok(appended)
     }
 
     async fn daily_stats(

@@ -1,5 +1,6 @@
-//! What every cs-datahub store must do beyond cs-core's contract: batched
-//! appends, the inbox queries and the per-day counters
+//! What every cs-datahub store must do beyond cs-core's contract (which
+//! covers the inbox queries of `ConversationQueries`): batched appends and
+//! the per-day counters
 //! (`ext_contract!(make_store)`), and visitor records
 //! (`visitor_contract!(make_store)`). Each store's test file runs both; the
 //! scratch helpers at the end give each case a schema, database or key
@@ -9,7 +10,7 @@
 
 use std::sync::Arc;
 
-use cs_core::store::{MessageStore, StoreError};
+use cs_core::store::{ConversationQueries, MessageStore, StoreError};
 use cs_core::{
     AgentId, Body, ClientMsgId, Conversation, Event, NewMessage, Party, Seq, TenantId, Timestamp,
     VisitorId,
@@ -25,10 +26,8 @@ macro_rules! ext_contract {
             $crate::ext_contract!(@cases $make;
                 batch_appends_number_and_dedup,
                 batch_with_unknown_conversation_stores_nothing,
-                visitor_and_agent_queries,
                 daily_stats_follow_writes,
                 oversize_bodies_are_refused,
-                open_conversations_oldest_first,
                 concurrent_appends_fail_alone,
             );
         }
@@ -211,62 +210,6 @@ pub async fn concurrent_appends_fail_alone<S: MessageStoreExt + ?Sized + 'static
     }
 }
 
-pub async fn visitor_and_agent_queries<S: MessageStoreExt + ?Sized>(store: Arc<S>) {
-    let tenant = fresh_tenant();
-    let first = open(&*store, &tenant, "alice").await;
-    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
-    let mut second = open(&*store, &tenant, "alice").await;
-    let _other = open(&*store, &tenant, "bob").await;
-    let found = store
-        .visitor_conversations(&tenant, &visitor("alice"), 10)
-        .await
-        .unwrap();
-    assert_eq!(
-        found.iter().map(Conversation::id).collect::<Vec<_>>(),
-        vec![second.id(), first.id()],
-        "newest first"
-    );
-    assert_eq!(
-        store
-            .visitor_conversations(&tenant, &visitor("alice"), 1)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    let elsewhere = fresh_tenant();
-    assert!(store
-        .visitor_conversations(&elsewhere, &visitor("alice"), 10)
-        .await
-        .unwrap()
-        .is_empty());
-
-    let agent = AgentId::new("agent-1").unwrap();
-    assert!(store
-        .agent_open_conversations(&tenant, &agent)
-        .await
-        .unwrap()
-        .is_empty());
-    second.enqueue(Timestamp::now()).unwrap();
-    second.assign(agent.clone()).unwrap();
-    store.save_conversation(&second).await.unwrap();
-    let open_now = store
-        .agent_open_conversations(&tenant, &agent)
-        .await
-        .unwrap();
-    assert_eq!(open_now, vec![second.clone()]);
-    second.close(Timestamp::now()).unwrap();
-    store.save_conversation(&second).await.unwrap();
-    assert!(
-        store
-            .agent_open_conversations(&tenant, &agent)
-            .await
-            .unwrap()
-            .is_empty(),
-        "closed is not open"
-    );
-}
-
 pub async fn daily_stats_follow_writes<S: MessageStoreExt + ?Sized>(store: Arc<S>) {
     let tenant = fresh_tenant();
     let day = |d: i64| Timestamp::from_millis(u64::try_from(d).unwrap() * 86_400_000 + 3_600_000);
@@ -382,65 +325,6 @@ pub async fn oversize_bodies_are_refused<S: MessageStoreExt + ?Sized>(store: Arc
         .append(NewMessage::text(c.id(), Party::Bot, "still serving"))
         .await
         .unwrap();
-}
-
-pub async fn open_conversations_oldest_first<S: MessageStoreExt + ?Sized>(store: Arc<S>) {
-    let tenant = fresh_tenant();
-    let base = Timestamp::now().as_millis() - 60_000;
-    let at = |ms: u64| Timestamp::from_millis(base + ms);
-    let create = |v: &str, ms: u64| Conversation::open(tenant.clone(), visitor(v), at(ms));
-    // Created out of order, in every open state, and one closed.
-    let mut middle = create("v2", 2_000);
-    let oldest = create("v1", 1_000);
-    let mut newest = create("v3", 3_000);
-    let mut closed = create("v0", 500);
-    for c in [&middle, &oldest, &newest, &closed] {
-        store.create_conversation(c).await.unwrap();
-    }
-    middle.start_bot().unwrap();
-    store.save_conversation(&middle).await.unwrap();
-    newest.enqueue(at(3_100)).unwrap();
-    newest.assign(AgentId::new("agent-1").unwrap()).unwrap();
-    store.save_conversation(&newest).await.unwrap();
-    closed.close(at(600)).unwrap();
-    store.save_conversation(&closed).await.unwrap();
-    // Another tenant's open conversation is not ours.
-    let elsewhere = Conversation::open(fresh_tenant(), visitor("v1"), at(0));
-    store.create_conversation(&elsewhere).await.unwrap();
-
-    let ids = |v: Vec<Conversation>| v.iter().map(Conversation::id).collect::<Vec<_>>();
-    let open = store.open_conversations(&tenant, 10).await.unwrap();
-    assert_eq!(
-        ids(open.clone()),
-        vec![oldest.id(), middle.id(), newest.id()],
-        "open ones only, oldest first"
-    );
-    assert_eq!(open[1], middle, "the saved state comes back");
-    assert_eq!(
-        ids(store.open_conversations(&tenant, 2).await.unwrap()),
-        vec![oldest.id(), middle.id()]
-    );
-    assert!(store
-        .open_conversations(&tenant, 0)
-        .await
-        .unwrap()
-        .is_empty());
-
-    // Closing drops one from the list; reopening brings one back.
-    let mut oldest = oldest;
-    oldest.close(at(4_000)).unwrap();
-    store.save_conversation(&oldest).await.unwrap();
-    closed.reopen(at(4_100)).unwrap();
-    store.save_conversation(&closed).await.unwrap();
-    assert_eq!(
-        ids(store.open_conversations(&tenant, 10).await.unwrap()),
-        vec![closed.id(), middle.id(), newest.id()]
-    );
-    assert!(store
-        .open_conversations(&fresh_tenant(), 10)
-        .await
-        .unwrap()
-        .is_empty());
 }
 
 fn at(ms: u64) -> Timestamp {
@@ -741,13 +625,7 @@ macro_rules! delegate_store {
         }
 
         #[async_trait::async_trait]
-        impl<S: MessageStoreExt> MessageStoreExt for Scratch<S> {
-            async fn append_batch(
-                &self,
-                m: Vec<NewMessage>,
-            ) -> Result<Vec<cs_core::store::Appended>, StoreError> {
-                self.store.append_batch(m).await
-            }
+        impl<S: MessageStoreExt> ConversationQueries for Scratch<S> {
             async fn visitor_conversations(
                 &self,
                 t: &TenantId,
@@ -769,6 +647,16 @@ macro_rules! delegate_store {
                 limit: usize,
             ) -> Result<Vec<Conversation>, StoreError> {
                 self.store.open_conversations(t, limit).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl<S: MessageStoreExt> MessageStoreExt for Scratch<S> {
+            async fn append_batch(
+                &self,
+                m: Vec<NewMessage>,
+            ) -> Result<Vec<cs_core::store::Appended>, StoreError> {
+                self.store.append_batch(m).await
             }
             async fn daily_stats(
                 &self,

@@ -116,6 +116,7 @@ impl Node {
             .submit_and_wait(Command::Change {
                 conversation,
                 change,
+                by: cs_transport::Actor::Host,
             })
             .await
             .unwrap();

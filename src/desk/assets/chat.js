@@ -6,7 +6,14 @@
 "use strict";
 
 (function () {
-  const FILE_URL = /^\/files\/[0-9a-f]{32}$/;
+  // Where the desk is nested (`/support`, or "" at the root), from this
+  // script's own address: `PREFIX/widget.js` or `PREFIX/assets/chat.js`.
+  const script = document.currentScript;
+  const PREFIX = script && script.src
+    ? new URL(script.src, location.href).pathname.replace(/\/(widget\.js|assets\/chat\.js)$/, "")
+    : "";
+  const escaped = PREFIX.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const FILE_URL = new RegExp("^" + escaped + "\\/files\\/[0-9a-f]{32}$");
 
   class Conversation {
     constructor(id) {
@@ -72,7 +79,7 @@
 
     connect() {
       const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-      const ws = new WebSocket(scheme + location.host + this.url());
+      const ws = new WebSocket(scheme + location.host + PREFIX + this.url());
       this.ws = ws;
       this.status("connecting");
       ws.onmessage = (event) => {
@@ -291,7 +298,7 @@
       payload = JSON.stringify(body);
       headers["Content-Type"] = "application/json";
     }
-    const response = await fetch(path, { method, headers, body: payload });
+    const response = await fetch(PREFIX + path, { method, headers, body: payload, credentials: "same-origin" });
     let data = null;
     try {
       data = await response.json();
@@ -308,10 +315,12 @@
   }
 
   // Uploads a file and answers the message body to send.
-  async function upload(file, token) {
-    const data = await api("POST", "/api/upload?name=" + encodeURIComponent(file.name), token, file, file.type);
+  async function upload(file, token, conversation) {
+    let path = "/api/upload?name=" + encodeURIComponent(file.name);
+    if (conversation) path += "&conversation=" + encodeURIComponent(conversation);
+    const data = await api("POST", path, token, file, file.type);
     return data.body;
   }
 
-  window.CsChat = { Connection, renderMessage, insertBySeq, el, api, upload, eventText, partyName };
+  window.CsChat = { PREFIX, Connection, renderMessage, insertBySeq, el, api, upload, eventText, partyName };
 })();

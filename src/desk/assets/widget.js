@@ -1,10 +1,57 @@
-// The visitor's chat widget: a signed session kept in localStorage, the
-// visitor's conversation, and the shared chat client.
+// The visitor's chat widget, added to any page by one tag:
+//   <script src="PREFIX/widget.js" defer></script>
+// It injects its launcher, its panel and its stylesheet, then keeps a
+// signed session in localStorage, the visitor's conversation, and the
+// shared chat client (which this file follows in widget.js). Options are
+// data- attributes of the tag: data-title, data-subtitle, data-color,
+// data-placeholder.
 "use strict";
 
 (function () {
-  const { Connection, renderMessage, insertBySeq, el, api, upload } = window.CsChat;
+  const { PREFIX, Connection, renderMessage, insertBySeq, el, api, upload } = window.CsChat;
   const $ = (id) => document.getElementById(id);
+  const options = (document.currentScript && document.currentScript.dataset) || {};
+
+  // Static markup only: every text that varies is set with textContent.
+  const MARKUP = `
+  <button id="launcher" class="launcher" type="button" aria-controls="widget">💬 <span id="cs-launch-text">Chat with us</span></button>
+  <section id="widget" class="widget" aria-label="Customer service chat" hidden>
+    <header class="widget-header">
+      <div>
+        <strong id="cs-title">Support</strong>
+        <div id="status" class="status">Connecting…</div>
+      </div>
+      <button id="minimise" type="button" aria-label="Minimise">–</button>
+    </header>
+    <div id="messages" class="messages" aria-live="polite"></div>
+    <div id="typing" class="typing" hidden></div>
+    <div id="ended" class="ended" hidden>
+      <span>This chat has ended.</span>
+      <button id="restart" type="button">Start a new chat</button>
+    </div>
+    <form id="composer" class="composer">
+      <label class="attach" title="Send an image or file">📎<input id="file" type="file" hidden></label>
+      <textarea id="input" rows="1" maxlength="4000" aria-label="Message"></textarea>
+      <button id="send" type="submit">Send</button>
+    </form>
+    <footer class="widget-footer"><button id="end" type="button" class="link">End chat</button></footer>
+  </section>`;
+
+  function mount() {
+    const style = document.createElement("link");
+    style.rel = "stylesheet";
+    style.href = PREFIX + "/assets/desk.css";
+    document.head.appendChild(style);
+    const root = document.createElement("div");
+    root.id = "cs-widget";
+    root.innerHTML = MARKUP;
+    document.body.appendChild(root);
+    $("cs-title").textContent = options.title || "Support";
+    if (options.launcher) $("cs-launch-text").textContent = options.launcher;
+    $("input").placeholder = options.placeholder || "Type your question…";
+    if (options.color) root.style.setProperty("--cs-accent", options.color);
+  }
+  mount();
   const names = {};
   let token = localStorage.getItem("cs.visitor.token");
   let visitor = null;
@@ -20,7 +67,7 @@
   }
 
   function describe(chat) {
-    if (chat.state === "bot") return "Chatting with the Demo Shop assistant";
+    if (chat.state === "bot") return options.botName ? "Chatting with " + options.botName : "Chatting with our assistant";
     if (chat.state === "queued") {
       return chat.queue_position ? "Waiting for an agent · position " + chat.queue_position : "Waiting for an agent";
     }
@@ -180,7 +227,7 @@
     $("file").value = "";
     if (!file) return;
     try {
-      connection.send(conversation, await upload(file, token));
+      connection.send(conversation, await upload(file, token, conversation));
     } catch (error) {
       showNotice("Upload failed: " + error.message);
     }

@@ -94,7 +94,7 @@
       if (!key) continue;
       const item = el("li", "chat-item" + (chat.id === selected ? " selected" : "") + (unread.has(chat.id) ? " unread" : ""));
       item.dataset.id = chat.id;
-      const title = chat.visitor + (chat.queue_position ? " · #" + chat.queue_position : "");
+      const title = (chat.visitor_name || chat.visitor) + (chat.queue_position ? " · #" + chat.queue_position : "");
       item.appendChild(el("div", "chat-title", title));
       item.appendChild(el("div", "chat-preview", chat.last_text || (chat.handoff_reason || "")));
       item.addEventListener("click", () => select(chat.id));
@@ -102,23 +102,27 @@
     }
   }
 
+  // Desk frames are coalesced: each carries every row that changed since
+  // the last one, and the conversations that left the desk.
   function onHostFrame(frame) {
-    if (frame.type === "desk" && frame.chat) {
-      const chat = frame.chat;
-      const was = chats.get(chat.id);
-      chats.set(chat.id, chat);
-      // A conversation just given to me: follow it, and flag it.
-      if (isMine(chat) && !(was && isMine(was))) {
-        connection.follow(chat.id);
-        if (chat.id !== selected) unread.add(chat.id);
+    if (frame.type === "desk") {
+      for (const chat of frame.chats || []) {
+        const was = chats.get(chat.id);
+        chats.set(chat.id, chat);
+        // A conversation just given to me: follow it, and flag it.
+        if (isMine(chat) && !(was && isMine(was))) {
+          connection.follow(chat.id);
+          if (chat.id !== selected) unread.add(chat.id);
+        }
+      }
+      for (const id of frame.closed || []) {
+        chats.delete(id);
+        unread.delete(id);
       }
       renderLists();
-      if (chat.id === selected) renderHeader();
-    } else if (frame.type === "desk" && frame.closed) {
-      chats.delete(frame.closed);
-      unread.delete(frame.closed);
-      renderLists();
-      if (frame.closed === selected) renderHeader();
+      if (selected) renderHeader();
+    } else if (frame.type === "queue_summary") {
+      $("queue-count").textContent = frame.waiting ? "(" + frame.waiting + ")" : "";
     } else if (frame.type === "agents") {
       updateAgents(frame.agents);
       renderLists();
@@ -149,7 +153,7 @@
       $("composer").hidden = true;
       return;
     }
-    $("chat-title").textContent = chat.visitor;
+    $("chat-title").textContent = chat.visitor_name ? chat.visitor_name + " (" + chat.visitor + ")" : chat.visitor;
     let state = chat.state;
     if (chat.state === "assigned") state = "with " + (names[chat.agent] || chat.agent);
     if (chat.queue_position) state += " · queue position " + chat.queue_position;
@@ -272,7 +276,7 @@
       box.replaceChildren();
       const p = data.profile || {};
       const rows = [
-        ["Name", p.name],
+        ["Name", p.name || data.name],
         ["Email", p.email],
         ["Tier", p.tier],
         ["Points", p.attributes && p.attributes.points],
@@ -343,7 +347,7 @@
     $("file").value = "";
     if (!file || !selected) return;
     try {
-      connection.send(selected, await upload(file, token));
+      connection.send(selected, await upload(file, token, selected));
     } catch (error) {
       notice("Upload failed: " + error.message);
     }
@@ -366,10 +370,6 @@
     } catch (error) {
       notice(error.message);
     }
-  });
-  $("crm-down").addEventListener("change", async () => {
-    await api("POST", "/api/agent/demo/crm", token, { down: $("crm-down").checked }).catch((e) => notice(e.message));
-    loadProfile();
   });
   $("suggest").addEventListener("click", async () => {
     const box = $("suggestions");
@@ -394,12 +394,25 @@
     if (selected && connection) sendRead(connection.conversation(selected));
   });
 
-  if (token) {
-    start().catch(() => {
-      // An expired or foreign token: sign in again.
-      sessionStorage.removeItem("cs.agent.token");
-      token = null;
-      $("login").hidden = false;
-    });
+  // Signed in already (the shop's own staff login, or a token from this
+  // tab)? Otherwise show the form, if the shop offers one.
+  async function boot() {
+    const headers = token ? { Authorization: "Bearer " + token } : {};
+    const response = await fetch(window.CsChat.PREFIX + "/api/agent/me", { headers, credentials: "same-origin" });
+    const data = await response.json().catch(() => ({}));
+    if (response.ok) {
+      token = data.token;
+      sessionStorage.setItem("cs.agent.token", token);
+      await start();
+      return;
+    }
+    sessionStorage.removeItem("cs.agent.token");
+    token = null;
+    $("login-form").hidden = !data.sign_in;
+    $("login-elsewhere").hidden = !!data.sign_in;
   }
+  boot().catch((error) => {
+    $("login-error").textContent = error.message;
+    $("login-form").hidden = false;
+  });
 })();

@@ -1,0 +1,448 @@
+//! [`FaqBot`]: an [`IntentAgent`] trained on a [`Faq`], deciding for each
+//! question whether to answer, ask which intent was meant, or hand off.
+
+use std::collections::BTreeMap;
+
+use cs_core::{ConversationId, Seq};
+
+use super::counters::FaqCounters;
+use super::error::FaqError;
+use super::file::{Faq, FaqAction, FaqIntent};
+use super::log::DecisionLog;
+use super::messages::MessageKind;
+use super::reply::{BotAction, BotDecision, BotReply, ClarifyOption};
+use crate::agent::{AgentConfig, IntentAgent, Prediction};
+use crate::calibration::Decision;
+use crate::discovery::{DiscoveryConfig, SuggestedIntent};
+use crate::error::IntentError;
+use crate::kb::{KbEntry, KbHit};
+use crate::model::Example;
+
+/// The knowledge-base metadata key holding an entry's language.
+const LANGUAGE_KEY: &str = "language";
+
+/// The bot's knobs.
+#[derive(Clone, Debug)]
+pub struct FaqSettings {
+    /// Hand off below this confidence, on top of the calibrated threshold
+    /// (default 0: the calibration alone decides).
+    pub min_confidence: f32,
+    /// [`ModelConfig::oos_weight`](crate::ModelConfig::oos_weight): raise it
+    /// to hand off more of the questions the FAQ does not cover.
+    pub oos_weight: f32,
+    /// [`ModelConfig::clarify_ratio`](crate::ModelConfig::clarify_ratio), if
+    /// set: ask which was meant when the runner-up has at least this share of
+    /// the top intent's confidence (lower asks more often).
+    pub clarify_ratio: Option<f32>,
+    /// At most this many clarification options (at least 2 are offered).
+    pub max_clarify_options: usize,
+}
+
+impl Default for FaqSettings {
+    fn default() -> Self {
+        FaqSettings {
+            min_confidence: 0.0,
+            oos_weight: AgentConfig::default().model.oos_weight,
+            clarify_ratio: None,
+            max_clarify_options: 3,
+        }
+    }
+}
+
+/// A FAQ bot: trained on a [`Faq`] in about a second, it answers in the
+/// question's language, asks which intent was meant when two are close,
+/// hands off when it is unsure or the visitor asks for a person, and learns
+/// at once from agents' corrections and visitors' clicks.
+///
+/// It is synchronous and `Send + Sync`: share it as `Arc<FaqBot>` and call
+/// [`FaqBot::reply`] from any thread (a prediction takes tens of
+/// microseconds, so an async host can call it inline).
+///
+/// ```
+/// use cs_core::{ConversationId, Seq};
+/// use cs_intent::faq::{BotAction, Faq, FaqBot, FaqSettings};
+///
+/// let faq = Faq::from_json(r#"{
+///   "greeting": {"en": "Hello! Ask me about opening hours or delivery."},
+///   "intents": [
+///     {"intent": "opening_hours", "answer": {"en": "We are open 9 to 5, Monday to Friday."},
+///      "examples": ["when are you open", "what are your opening hours", "are you open on sunday",
+///                   "what time do you close", "opening times please"]},
+///     {"intent": "delivery", "answer": {"en": "Delivery takes 2 to 3 working days."},
+///      "examples": ["how long does delivery take", "when will my parcel arrive",
+///                   "how fast do you ship", "delivery time", "how many days to deliver"]},
+///     {"intent": "person", "action": "handoff",
+///      "examples": ["talk to a person", "i want a human", "let me speak to an agent",
+///                   "real person please", "connect me to customer service"]}
+///   ]
+/// }"#)?;
+/// let bot = FaqBot::train(faq, FaqSettings::default())?;
+/// assert_eq!(bot.greeting("en"), Some("Hello! Ask me about opening hours or delivery."));
+///
+/// let conversation = ConversationId::new();
+/// let reply = bot.reply(conversation, Seq::new(1), "how long does delivery take")?;
+/// assert_eq!(reply.decision.intent, "delivery");
+/// match reply.action {
+///     BotAction::Answer { text } => assert_eq!(text, "Delivery takes 2 to 3 working days."),
+///     BotAction::Clarify { text, options } => { /* send text, one button per option */ }
+///     BotAction::HandOff { notice, reason } => { /* send notice, queue for a person */ }
+/// }
+/// assert_eq!(bot.decisions(conversation).len(), 1);
+/// # Ok::<(), cs_intent::faq::FaqError>(())
+/// ```
+pub struct FaqBot {
+    agent: IntentAgent,
+    faq: Faq,
+    settings: FaqSettings,
+    log: DecisionLog,
+    /// For a host's metrics.
+    pub counters: FaqCounters,
+}
+
+impl std::fmt::Debug for FaqBot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaqBot")
+            .field("intents", &self.faq.intents().len())
+            .field("languages", &self.faq.languages())
+            .field("settings", &self.settings)
+            .field("counters", &self.counters.snapshot())
+            .finish()
+    }
+}
+
+impl FaqBot {
+    /// Trains an [`IntentAgent`] on every example of the FAQ and fills its
+    /// knowledge base with one entry per intent and language.
+    pub fn train(faq: Faq, settings: FaqSettings) -> Result<FaqBot, FaqError> {
+        let mut config = AgentConfig::default();
+        config.model.oos_weight = settings.oos_weight;
+        if let Some(ratio) = settings.clarify_ratio {
+            config.model.clarify_ratio = ratio;
+        }
+        let rows: Vec<Example> = faq
+            .intents()
+            .iter()
+            .flat_map(|i| i.examples.iter().map(|e| Example::new(e, &i.name)))
+            .collect();
+        let agent = IntentAgent::train(rows, config)?;
+        agent.kb_replace(knowledge_base(&faq))?;
+        Ok(FaqBot {
+            agent,
+            faq,
+            settings,
+            log: DecisionLog::default(),
+            counters: FaqCounters::default(),
+        })
+    }
+
+    /// Reads one visitor question, decides, logs the decision in the
+    /// conversation's log and counts it. An empty question is
+    /// [`IntentError::EmptyText`].
+    pub fn reply(
+        &self,
+        conversation: ConversationId,
+        question_seq: Seq,
+        question: &str,
+    ) -> Result<BotReply, FaqError> {
+        let prediction = self.agent.predict(question)?;
+        let language = self.language_of(question);
+        let intent = self.faq.intent(&prediction.intent);
+        let asked_for_person = intent.is_some_and(|i| i.action == FaqAction::Handoff);
+        let unsure = prediction.decision == Decision::HandOff
+            || prediction.confidence < self.settings.min_confidence;
+
+        let action = if asked_for_person || unsure {
+            FaqCounters::bump(&self.counters.handed_off);
+            let reason = if asked_for_person {
+                "the visitor asked for a person".to_owned()
+            } else {
+                format!(
+                    "the bot was unsure (best guess {} at {:.0}%)",
+                    prediction.intent,
+                    prediction.confidence * 100.0
+                )
+            };
+            self.hand_off(language, reason)
+        } else if prediction.decision == Decision::Clarify && !prediction.alternatives.is_empty() {
+            FaqCounters::bump(&self.counters.clarified);
+            BotAction::Clarify {
+                text: self.message(MessageKind::Clarify, language).to_owned(),
+                options: self.options(&prediction, language),
+            }
+        } else {
+            FaqCounters::bump(&self.counters.answered);
+            BotAction::Answer {
+                text: self.answer(&prediction.intent, prediction.answer.as_ref(), language),
+            }
+        };
+        let decision = BotDecision {
+            question_seq,
+            question: question.to_owned(),
+            intent: prediction.intent.to_string(),
+            confidence: prediction.confidence,
+            outcome: action.outcome(),
+            corrected_to: None,
+        };
+        self.log.record(conversation, decision.clone());
+        Ok(BotReply { decision, action })
+    }
+
+    /// The visitor clicked a clarification option: the click is a labelled
+    /// example, learned at once, and the reply is that intent's answer (or a
+    /// hand-off, for a hand-off intent). Logged with confidence 1.0 and
+    /// counted in `counters.chosen`.
+    pub fn choose(
+        &self,
+        conversation: ConversationId,
+        question_seq: Seq,
+        question: &str,
+        intent: &str,
+    ) -> Result<BotReply, FaqError> {
+        let chosen = self.known(intent)?;
+        self.agent
+            .add_examples([Example::new(question, &chosen.name)])?;
+        FaqCounters::bump(&self.counters.chosen);
+        let language = self.language_of(question);
+        let action = match chosen.action {
+            FaqAction::Handoff => {
+                self.hand_off(language, "the visitor asked for a person".to_owned())
+            }
+            FaqAction::Answer => BotAction::Answer {
+                text: self.answer(&chosen.name, None, language),
+            },
+        };
+        let decision = BotDecision {
+            question_seq,
+            question: question.to_owned(),
+            intent: chosen.name.clone(),
+            confidence: 1.0,
+            outcome: action.outcome(),
+            corrected_to: None,
+        };
+        self.log.record(conversation, decision.clone());
+        Ok(BotReply { decision, action })
+    }
+
+    /// An agent says `question` is `intent`: the bot learns it at once
+    /// (through [`IntentAgent::add_examples`]), marks the decision in the
+    /// log, and counts the correction. Returns the agent's new model version.
+    pub fn correct(
+        &self,
+        conversation: ConversationId,
+        question_seq: Seq,
+        question: &str,
+        intent: &str,
+    ) -> Result<u64, FaqError> {
+        let version = self.learn(conversation, question_seq, question, intent)?;
+        // Counted only where the agent made it, so a sum over nodes counts it once.
+        FaqCounters::bump(&self.counters.corrections);
+        Ok(version)
+    }
+
+    /// [`FaqBot::correct`] without counting: for a correction an agent made
+    /// on another node, which that node counted.
+    pub fn learn(
+        &self,
+        conversation: ConversationId,
+        question_seq: Seq,
+        question: &str,
+        intent: &str,
+    ) -> Result<u64, FaqError> {
+        let known = self.known(intent)?;
+        let version = self
+            .agent
+            .add_examples([Example::new(question, &known.name)])?;
+        self.log.mark_corrected(conversation, question_seq, intent);
+        Ok(version)
+    }
+
+    /// Puts a decision another node's bot made into this node's log, so
+    /// every node's console shows the whole conversation.
+    pub fn remember(&self, conversation: ConversationId, decision: BotDecision) {
+        self.log.record(conversation, decision);
+    }
+
+    /// The conversation's last [`DECISIONS_KEPT`](super::DECISIONS_KEPT)
+    /// decisions, oldest first.
+    pub fn decisions(&self, conversation: ConversationId) -> Vec<BotDecision> {
+        self.log.decisions(conversation)
+    }
+
+    /// Drops a conversation's log. The log is in memory and kept until
+    /// forgotten, so a host calls this when a conversation closes.
+    pub fn forget(&self, conversation: ConversationId) {
+        self.log.forget(conversation);
+    }
+
+    /// The greeting in `language`, else in the FAQ's first language; `None`
+    /// when the FAQ has no greeting.
+    pub fn greeting(&self, language: &str) -> Option<&str> {
+        let greeting = self.faq.greeting();
+        greeting
+            .get(language)
+            .or_else(|| greeting.get(self.faq.first_language()))
+            .map(String::as_str)
+    }
+
+    /// Which of the FAQ's languages `text` is in (see [`Faq::language_of`]).
+    pub fn language_of(&self, text: &str) -> &str {
+        self.faq.language_of(text)
+    }
+
+    /// The FAQ's languages, the first being the fallback.
+    pub fn languages(&self) -> &[String] {
+        self.faq.languages()
+    }
+
+    /// Every intent of the FAQ, sorted.
+    pub fn intent_names(&self) -> Vec<String> {
+        self.faq.intent_names()
+    }
+
+    /// Training rows: the FAQ's examples and everything learned since.
+    pub fn training_rows(&self) -> usize {
+        self.agent.stats().rows
+    }
+
+    /// Groups of recent handed-off questions that may deserve an intent.
+    pub fn suggestions(&self) -> Result<Vec<SuggestedIntent>, IntentError> {
+        self.agent.discover(&DiscoveryConfig::default())
+    }
+
+    /// How many handed-off questions discovery has to work with.
+    pub fn handed_off_questions(&self) -> usize {
+        self.agent.handed_off_questions().len()
+    }
+
+    /// The FAQ the bot was trained on.
+    pub fn faq(&self) -> &Faq {
+        &self.faq
+    }
+
+    /// The settings it was trained with.
+    pub fn settings(&self) -> &FaqSettings {
+        &self.settings
+    }
+
+    /// The agent underneath, for hosts that want more (stats, saving, the
+    /// knowledge base).
+    pub fn agent(&self) -> &IntentAgent {
+        &self.agent
+    }
+
+    fn known(&self, intent: &str) -> Result<&FaqIntent, FaqError> {
+        self.faq
+            .intent(intent)
+            .ok_or_else(|| FaqError::UnknownIntent(intent.to_owned()))
+    }
+
+    fn message(&self, kind: MessageKind, language: &str) -> &str {
+        self.faq
+            .messages()
+            .text(kind, language, self.faq.first_language())
+    }
+
+    fn hand_off(&self, language: &str, reason: String) -> BotAction {
+        BotAction::HandOff {
+            notice: self.message(MessageKind::Handoff, language).to_owned(),
+            reason,
+        }
+    }
+
+    /// The answer for `intent` in `language`: the knowledge base's hit when
+    /// it is the intent's entry in that language (a question that matched
+    /// none of the intent's entries closely gets any of them, maybe another
+    /// language's); else the FAQ's text in that language, its first
+    /// language, or any; else, for an intent the FAQ does not have, the
+    /// "noted" message.
+    fn answer(&self, intent: &str, hit: Option<&KbHit>, language: &str) -> String {
+        if let Some(hit) = hit.filter(|hit| {
+            hit.entry.intent.as_deref() == Some(intent)
+                && hit.entry.metadata.get(LANGUAGE_KEY).map(String::as_str) == Some(language)
+        }) {
+            return hit.entry.answer.clone();
+        }
+        let texts = self.faq.intent(intent).map(|i| &i.answer);
+        texts
+            .and_then(|t| {
+                t.get(language)
+                    .or_else(|| t.get(self.faq.first_language()))
+                    .or_else(|| t.values().next())
+            })
+            .cloned()
+            .unwrap_or_else(|| self.message(MessageKind::Noted, language).to_owned())
+    }
+
+    /// The top intent and the model's close alternatives, labelled in the
+    /// question's language. The first alternative is always offered (it is
+    /// why the model asked); later ones only if they too are within the
+    /// calibration's clarify ratio of the top, so a long tail of unlikely
+    /// intents never becomes buttons.
+    fn options(&self, prediction: &Prediction, language: &str) -> Vec<ClarifyOption> {
+        let max = self.settings.max_clarify_options.max(2);
+        let ratio = self.agent.snapshot().model.calibration().clarify_ratio;
+        let close_enough = ratio * prediction.confidence;
+        let mut options = vec![self.option(&prediction.intent, language)];
+        for (rank, alternative) in prediction.alternatives.iter().enumerate() {
+            if options.len() >= max || (rank > 0 && alternative.confidence < close_enough) {
+                break;
+            }
+            if options.iter().all(|o| *o.intent != *alternative.intent) {
+                options.push(self.option(&alternative.intent, language));
+            }
+        }
+        options
+    }
+
+    /// A button for `intent`: the FAQ's label in the language, else the
+    /// intent's first example in it, else its name with spaces.
+    fn option(&self, intent: &str, language: &str) -> ClarifyOption {
+        let faq_intent = self.faq.intent(intent);
+        let label = faq_intent
+            .and_then(|i| {
+                i.label.get(language).cloned().or_else(|| {
+                    i.examples
+                        .iter()
+                        .find(|e| self.language_of(e) == language)
+                        .cloned()
+                })
+            })
+            .unwrap_or_else(|| intent.replace('_', " "));
+        ClarifyOption {
+            intent: intent.to_owned(),
+            label,
+        }
+    }
+}
+
+/// One entry per intent and language, holding the intent's examples in that
+/// language: so the entry that best matches a question is also the one in
+/// the question's language. A language the intent has no examples or no
+/// answer text in gets no entry; the answer then falls back to the FAQ.
+fn knowledge_base(faq: &Faq) -> Vec<KbEntry> {
+    let mut entries = Vec::new();
+    for intent in faq.intents() {
+        for language in faq.languages() {
+            let Some(answer) = intent.answer.get(language) else {
+                continue;
+            };
+            let questions: Vec<String> = intent
+                .examples
+                .iter()
+                .filter(|e| faq.language_of(e) == language)
+                .cloned()
+                .collect();
+            if questions.is_empty() {
+                continue;
+            }
+            entries.push(KbEntry {
+                id: format!("{}.{language}", intent.name),
+                questions,
+                answer: answer.clone(),
+                intent: Some(intent.name.clone()),
+                metadata: BTreeMap::from([(LANGUAGE_KEY.to_owned(), language.clone())]),
+            });
+        }
+    }
+    entries
+}

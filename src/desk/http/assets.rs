@@ -1,0 +1,70 @@
+//! The widget, the console and their shared chat client, embedded in the
+//! binary: no build step, nothing to install, and no inline script, so a
+//! host's strict Content-Security-Policy keeps working.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+
+/// The chat client both sides share.
+const CHAT_JS: &str = include_str!("../assets/chat.js");
+/// The widget: the chat client and the launcher in one file, so one
+/// script tag is all a page needs.
+const WIDGET_JS: &str = concat!(
+    include_str!("../assets/chat.js"),
+    "\n",
+    include_str!("../assets/widget.js")
+);
+const CONSOLE_HTML: &str = include_str!("../assets/console.html");
+const CONSOLE_JS: &str = include_str!("../assets/console.js");
+const DESK_CSS: &str = include_str!("../assets/desk.css");
+
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+fn asset(body: &'static str, content_type: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+}
+
+/// `GET widget.js`.
+pub async fn widget() -> impl IntoResponse {
+    asset(WIDGET_JS, JS)
+}
+
+/// `GET assets/chat.js`.
+pub async fn chat() -> impl IntoResponse {
+    asset(CHAT_JS, JS)
+}
+
+/// `GET assets/console.js`.
+pub async fn console_js() -> impl IntoResponse {
+    asset(CONSOLE_JS, JS)
+}
+
+/// `GET assets/desk.css`.
+pub async fn css() -> impl IntoResponse {
+    asset(DESK_CSS, CSS)
+}
+
+/// `GET agent`: the console page. It loads only its own scripts and
+/// styles, so an injected `<script>` would not run even if escaping failed.
+pub async fn console() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, HTML),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        CONSOLE_HTML,
+    )
+}

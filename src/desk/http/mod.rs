@@ -1,0 +1,73 @@
+//! The HTTP layer: every route of the desk in one place, thin handlers
+//! over [`ServiceDesk`], the extractors that say who is asking, and the
+//! one error type ([`ApiError`]) that turns the desk's errors into statuses.
+//!
+//! Paths are relative to wherever the host nests the router: under
+//! `/support`, the widget is `/support/widget.js` and the console
+//! `/support/agent`.
+
+mod agent;
+mod assets;
+mod auth;
+mod error;
+mod files;
+mod ops;
+mod visitor;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use auth::{AuthAgent, AuthVisitor};
+pub use error::ApiError;
+
+use super::ServiceDesk;
+
+/// Every route of the desk.
+pub(crate) fn routes<S>(desk: ServiceDesk) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let upload_limit = usize::try_from(desk.state.settings.max_upload_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        // The widget and the console.
+        .route("/widget.js", get(assets::widget))
+        .route("/agent", get(assets::console))
+        .route("/assets/chat.js", get(assets::chat))
+        .route("/assets/console.js", get(assets::console_js))
+        .route("/assets/desk.css", get(assets::css))
+        // Visitors.
+        .route("/api/visitor/session", post(visitor::session))
+        .route("/api/visitor/conversation", post(visitor::conversation))
+        .route("/api/visitor/conversation/close", post(visitor::close))
+        .route("/ws/visitor", get(visitor::socket))
+        // Agents.
+        .route("/api/agent/login", post(agent::login))
+        .route("/api/agent/me", get(agent::me))
+        .route("/api/agent/desk", get(agent::desk))
+        .route("/api/agent/presence", post(agent::presence))
+        .route(
+            "/api/agent/conversations/{id}/transfer",
+            post(agent::transfer),
+        )
+        .route("/api/agent/conversations/{id}/close", post(agent::close))
+        .route(
+            "/api/agent/conversations/{id}/bot",
+            get(agent::bot_decisions),
+        )
+        .route("/api/agent/conversations/{id}/profile", get(agent::profile))
+        .route("/api/agent/corrections", post(agent::correct))
+        .route("/api/agent/intents", get(agent::intents))
+        .route("/api/agent/suggestions", get(agent::suggestions))
+        .route("/ws/agent", get(agent::socket))
+        // Files.
+        .route(
+            "/api/upload",
+            post(files::upload).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/files/{id}", get(files::download))
+        // Operations.
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .with_state(desk)
+}

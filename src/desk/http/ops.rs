@@ -1,0 +1,146 @@
+//! Operations: `metrics` for Prometheus and `healthz` for the load balancer.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use cs_core::router::Presence;
+use cs_core::store::StoreError;
+use cs_core::ConversationId;
+
+use crate::desk::ServiceDesk;
+
+/// `GET metrics`: the message path's counters (`cs_accepted_total`,
+/// `cs_persisted_total`, …; msgs/s is `rate(cs_persisted_total[1m])`),
+/// connections, the queue, agents, console traffic and the bot's outcomes.
+///
+/// In a cluster every node reports its own connections, message path and
+/// bus (`cs_redis_bus_*`), plus `cs_desk_routing` (1 on the node routing
+/// the queue); the desk's gauges come from the routing node only, so
+/// summing over nodes counts each once.
+pub async fn metrics(State(desk): State<ServiceDesk>) -> impl IntoResponse {
+    let state = &desk.state;
+    let mut out = state.metrics.snapshot().to_prometheus("cs_");
+    let routing = desk.routing();
+    let mut gauges = vec![
+        (
+            "connections",
+            "Open WebSocket connections on this node.",
+            "gauge",
+            state.pool.len() as u64,
+        ),
+        (
+            "spilled_bytes",
+            "Bytes held on the degrade path.",
+            "gauge",
+            state.dispatcher.spilled_bytes() as u64,
+        ),
+        (
+            "console_frames_total",
+            "Desk frames sent to the agents' consoles.",
+            "counter",
+            state.consoles.frames.load(Ordering::Relaxed),
+        ),
+        (
+            "console_bytes_total",
+            "Bytes of desk frames sent to each console.",
+            "counter",
+            state.consoles.bytes.load(Ordering::Relaxed),
+        ),
+    ];
+    #[cfg(feature = "redis")]
+    if let Some(cluster) = &state.cluster {
+        out.push_str(&cluster.bus_metrics("cs_"));
+        gauges.push((
+            "desk_routing",
+            "1 on the node that routes the queue, 0 on the others.",
+            "gauge",
+            u64::from(routing),
+        ));
+    }
+    if routing {
+        let snapshot = state.routing.router().snapshot(&state.tenant);
+        let online = snapshot
+            .agents
+            .iter()
+            .filter(|a| a.presence == Presence::Online)
+            .count();
+        gauges.extend([
+            (
+                "open_conversations",
+                "Conversations not closed.",
+                "gauge",
+                state.routing.chats.len() as u64,
+            ),
+            (
+                "queue_length",
+                "Visitors waiting for an agent.",
+                "gauge",
+                snapshot.queue.len() as u64,
+            ),
+            (
+                "agents_online",
+                "Agents taking new conversations.",
+                "gauge",
+                online as u64,
+            ),
+        ]);
+    }
+    for (name, help, kind, value) in gauges {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "# HELP cs_{name} {help}\n# TYPE cs_{name} {kind}\ncs_{name} {value}"
+        );
+    }
+    if let Some(bot) = desk.bot() {
+        let counters = bot.counters.snapshot();
+        let _ = writeln!(
+            out,
+            "# HELP cs_bot_replies_total Visitor questions the bot handled, by outcome.\n# TYPE cs_bot_replies_total counter"
+        );
+        for (outcome, value) in [
+            ("answer", counters.answered),
+            ("clarify", counters.clarified),
+            ("handoff", counters.handed_off),
+        ] {
+            let _ = writeln!(out, "cs_bot_replies_total{{outcome=\"{outcome}\"}} {value}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cs_bot_corrections_total Bot answers corrected by agents.\n# TYPE cs_bot_corrections_total counter\ncs_bot_corrections_total {}",
+            counters.corrections
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// `GET healthz`: 200 when the store answers, 503 when it does not, with
+/// `{"status", "node", "routing", "router"}`: this node, whether it routes
+/// the queue, and which node does (`null` while a cluster fails over).
+pub async fn healthz(State(desk): State<ServiceDesk>) -> impl IntoResponse {
+    let router = desk.router_node().await.map(|n| n.to_string());
+    // Any answer about a conversation that does not exist proves the store
+    // is reachable; only a failure to answer is unhealthy.
+    let (status, state) = match desk.store().last_seq(ConversationId::new()).await {
+        Ok(_) | Err(StoreError::UnknownConversation(_)) => (StatusCode::OK, "ok".to_owned()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}"),
+        ),
+    };
+    (
+        status,
+        Json(json!({
+            "status": state,
+            "node": desk.node().to_string(),
+            "routing": desk.routing(),
+            "router": router,
+        })),
+    )
+}

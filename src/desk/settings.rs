@@ -1,0 +1,61 @@
+//! The desk's knobs, each with a default that suits a small shop.
+
+use std::time::Duration;
+
+use cs_core::router::BuiltinStrategy;
+use cs_transport::websocket::WsConfig;
+
+/// How the desk routes, limits and times things.
+#[derive(Clone, Debug)]
+pub struct DeskSettings {
+    /// How queued visitors are given to agents. Default: sticky (back to
+    /// the agent who served them last, else the least busy).
+    pub strategy: BuiltinStrategy,
+    /// How long an agent whose consoles all closed keeps their
+    /// conversations before they go back to the queue: a page reload, or a
+    /// node dying under them, is not a departure. Default 15 s.
+    pub grace: Duration,
+    /// Dispatcher shards: conversations processed at once. Each waits on
+    /// the store while it persists a message, and the SQL stores commit the
+    /// messages that wait together in one transaction, so more shards mean
+    /// bigger, cheaper commits under load. Default 64.
+    pub shards: usize,
+    /// WebSocket limits (buffers, frame size, rate per socket, idle timeout).
+    pub ws: WsConfig,
+    /// Largest upload. Default 10 MiB.
+    pub max_upload_bytes: u64,
+    /// Consoles get at most one update of each kind per this interval;
+    /// changes in between are merged. Default 250 ms.
+    pub console_interval: Duration,
+    /// How many queued conversations the consoles see in order with their
+    /// position; the rest are counted. Default 20.
+    pub queue_head: usize,
+    /// A guest's token lifetime. Default 30 days (the widget renews it on
+    /// every page load).
+    pub guest_token_ttl: Duration,
+    /// A logged-in customer's token lifetime: short, because logging out of
+    /// the shop must end it soon. Default 1 hour.
+    pub customer_token_ttl: Duration,
+    /// An agent's token lifetime. Default 12 hours.
+    pub agent_token_ttl: Duration,
+    /// What the bot says first when there is no FAQ greeting. Default none.
+    pub greeting: Option<String>,
+}
+
+impl Default for DeskSettings {
+    fn default() -> Self {
+        Self {
+            strategy: BuiltinStrategy::Sticky,
+            grace: Duration::from_secs(15),
+            shards: 64,
+            ws: WsConfig::default(),
+            max_upload_bytes: 10 * 1024 * 1024,
+            console_interval: Duration::from_millis(250),
+            queue_head: 20,
+            guest_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            customer_token_ttl: Duration::from_secs(3600),
+            agent_token_ttl: Duration::from_secs(12 * 3600),
+            greeting: None,
+        }
+    }
+}
