@@ -13,340 +13,19 @@
 //! or the Chinese text shows as boxes.
 #![cfg(unix)]
 
+#[path = "support/browser.rs"]
+mod browser;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use tokio::process::{Child, Command};
+use fantoccini::Locator;
+use serde_json::json;
 
+use browser::{
+    ask_the_bot, browser_installed, faq_answer, Browsers, Page, Row, ENTER, ONE_AT_A_TIME,
+};
 use support::Server;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// How long a page may take to show what a step waits for. Generous: the
-/// machine may be busy building; a passing run waits far less.
-const WAIT: Duration = Duration::from_secs(20);
-/// How often a wait looks at the page again.
-const POLL: Duration = Duration::from_millis(50);
-
-/// One browser test at a time: each runs a server and two Chromiums, and
-/// several at once on a small machine only make every wait longer. A tokio
-/// mutex, because each test has its own runtime and a panicking test must
-/// not poison the lock for the others.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-// ---------------------------------------------------------------------------
-// The browser: a chromedriver of our own, and one Chromium per session.
-
-/// Whether Chromium and chromedriver are installed: skip with a notice when
-/// not, or fail when `CS_REQUIRE_SERVICES=1` (the rule of the service tests,
-/// see `cs_core::testing::service_url`).
-fn browser_installed() -> bool {
-    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
-        .into_iter()
-        .filter(|path| !Path::new(path).exists())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let missing = missing.join(" and ");
-    if std::env::var("CS_REQUIRE_SERVICES").is_ok_and(|v| v.trim() == "1") {
-        panic!(
-            "{missing} missing, but CS_REQUIRE_SERVICES=1 requires the browser tests; \
-             install the Debian packages chromium and chromium-driver (.ci/run does) \
-             or unset CS_REQUIRE_SERVICES"
-        );
-    }
-    eprintln!(
-        "skipped: {missing} missing; install chromium and chromium-driver to run the browser tests"
-    );
-    false
-}
-
-/// A chromedriver on a free port, with a scratch dir for its log and the
-/// browsers' profiles. Dropping it ends every browser it started.
-struct Browsers {
-    url: String,
-    dir: PathBuf,
-    child: Child,
-    sessions: u32,
-}
-
-impl Browsers {
-    async fn start() -> Browsers {
-        let dir = std::env::temp_dir().join(format!(
-            "cs-browser-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        std::fs::create_dir_all(&dir).expect("the scratch dir is created");
-        // A port nobody holds this instant; chromedriver binds it a moment later.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .arg(format!(
-                "--log-path={}",
-                dir.join("chromedriver.log").display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group, which the browsers it starts join: a
-            // test that fails half-way still ends all of them on drop.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("chromedriver starts");
-        let mut browsers = Browsers {
-            url: format!("http://127.0.0.1:{port}"),
-            dir,
-            child,
-            sessions: 0,
-        };
-        let deadline = Instant::now() + WAIT;
-        let client = reqwest::Client::new();
-        loop {
-            let status = client.get(format!("{}/status", browsers.url)).send().await;
-            if let Ok(response) = status {
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                if body["value"]["ready"] == true {
-                    return browsers;
-                }
-            }
-            if let Ok(Some(exit)) = browsers.child.try_wait() {
-                panic!("chromedriver exited ({exit}): {}", browsers.log());
-            }
-            assert!(Instant::now() < deadline, "chromedriver is not ready");
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// A new browser with a fresh profile: its own localStorage, so each
-    /// session is a different visitor or agent.
-    async fn open(&mut self, name: &'static str) -> Page {
-        self.sessions += 1;
-        let profile = self.dir.join(format!("profile-{}", self.sessions));
-        let capabilities = json!({
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-dev-shm-usage",
-                    "--no-first-run",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    format!("--user-data-dir={}", profile.display()),
-                    "--window-size=1280,860",
-                ],
-            }
-        });
-        let Value::Object(capabilities) = capabilities else {
-            unreachable!("a JSON object literal")
-        };
-        let client = ClientBuilder::new(HttpConnector::new())
-            .capabilities(capabilities)
-            .connect(&self.url)
-            .await
-            .unwrap_or_else(|e| panic!("Chromium starts ({e}): {}", self.log()));
-        Page { name, client }
-    }
-
-    fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("chromedriver.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Browsers {
-    fn drop(&mut self) {
-        // The browsers share chromedriver's process group (see `start`):
-        // ending the group ends them too, whatever state the test left.
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .status();
-        }
-        let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// One message row as a page shows it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-struct Row {
-    seq: u64,
-    class: String,
-    text: String,
-}
-
-impl Row {
-    fn is(&self, class: &str) -> bool {
-        self.class.split_whitespace().any(|c| c == class)
-    }
-}
-
-/// Every message row of the open transcript, in page order: a text
-/// message's own text (without the name and time around it), or an event's
-/// line. The pages tag each row with its seq.
-const ROWS: &str = r#"
-return [...document.querySelectorAll('#messages .msg[data-seq]:not(.notice)')].map((n) => ({
-  seq: Number(n.dataset.seq),
-  class: n.className,
-  text: (n.querySelector('.bubble .text') || n).textContent,
-}));"#;
-
-/// Enter, as WebDriver spells it: the pages send on Enter.
-const ENTER: &str = "\u{E007}";
-
-/// One browser tab, on the widget or the console.
-struct Page {
-    name: &'static str,
-    client: Client,
-}
-
-impl Page {
-    async fn goto(&self, url: &str) {
-        self.client.goto(url).await.expect("the page loads");
-    }
-
-    async fn js(&self, script: &str, args: Vec<Value>) -> Value {
-        self.client
-            .execute(script, args)
-            .await
-            .unwrap_or_else(|e| panic!("{}: the script failed: {e}\n{script}", self.name))
-    }
-
-    /// Runs `script` until it returns something other than null, false, 0,
-    /// "" or []; answers that.
-    async fn wait_js(&self, what: &str, script: &str, args: Vec<Value>) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let value = self.js(script, args.clone()).await;
-            let ready = match &value {
-                Value::Null | Value::Bool(false) => false,
-                Value::Number(n) => n.as_f64() != Some(0.0),
-                Value::String(s) => !s.is_empty(),
-                Value::Array(a) => !a.is_empty(),
-                _ => true,
-            };
-            if ready {
-                return value;
-            }
-            if Instant::now() > deadline {
-                self.fail(what).await;
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    async fn rows(&self) -> Vec<Row> {
-        serde_json::from_value(self.js(ROWS, vec![]).await).expect("rows are {seq, class, text}")
-    }
-
-    /// Waits until the transcript's rows satisfy `ready`; answers them.
-    async fn wait_rows(&self, what: &str, ready: impl Fn(&[Row]) -> bool) -> Vec<Row> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let rows = self.rows().await;
-            if ready(&rows) {
-                return rows;
-            }
-            if Instant::now() > deadline {
-                self.fail(what).await;
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// The text of the element `css`, once it is shown and says something.
-    async fn wait_text(&self, what: &str, css: &str) -> String {
-        let script = "const n = document.querySelector(arguments[0]); \
-                      return n && n.offsetParent !== null ? n.textContent : null;";
-        let text = self.wait_js(what, script, vec![json!(css)]).await;
-        text.as_str().unwrap_or_default().to_owned()
-    }
-
-    /// Clicks `css` once it is there. The lists are re-rendered on every
-    /// desk frame, so an element found a moment ago may be gone: find again.
-    async fn click(&self, css: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let clicked = match self.client.find(Locator::Css(css)).await {
-                Ok(element) => element.click().await,
-                Err(e) => Err(e),
-            };
-            match clicked {
-                Ok(()) => return,
-                Err(e) if Instant::now() > deadline => {
-                    self.fail(&format!("a clickable {css} ({e})")).await
-                }
-                Err(_) => tokio::time::sleep(POLL).await,
-            }
-        }
-    }
-
-    /// Types into the composer, as a person would: one key event each, so
-    /// the page sends its typing frames.
-    async fn type_text(&self, text: &str) {
-        self.client
-            .find(Locator::Css("#input"))
-            .await
-            .expect("the page has a composer")
-            .send_keys(text)
-            .await
-            .expect("the composer takes keys");
-    }
-
-    /// Types `text` and presses Enter.
-    async fn say(&self, text: &str) {
-        self.type_text(&format!("{text}{ENTER}")).await;
-    }
-
-    async fn title(&self) -> String {
-        self.client.title().await.expect("the page has a title")
-    }
-
-    async fn screenshot(&self, path: &Path) {
-        let png = self.client.screenshot().await.expect("a screenshot");
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).expect("the screenshot dir is created");
-        }
-        std::fs::write(path, png).expect("the screenshot is saved");
-    }
-
-    /// Panics with what the page shows, so a timeout says where it stood.
-    async fn fail(&self, what: &str) -> ! {
-        let shown = self
-            .client
-            .execute("return document.body.innerText;", vec![])
-            .await
-            .unwrap_or(Value::Null);
-        panic!(
-            "{}: waited {WAIT:?} for {what}; the page shows:\n{}",
-            self.name,
-            shown.as_str().unwrap_or_default()
-        );
-    }
-
-    async fn close(self) {
-        let _ = self.client.close().await;
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The pages' flows.
@@ -373,6 +52,15 @@ async fn agent_page(browsers: &mut Browsers, server: &Server, agent: &str) -> Pa
         .expect("the sign-in form");
     field.clear().await.expect("the field clears");
     field.send_keys(agent).await.expect("the field takes keys");
+    let password = page
+        .client
+        .find(Locator::Css("#login-password"))
+        .await
+        .expect("the password field");
+    password
+        .send_keys("demo")
+        .await
+        .expect("the field takes keys");
     page.click("#login-form button[type=submit]").await;
     page.wait_js(
         "the console online",
@@ -381,45 +69,6 @@ async fn agent_page(browsers: &mut Browsers, server: &Server, agent: &str) -> Pa
     )
     .await;
     page
-}
-
-/// Sends `text` from the widget and waits for the bot's next row; answers
-/// (the visitor's row, the bot's row).
-async fn ask_the_bot(visitor: &Page, text: &str) -> (Row, Row) {
-    let before = visitor.rows().await.last().map_or(0, |r| r.seq);
-    visitor.say(text).await;
-    let rows = visitor
-        .wait_rows(&format!("the bot's answer to {text:?}"), |rows| {
-            let asked = rows.iter().find(|r| r.seq > before && r.is("mine"));
-            asked.is_some_and(|q| rows.iter().any(|r| r.seq > q.seq && r.is("from-bot")))
-        })
-        .await;
-    let asked = rows
-        .iter()
-        .find(|r| r.seq > before && r.is("mine"))
-        .cloned()
-        .expect("the question is shown");
-    assert_eq!(asked.text, text);
-    let answer = rows
-        .iter()
-        .find(|r| r.seq > asked.seq && r.is("from-bot"))
-        .cloned()
-        .expect("the answer is shown");
-    (asked, answer)
-}
-
-/// The FAQ's answer for `intent` in `language` (`en` or `zh`).
-fn faq_answer(intent: &str, language: &str) -> String {
-    let faq: Value = serde_json::from_str(include_str!("../examples/chat_server/faq.json"))
-        .expect("faq.json is JSON");
-    let entry = faq["intents"]
-        .as_array()
-        .and_then(|all| all.iter().find(|i| i["intent"] == intent))
-        .unwrap_or_else(|| panic!("faq.json has no intent {intent}"));
-    entry["answer"][language]
-        .as_str()
-        .expect("an answer in each language")
-        .to_owned()
 }
 
 fn screenshots_wanted() -> bool {
@@ -712,14 +361,15 @@ async fn markup_in_a_message_is_shown_as_text_in_the_widget_and_the_console() {
         .await;
 
     // No element came of it: neither page has an image, and each has only
-    // its own two scripts; the titles are untouched.
+    // its own scripts (the shop page the widget's one, the console the chat
+    // client and its own); the titles are untouched.
     let made = "return [document.querySelectorAll('img').length, \
                 document.querySelectorAll('script:not([src])').length, \
                 document.querySelectorAll('script').length];";
-    for (page, title) in [(&visitor, &visitor_title), (&agent, &agent_title)] {
+    for (page, title, scripts) in [(&visitor, &visitor_title, 1), (&agent, &agent_title, 2)] {
         assert_eq!(
             page.js(made, vec![]).await,
-            json!([0, 0, 2]),
+            json!([0, 0, scripts]),
             "{}",
             page.name
         );
