@@ -75,8 +75,8 @@ use cs::core::{AgentId, Conversation, ConversationId, Party, TenantId, Timestamp
 use cs::datahub::store::PostgresStore;
 use cs::transport::websocket::{self, WsConfig};
 use cs::transport::{
-    Actor, Change, ClientFrame, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics, NatsBus,
-    NatsBusConfig, NodeId, PoolConfig, RedisBus, RedisBusConfig,
+    Actor, Change, ClientFrame, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics,
+    NatsBus, NatsBusConfig, NodeId, PoolConfig, RedisBus, RedisBusConfig,
 };
 
 #[derive(Parser, Debug)]

@@ -412,9 +412,14 @@ async fn uploads_are_size_limited_images_are_checked_and_files_come_back() {
 
     // Over the limit (1 MiB here).
     let big = vec![0u8; 1024 * 1024 + 1];
-    let response = upload("big.bin", "application/octet-stream", big, Some(token.clone()))
-        .await
-        .unwrap();
+    let response = upload(
+        "big.bin",
+        "application/octet-stream",
+        big,
+        Some(token.clone()),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), 413);
     let missing = download(&format!("/files/{}", "0".repeat(32)), Some(&token))
         .await

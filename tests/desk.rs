@@ -378,3 +378,45 @@ async fn a_thousand_waiting_visitors_cost_each_console_under_64_kib_a_second() {
     }
     desk.shutdown().await;
 }
+
+/// The widget's `data-lang` picks the greeting's language; without it the
+/// greeting is in every language the FAQ has.
+#[tokio::test]
+async fn a_new_chat_is_greeted_in_the_pages_language() {
+    use cs::intent::faq::{Faq, FaqBot, FaqSettings};
+    let faq = Faq::from_json(include_str!("../examples/chat_server/faq.json")).unwrap();
+    let bot = FaqBot::train(faq, FaqSettings::default()).unwrap();
+    let (english, chinese) = (
+        bot.greeting("en").unwrap().to_owned(),
+        bot.greeting("zh").unwrap().to_owned(),
+    );
+    let desk = ServiceDesk::builder(TenantId::new("shop").unwrap())
+        .bot(Arc::new(bot))
+        .build()
+        .await
+        .unwrap();
+    let greeting = |id: ConversationId| {
+        let store = Arc::clone(desk.store());
+        async move {
+            let stored = store.recent(id, 10).await.unwrap();
+            match &stored.first().expect("a greeting").body {
+                cs::core::Body::Text { text } => text.clone(),
+                other => panic!("not text: {other:?}"),
+            }
+        }
+    };
+    let zh = desk
+        .open_for_visitor_in(&visitor("ann"), Some("zh"))
+        .await
+        .unwrap();
+    assert_eq!(greeting(zh.id).await, chinese);
+    let any = desk.open_for_visitor(&visitor("ben")).await.unwrap();
+    let both = greeting(any.id).await;
+    assert!(both.contains(&english) && both.contains(&chinese), "{both}");
+    let unknown = desk
+        .open_for_visitor_in(&visitor("cai"), Some("fr"))
+        .await
+        .unwrap();
+    assert_eq!(greeting(unknown.id).await, both);
+    desk.shutdown().await;
+}

@@ -74,7 +74,8 @@ pub mod websocket;
 
 pub use bus::{Bus, Envelope, InProcessBus, Inbound, NodeId, Target};
 pub use dispatcher::{
-    Actor, Admission, Change, Command, DispatchError, Dispatcher, DispatcherConfig, Origin, SubmitError,
+    Actor, Admission, Change, Command, DispatchError, Dispatcher, DispatcherConfig, Origin,
+    SubmitError,
 };
 pub use hooks::{Hook, HookAction, HookContext, HookError};
 pub use metrics::{Metrics, MetricsSnapshot};

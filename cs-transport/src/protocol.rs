@@ -486,4 +486,108 @@ mod tests {
             br#"{"type":"error","code":"overloaded","message":"retry"}"#
         );
     }
+
+    fn json(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    /// The desk frames as docs/protocol.md shows them.
+    #[test]
+    fn desk_frames_have_the_documented_shape() {
+        let id = ConversationId::new();
+        let queue = DeskFrame::Queue {
+            conversation: id,
+            position: 3,
+        };
+        assert_eq!(
+            json(&queue.encode()),
+            serde_json::json!({"type": "queue", "conversation": id.to_string(), "position": 3})
+        );
+
+        let row = ChatRow {
+            id,
+            visitor: VisitorId::new("c-1042").unwrap(),
+            visitor_name: Some("Ann".into()),
+            state: StateKind::Queued,
+            agent: None,
+            opened_at: Timestamp::from_millis(1_700_000_000_000),
+            last_text: Some("where is my parcel".into()),
+            last_from: Some("visitor".into()),
+            last_at: Some(Timestamp::from_millis(1_700_000_005_000)),
+            queue_position: Some(1),
+            handoff_reason: Some("asked for a person".into()),
+        };
+        let desk = DeskFrame::Desk {
+            chats: vec![row.clone()],
+            closed: Vec::new(),
+        };
+        assert_eq!(
+            json(&desk.encode()),
+            serde_json::json!({"type": "desk", "chats": [{
+                "id": id.to_string(), "visitor": "c-1042", "visitor_name": "Ann",
+                "state": "queued", "agent": null, "opened_at": 1_700_000_000_000u64,
+                "last_text": "where is my parcel", "last_from": "visitor",
+                "last_at": 1_700_000_005_000u64, "queue_position": 1,
+                "handoff_reason": "asked for a person"
+            }]}),
+            "an empty `closed` is left out"
+        );
+        let closed = DeskFrame::Desk {
+            chats: Vec::new(),
+            closed: vec![id],
+        };
+        assert_eq!(
+            json(&closed.encode()),
+            serde_json::json!({"type": "desk", "closed": [id.to_string()]})
+        );
+
+        let summary = DeskFrame::QueueSummary {
+            waiting: 250,
+            head: vec![id],
+        };
+        assert_eq!(
+            json(&summary.encode()),
+            serde_json::json!({"type": "queue_summary", "waiting": 250, "head": [id.to_string()]})
+        );
+
+        let agents = DeskFrame::Agents {
+            agents: vec![AgentRow {
+                id: AgentId::new("alice").unwrap(),
+                name: "Alice".into(),
+                presence: Presence::Online,
+                active: 1,
+                capacity: 3,
+            }],
+        };
+        assert_eq!(
+            json(&agents.encode()),
+            serde_json::json!({"type": "agents", "agents": [
+                {"id": "alice", "name": "Alice", "presence": "online", "active": 1, "capacity": 3}
+            ]})
+        );
+        for frame in [queue, desk, closed, summary, agents] {
+            let back: DeskFrame = serde_json::from_slice(&frame.encode()).unwrap();
+            assert_eq!(back, frame);
+        }
+    }
+
+    /// An event's body is flat: the event's fields beside `type` and `event`.
+    #[test]
+    fn an_event_body_is_flat() {
+        let message = Message::from_new(
+            cs_core::NewMessage::new(
+                ConversationId::new(),
+                Party::System,
+                Body::Event(cs_core::Event::Assigned {
+                    agent: AgentId::new("alice").unwrap(),
+                }),
+            ),
+            Seq::new(4),
+        );
+        let frame = json(&ServerFrame::encode_message(&message));
+        assert_eq!(
+            frame["message"]["body"],
+            serde_json::json!({"type": "event", "event": "assigned", "agent": "alice"})
+        );
+    }
 }

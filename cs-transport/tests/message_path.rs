@@ -12,8 +12,8 @@ use cs_core::store::MemoryStore;
 use cs_core::testing::Intercepted;
 use cs_core::{Body, ClientMsgId, ConversationState, Event, Message, NewMessage, Party, Seq};
 use cs_transport::{
-    Actor, Change, Command, DispatcherConfig, ErrorCode, Hook, HookAction, HookContext, HookError, Origin,
-    Outcome, PathError, PathEvent, ServerFrame, SubmitError,
+    Actor, Change, Command, DispatcherConfig, ErrorCode, Hook, HookAction, HookContext, HookError,
+    Origin, Outcome, PathError, PathEvent, ServerFrame, SubmitError,
 };
 use support::*;
 

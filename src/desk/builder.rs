@@ -178,6 +178,7 @@ impl ServiceDeskBuilder {
             }
         };
         let shutdown = CancellationToken::new();
+        #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
         let mut tasks = Vec::new();
 
         let metrics = Arc::new(Metrics::new());

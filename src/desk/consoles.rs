@@ -83,6 +83,7 @@ impl Consoles {
     }
 
     /// Forgets what was sent (a new routing node tells everything afresh).
+    #[cfg(feature = "redis")]
     pub fn reset(&self) {
         self.positions.lock().clear();
         *self.last_summary.lock() = None;

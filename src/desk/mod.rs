@@ -193,7 +193,21 @@ impl ServiceDesk {
     /// # Errors
     /// The store or the message path failed.
     pub async fn open_for_visitor(&self, visitor: &VisitorId) -> Result<ChatRow, DeskError> {
-        Ok(self.state.open_for_visitor(visitor).await?)
+        Ok(self.state.open_for_visitor(visitor, None).await?)
+    }
+
+    /// Like [`ServiceDesk::open_for_visitor`], with the page's language: a
+    /// new conversation's greeting is the FAQ's in `language` only (else in
+    /// every language the FAQ has).
+    ///
+    /// # Errors
+    /// The store or the message path failed.
+    pub async fn open_for_visitor_in(
+        &self,
+        visitor: &VisitorId,
+        language: Option<&str>,
+    ) -> Result<ChatRow, DeskError> {
+        Ok(self.state.open_for_visitor(visitor, language).await?)
     }
 
     /// An open conversation's row.

@@ -40,6 +40,7 @@ impl AgentPresence {
     }
 
     /// Forgets the absences being waited out (a new router starts over).
+    #[cfg(feature = "redis")]
     pub fn clear_absences(&self) {
         self.leaving.clear();
     }

@@ -71,6 +71,8 @@ impl Routing {
         Arc::clone(&self.router.read())
     }
 
+    /// Swaps in a fresh router (a node took or lost the routing lease).
+    #[cfg(feature = "redis")]
     fn replace(&self, router: Router) {
         *self.router.write() = Arc::new(router);
     }
@@ -140,6 +142,7 @@ impl DeskState {
     pub(crate) async fn open_for_visitor(
         &self,
         visitor: &VisitorId,
+        language: Option<&str>,
     ) -> Result<ChatRow, RoutingError> {
         let _one_at_a_time = self.routing.creating.lock().await;
         // In a cluster another node may have closed it: ask the store.
@@ -186,7 +189,7 @@ impl DeskState {
             Outcome::Changed { conversation, .. } => self.summary(&conversation)?,
             _ => self.summary(&conversation)?,
         };
-        if let Some(greeting) = self.greeting_for(visitor) {
+        if let Some(greeting) = self.greeting_in(language) {
             self.dispatcher
                 .submit_and_wait(Command::Send {
                     origin: Origin::Host,
@@ -197,9 +200,21 @@ impl DeskState {
         Ok(self.routing.chats.get(&id).map_or(summary, |c| c.clone()))
     }
 
-    /// The bot's first words: the FAQ's greeting in its first language
-    /// (the visitor has said nothing yet), or the settings' own.
-    fn greeting_for(&self, _visitor: &VisitorId) -> Option<String> {
+    /// The bot's first words: the FAQ's greeting in the page's language,
+    /// else in each of its languages (the visitor has said nothing yet), or
+    /// the settings' own.
+    fn greeting_in(&self, language: Option<&str>) -> Option<String> {
+        let asked = self.bot.as_ref().and_then(|bot| {
+            let language = language?;
+            bot.languages()
+                .iter()
+                .any(|known| known == language)
+                .then(|| bot.greeting(language).map(str::to_owned))
+                .flatten()
+        });
+        if asked.is_some() {
+            return asked;
+        }
         let from_faq = self.bot.as_ref().and_then(|bot| {
             let greetings: Vec<&str> = bot
                 .languages()
@@ -490,6 +505,11 @@ impl DeskState {
             .chats
             .entry(id)
             .and_modify(|chat| {
+                if row.state != StateKind::Queued {
+                    // The place it had is no longer true; the caller marks
+                    // the row changed, so consoles hear it.
+                    chat.queue_position = None;
+                }
                 chat.state = row.state;
                 chat.agent = row.agent.clone();
                 if row.visitor_name.is_some() {
@@ -648,6 +668,7 @@ impl DeskState {
     }
 
     /// Starts from a fresh router (this node began or stopped routing).
+    #[cfg(feature = "redis")]
     pub(crate) fn reset_router(&self) -> Result<(), RouterError> {
         let router = fresh_router(&self.tenant, &self.settings, self.directory.as_ref())?;
         self.routing.replace(router);
@@ -655,6 +676,7 @@ impl DeskState {
     }
 
     /// This node no longer routes: it forgets what only a routing node keeps.
+    #[cfg(feature = "redis")]
     pub(crate) fn forget_chats(&self) {
         self.routing.chats.clear();
         self.routing.by_visitor.clear();

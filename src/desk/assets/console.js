@@ -62,6 +62,16 @@
 
   // --- the desk -----------------------------------------------------------
 
+  // An amount in minor units in the order's own currency (Intl knows the
+  // symbols and decimals); a code it does not know is shown as it is.
+  function money(minor, currency) {
+    try {
+      return new Intl.NumberFormat(undefined, { style: "currency", currency: currency }).format(minor / 100);
+    } catch (e) {
+      return (minor / 100).toFixed(2) + " " + currency;
+    }
+  }
+
   function isMine(chat) {
     return chat.state === "assigned" && chat.agent === me;
   }
@@ -293,7 +303,7 @@
       const orders = el("ul", "orders");
       for (const o of data.orders) {
         const lines = o.lines.map((l) => l.quantity + " × " + l.name).join(", ");
-        orders.appendChild(el("li", null, o.id + " · " + o.status + " · ¥" + (o.total_minor / 100).toFixed(2) + " · " + lines));
+        orders.appendChild(el("li", null, o.id + " · " + o.status + " · " + money(o.total_minor, o.currency) + " · " + lines));
       }
       box.appendChild(orders);
       $("partial").hidden = !data.partial;

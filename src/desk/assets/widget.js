@@ -3,8 +3,10 @@
 // It injects its launcher, its panel and its stylesheet, then keeps a
 // signed session in localStorage, the visitor's conversation, and the
 // shared chat client (which this file follows in widget.js). Options are
-// data- attributes of the tag: data-title, data-subtitle, data-color,
-// data-placeholder.
+// data- attributes of the tag: data-title, data-launcher, data-placeholder,
+// data-color (the accent), data-bot-name, data-lang (the greeting's
+// language, e.g. "en" or "zh") and data-greeting (the shop's own welcome,
+// shown above the chat and never sent).
 "use strict";
 
 (function () {
@@ -96,12 +98,22 @@
     await openConversation();
   }
 
+  function conversationPath() {
+    const lang = options.lang ? "?lang=" + encodeURIComponent(options.lang) : "";
+    return "/api/visitor/conversation" + lang;
+  }
+
   async function openConversation() {
-    const data = await api("POST", "/api/visitor/conversation", token);
+    const data = await api("POST", conversationPath(), token);
     const chat = data.conversation;
     Object.assign(names, data.agents);
     conversation = chat.id;
     $("messages").replaceChildren();
+    if (options.greeting) {
+      const note = el("div", "welcome", options.greeting);
+      note.dataset.seq = 0; // before every message
+      $("messages").appendChild(note);
+    }
     $("ended").hidden = true;
     $("composer").hidden = false;
     setStatus(describe(chat));
@@ -110,7 +122,7 @@
 
   async function refreshStatus() {
     try {
-      const data = await api("POST", "/api/visitor/conversation", token);
+      const data = await api("POST", conversationPath(), token);
       if (data.conversation.id === conversation) setStatus(describe(data.conversation));
     } catch (_) {
       /* the socket's own status says enough */

@@ -1,6 +1,6 @@
 //! The visitor side: a session, the visitor's conversation, and the socket.
 
-use axum::extract::{OriginalUri, State, WebSocketUpgrade};
+use axum::extract::{OriginalUri, Query, State, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
@@ -95,13 +95,23 @@ fn new_guest_id() -> Result<VisitorId, ApiError> {
         .map_err(|e| ApiError::unavailable(e.to_string()))
 }
 
-/// `POST api/visitor/conversation`: the visitor's open conversation, or a
+/// What `conversation` reads from the query: the widget's `data-lang`.
+#[derive(serde::Deserialize)]
+pub struct PageLanguage {
+    /// The page's language (`en`, `zh`, …), for a new chat's greeting.
+    lang: Option<String>,
+}
+
+/// `POST api/visitor/conversation[?lang=…]`: the visitor's open conversation, or a
 /// new one with the bot, and the agents' names.
 pub async fn conversation(
     State(desk): State<ServiceDesk>,
     AuthVisitor(visitor): AuthVisitor,
+    Query(page): Query<PageLanguage>,
 ) -> Result<Json<Value>, ApiError> {
-    let chat = desk.open_for_visitor(&visitor).await?;
+    let chat = desk
+        .open_for_visitor_in(&visitor, page.lang.as_deref())
+        .await?;
     let agents: serde_json::Map<String, Value> = desk
         .state
         .directory
