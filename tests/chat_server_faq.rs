@@ -17,6 +17,8 @@ const FAQ_JSON: &str = include_str!("../examples/chat_server/faq.json");
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Faq {
+    /// What the bot says first, in both languages.
+    greeting: Answer,
     intents: Vec<FaqIntent>,
 }
 
@@ -328,6 +330,10 @@ fn predict(text: &str) -> Prediction {
 #[test]
 fn faq_has_the_intents_the_demo_needs() {
     let faq = faq();
+    assert!(
+        !faq.greeting.en.trim().is_empty() && !faq.greeting.zh.trim().is_empty(),
+        "the greeting is in both languages"
+    );
     let answers = faq
         .intents
         .iter()

@@ -1,4 +1,7 @@
 //! MemoryStore runs the shared store contract suite.
+// The suite is the `testing` feature's: on for this crate's own tests by
+// its dev-dependency, which a published package does not carry.
+#![cfg(feature = "testing")]
 
 use cs_core::store::MemoryStore;
 
