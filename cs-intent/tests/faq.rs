@@ -74,7 +74,14 @@ fn the_demo_faq_answers_in_the_questions_language_and_hands_off() {
     assert_eq!(faq.languages(), ["en", "zh"]);
     let bot = train(faq.clone(), FaqSettings::default());
     assert_eq!(bot.languages(), ["en", "zh"]);
-    assert_eq!(bot.greeting("en"), None, "the demo FAQ has no greeting");
+    assert!(
+        bot.greeting("en").is_some_and(|g| g.starts_with("Hi!")),
+        "the demo FAQ greets in English"
+    );
+    assert!(
+        bot.greeting("zh").is_some_and(|g| g.starts_with("您好")),
+        "and in Chinese"
+    );
     assert!(bot.intent_names().windows(2).all(|w| w[0] < w[1]));
     assert_eq!(bot.intent_names().len(), faq.intents().len());
     let examples: usize = faq.intents().iter().map(|i| i.examples.len()).sum();
