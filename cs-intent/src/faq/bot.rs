@@ -18,6 +18,17 @@ use crate::error::IntentError;
 use crate::kb::{KbEntry, KbHit};
 use crate::model::Example;
 
+/// The hand-off reason when the visitor asked for a person, by words or by click.
+const ASKED_FOR_PERSON: &str = "the visitor asked for a person";
+
+/// What a reply decided, before it is logged.
+struct Decided<'a> {
+    question_seq: Seq,
+    question: &'a str,
+    intent: String,
+    confidence: f32,
+}
+
 /// The knowledge-base metadata key holding an entry's language.
 const LANGUAGE_KEY: &str = "language";
 
@@ -154,7 +165,7 @@ impl FaqBot {
         let action = if asked_for_person || unsure {
             FaqCounters::bump(&self.counters.handed_off);
             let reason = if asked_for_person {
-                "the visitor asked for a person".to_owned()
+                ASKED_FOR_PERSON.to_owned()
             } else {
                 format!(
                     "the bot was unsure (best guess {} at {:.0}%)",
@@ -175,16 +186,14 @@ impl FaqBot {
                 text: self.answer(&prediction.intent, prediction.answer.as_ref(), language),
             }
         };
-        let decision = BotDecision {
+        let intent = prediction.intent.to_string();
+        let decided = Decided {
             question_seq,
-            question: question.to_owned(),
-            intent: prediction.intent.to_string(),
+            question,
+            intent,
             confidence: prediction.confidence,
-            outcome: action.outcome(),
-            corrected_to: None,
         };
-        self.log.record(conversation, decision.clone());
-        Ok(BotReply { decision, action })
+        Ok(self.record(conversation, decided, action))
     }
 
     /// The visitor clicked a clarification option: the click is a labelled
@@ -204,23 +213,38 @@ impl FaqBot {
         FaqCounters::bump(&self.counters.chosen);
         let language = self.language_of(question);
         let action = match chosen.action {
-            FaqAction::Handoff => {
-                self.hand_off(language, "the visitor asked for a person".to_owned())
-            }
+            FaqAction::Handoff => self.hand_off(language, ASKED_FOR_PERSON.to_owned()),
             FaqAction::Answer => BotAction::Answer {
                 text: self.answer(&chosen.name, None, language),
             },
         };
-        let decision = BotDecision {
+        let intent = chosen.name.clone();
+        let decided = Decided {
             question_seq,
-            question: question.to_owned(),
-            intent: chosen.name.clone(),
+            question,
+            intent,
             confidence: 1.0,
+        };
+        Ok(self.record(conversation, decided, action))
+    }
+
+    /// Logs a decision in the conversation's log and pairs it with the action.
+    fn record(
+        &self,
+        conversation: ConversationId,
+        decided: Decided<'_>,
+        action: BotAction,
+    ) -> BotReply {
+        let decision = BotDecision {
+            question_seq: decided.question_seq,
+            question: decided.question.to_owned(),
+            intent: decided.intent,
+            confidence: decided.confidence,
             outcome: action.outcome(),
             corrected_to: None,
         };
         self.log.record(conversation, decision.clone());
-        Ok(BotReply { decision, action })
+        BotReply { decision, action }
     }
 
     /// An agent says `question` is `intent`: the bot learns it at once
