@@ -23,7 +23,8 @@ use fantoccini::Locator;
 use serde_json::json;
 
 use browser::{
-    ask_the_bot, browser_installed, faq_answer, Browsers, Page, Row, ENTER, ONE_AT_A_TIME,
+    ask_the_bot, browser_installed, faq_answer, signed_in_console, Browsers, Page, Row, ENTER,
+    ONE_AT_A_TIME,
 };
 use support::Server;
 
@@ -43,32 +44,7 @@ async fn visitor_page(browsers: &mut Browsers, server: &Server) -> Page {
 
 /// The console, signed in as `agent` and online.
 async fn agent_page(browsers: &mut Browsers, server: &Server, agent: &str) -> Page {
-    let page = browsers.open("agent").await;
-    page.goto(&format!("{}/agent", server.base)).await;
-    let field = page
-        .client
-        .find(Locator::Css("#login-agent"))
-        .await
-        .expect("the sign-in form");
-    field.clear().await.expect("the field clears");
-    field.send_keys(agent).await.expect("the field takes keys");
-    let password = page
-        .client
-        .find(Locator::Css("#login-password"))
-        .await
-        .expect("the password field");
-    password
-        .send_keys("demo")
-        .await
-        .expect("the field takes keys");
-    page.click("#login-form button[type=submit]").await;
-    page.wait_js(
-        "the console online",
-        "return document.getElementById('conn').textContent === 'online';",
-        vec![],
-    )
-    .await;
-    page
+    signed_in_console(browsers, &format!("{}/agent", server.base), agent).await
 }
 
 fn screenshots_wanted() -> bool {

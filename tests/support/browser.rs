@@ -218,6 +218,17 @@ impl Page {
         self.client.goto(url).await.expect("the page loads");
     }
 
+    /// Clears the field `css` and types `text` into it.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let field = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{}: no field {css}: {e}", self.name));
+        field.clear().await.expect("the field clears");
+        field.send_keys(text).await.expect("the field takes keys");
+    }
+
     pub async fn js(&self, script: &str, args: Vec<Value>) -> Value {
         self.client
             .execute(script, args)
@@ -382,4 +393,28 @@ pub fn faq_answer(intent: &str, language: &str) -> String {
         .as_str()
         .expect("an answer in each language")
         .to_owned()
+}
+
+/// The desk's console at `url`, signed in on its own form as `agent`
+/// (password `demo`) and online. The form shows only once the console has
+/// asked who is there, so it is waited for before anything is typed.
+pub async fn signed_in_console(browsers: &mut Browsers, url: &str, agent: &str) -> Page {
+    let page = browsers.open("agent").await;
+    page.goto(url).await;
+    page.wait_js(
+        "the console's sign-in form",
+        "const f = document.getElementById('login-form'); return !!f && !f.hidden;",
+        vec![],
+    )
+    .await;
+    page.type_into("#login-agent", agent).await;
+    page.type_into("#login-password", "demo").await;
+    page.click("#login-form button[type=submit]").await;
+    page.wait_js(
+        "the console online",
+        "return document.getElementById('conn').textContent === 'online';",
+        vec![],
+    )
+    .await;
+    page
 }
