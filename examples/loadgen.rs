@@ -941,7 +941,22 @@ async fn serve_cs(args: &Args) -> Result<(), BoxError> {
         .with_state(server);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening {}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    // The accept loop a host gets from cs (TCP_NODELAY, timeouts), with the
+    // per-address cap lifted: every socket comes from 127.0.0.1.
+    let config = cs::desk::server::ServeConfig {
+        max_connections_per_ip: usize::MAX,
+        ..Default::default()
+    };
+    tokio::spawn(async move {
+        cs::desk::server::serve(
+            listener,
+            app,
+            &config,
+            Arc::default(),
+            std::future::pending(),
+        )
+        .await
+    });
     wait_for_stdin_close().await;
     dispatcher.shutdown().await;
     println!("{}", serde_json::to_string(&metrics.snapshot())?);

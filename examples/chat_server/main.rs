@@ -39,6 +39,7 @@ use serde_json::{json, Value};
 
 use cs::core::router::BuiltinStrategy;
 use cs::core::{AgentId, AgentRecord, MemoryDirectory, Skill, TenantId};
+use cs::desk::server::ServeConfig;
 use cs::desk::{
     AuthAgent, DeskSettings, FsAttachments, Identity, IdentityError, ServiceDesk, Signer,
 };
@@ -97,6 +98,11 @@ struct Args {
     /// Frames per second one WebSocket connection may send, sustained.
     #[arg(long, env = "CS_WS_RATE", default_value_t = 20)]
     ws_rate: u32,
+    /// Connections open at once from one address, HTTP and WebSocket
+    /// alike; past it, new ones are closed at once. Behind a proxy every
+    /// client shares its address: raise this. `--loadgen` lifts it.
+    #[arg(long, env = "CS_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    max_connections_per_ip: usize,
     /// Dispatcher shards: conversations processed at once. Each waits on
     /// the database while it stores a message, and the SQL stores commit
     /// the messages that wait together in one transaction, so more shards
@@ -315,6 +321,15 @@ async fn run(args: Args) -> Result<(), BoxError> {
         shards: args.shards,
         ws,
         max_upload_bytes: args.max_upload_mb * 1024 * 1024,
+        serve: ServeConfig {
+            // The load generator opens every socket from 127.0.0.1.
+            max_connections_per_ip: if args.loadgen {
+                usize::MAX
+            } else {
+                args.max_connections_per_ip
+            },
+            ..ServeConfig::default()
+        },
         ..DeskSettings::default()
     };
     let shop = Arc::new(shop::Shop::new());
@@ -367,13 +382,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
         DEMO_AGENTS.map(|(id, _, _)| id).join(", ")
     );
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(cs::desk::shutdown_signal())
-        .await?;
-    // HTTP has stopped taking requests: drain the message path, then tell
-    // the open sockets to reconnect elsewhere.
-    tracing::info!("draining queued messages, then stopping");
-    desk.shutdown().await;
+    // Until Ctrl-C or SIGTERM; then the message path drains and the open
+    // sockets are told to reconnect elsewhere.
+    desk.serve(listener, app).await?;
     tracing::info!("stopped");
     Ok(())
 }

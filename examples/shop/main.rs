@@ -83,11 +83,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let addr = listener.local_addr()?;
     // The tests read this line to find the port when --addr ends in :0.
     println!("shop listening on http://{addr}/ (staff: http://{addr}/support/agent)");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(cs::desk::shutdown_signal())
-        .await?;
-    // The shop has stopped taking requests: now the desk drains its
-    // messages and tells the open chats to reconnect.
-    desk.shutdown().await;
+    // Until Ctrl-C or SIGTERM; then the desk drains its messages and tells
+    // the open chats to reconnect.
+    desk.serve(listener, app).await?;
     Ok(())
 }

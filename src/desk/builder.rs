@@ -270,6 +270,7 @@ impl ServiceDeskBuilder {
             consoles: Consoles::default(),
             cluster: cluster.clone(),
             visitor_names: dashmap::DashMap::new(),
+            serve_stats: Arc::default(),
             sockets: TaskTracker::new(),
             shutdown,
             tasks: parking_lot::Mutex::new(tasks),

@@ -15,10 +15,8 @@
 //!     .await?;
 //! let app = axum::Router::new().nest("/support", desk.router());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
-//! axum::serve(listener, app)
-//!     .with_graceful_shutdown(cs::desk::shutdown_signal())
-//!     .await?;
-//! desk.shutdown().await;
+//! // Until Ctrl-C or SIGTERM, then it drains (see `server` for the guards).
+//! desk.serve(listener, app).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -37,6 +35,7 @@
 //! - `consoles`: coalesced updates to consoles and queued visitors.
 //! - `cluster`: several nodes, one routing (feature `redis`).
 //! - `hooks`: the FAQ bot and the consoles' previews on the message path.
+//! - [`server`]: the accept loop with `TCP_NODELAY`, timeouts and caps.
 //! - `http`: the routes, handlers, extractors and the one HTTP error type.
 //! - `assets/`: the widget, the console and their shared chat client,
 //!   embedded in the binary (no npm build, no inline script).
@@ -51,6 +50,7 @@ mod http;
 pub mod identity;
 mod presence;
 mod routing;
+pub mod server;
 mod settings;
 mod state;
 pub mod tokens;
@@ -104,6 +104,48 @@ impl ServiceDesk {
         S: Clone + Send + Sync + 'static,
     {
         http::routes(self.clone())
+    }
+
+    /// Serves `app` (the host's, with [`ServiceDesk::router`] nested in
+    /// it) on `listener` with the protections of [`server`] and the
+    /// desk's [`DeskSettings::serve`], until Ctrl-C or SIGTERM; then it
+    /// drains the requests in flight and [shuts the desk
+    /// down](ServiceDesk::shutdown).
+    ///
+    /// # Errors
+    /// The listener failed for good.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+    ) -> std::io::Result<()> {
+        self.serve_with_shutdown(listener, app, shutdown_signal())
+            .await
+    }
+
+    /// [`ServiceDesk::serve`], stopping when `signal` resolves instead.
+    ///
+    /// # Errors
+    /// The listener failed for good.
+    pub async fn serve_with_shutdown(
+        &self,
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+        signal: impl std::future::Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let state = &self.state;
+        let served = server::serve(
+            listener,
+            app,
+            &state.settings.serve,
+            Arc::clone(&state.serve_stats),
+            signal,
+        )
+        .await;
+        // HTTP has stopped taking requests: drain the message path, then
+        // tell the open sockets to reconnect elsewhere.
+        self.shutdown().await;
+        served
     }
 
     /// Stops: the message path drains (every accepted message is stored

@@ -5,6 +5,8 @@ use std::time::Duration;
 use cs_core::router::BuiltinStrategy;
 use cs_transport::websocket::WsConfig;
 
+use super::server::ServeConfig;
+
 /// How the desk routes, limits and times things.
 #[derive(Clone, Debug)]
 pub struct DeskSettings {
@@ -40,6 +42,9 @@ pub struct DeskSettings {
     pub agent_token_ttl: Duration,
     /// What the bot says first when there is no FAQ greeting. Default none.
     pub greeting: Option<String>,
+    /// The HTTP server's timeouts and connection caps, used by
+    /// [`ServiceDesk::serve`](super::ServiceDesk::serve).
+    pub serve: ServeConfig,
 }
 
 impl Default for DeskSettings {
@@ -56,6 +61,7 @@ impl Default for DeskSettings {
             customer_token_ttl: Duration::from_secs(3600),
             agent_token_ttl: Duration::from_secs(12 * 3600),
             greeting: None,
+            serve: ServeConfig::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ use super::consoles::Consoles;
 use super::identity::Identity;
 use super::presence::AgentPresence;
 use super::routing::Routing;
+use super::server::ServeStats;
 use super::settings::DeskSettings;
 use super::tokens::Signer;
 
@@ -50,6 +51,8 @@ pub(crate) struct DeskState {
     pub cluster: Option<Arc<Cluster>>,
     /// Logged-in customers' names, for the consoles (guests have none).
     pub visitor_names: DashMap<VisitorId, String>,
+    /// The HTTP server's counters, when the desk serves ([`super::ServiceDesk::serve`]).
+    pub serve_stats: Arc<ServeStats>,
     /// Every socket task, so shutdown can wait for their close frames.
     pub sockets: TaskTracker,
     /// Stops the desk's own tasks.

@@ -52,6 +52,24 @@ pub async fn metrics(State(desk): State<ServiceDesk>) -> impl IntoResponse {
             "counter",
             state.consoles.bytes.load(Ordering::Relaxed),
         ),
+        (
+            "http_connections",
+            "HTTP connections open now, WebSockets included (when the desk serves).",
+            "gauge",
+            state.serve_stats.open.load(Ordering::Relaxed),
+        ),
+        (
+            "http_connections_accepted_total",
+            "HTTP connections accepted.",
+            "counter",
+            state.serve_stats.accepted.load(Ordering::Relaxed),
+        ),
+        (
+            "http_connections_refused_total",
+            "HTTP connections closed at once: over the per-address or the total cap.",
+            "counter",
+            state.serve_stats.refused.load(Ordering::Relaxed),
+        ),
     ];
     #[cfg(feature = "redis")]
     if let Some(cluster) = &state.cluster {
