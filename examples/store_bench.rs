@@ -9,7 +9,7 @@
 //! What it does, in order (progress on stderr, results on stdout):
 //!
 //! 1. creates N/100 conversations of one tenant, spread over the last 30 days;
-//! 2. loads 100 messages into each, 1,000 messages per `append_batch`
+//! 2. loads 100 messages into each, 1,000 messages per `append_all`
 //!    (10 conversations × 100), reporting the load rate;
 //! 3. times `recent(50)` of a random conversation, a page of 50 by seq
 //!    (`range`), a resume (`after` a random seq, up to 100) and the 30-day
@@ -409,7 +409,7 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json:
             }
         }
         loaded += batch.len() as u64;
-        store.append_batch(batch).await?;
+        store.append_all(batch).await?;
         if loaded >= next_report {
             let secs = started.elapsed().as_secs_f64();
             eprintln!(
@@ -486,7 +486,7 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json:
         let batch: Vec<NewMessage> = (0..APPEND_BATCH)
             .map(|i| message(targets[i % targets.len()], i as u64, now))
             .collect();
-        appended += store.append_batch(batch).await?.len();
+        appended += store.append_all(batch).await?.len();
     }
     let append_rate = appended as f64 / started.elapsed().as_secs_f64();
 

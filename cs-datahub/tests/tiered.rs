@@ -273,7 +273,7 @@ async fn batches_fill_every_window_they_touch() {
     let retry = text(a, &v, 0).with_client_msg_id(cs_core::ClientMsgId::new("r").unwrap());
     store.append(retry.clone()).await.unwrap();
     batch.push(retry);
-    let out = store.append_batch(batch).await.unwrap();
+    let out = store.append_all(batch).await.unwrap();
     assert!(out.last().unwrap().duplicate);
 
     let mut conn = raw_redis(&url).await;
@@ -502,7 +502,7 @@ async fn without_redis_sql_serves_everything_and_appends_succeed() {
         );
     }
     let batch = (11..=20).map(|i| text(c, &v, i)).collect();
-    assert_eq!(store.append_batch(batch).await.unwrap().len(), 10);
+    assert_eq!(store.append_all(batch).await.unwrap().len(), 10);
     assert_eq!(seqs(&store.recent(c, 3).await.unwrap()), vec![18, 19, 20]);
     assert_eq!(
         seqs(&store.after(c, Seq::new(17), 10).await.unwrap()),

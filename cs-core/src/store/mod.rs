@@ -111,6 +111,25 @@ pub trait MessageStore: Send + Sync + 'static {
     /// [`StoreError::Unavailable`] on retrying).
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError>;
 
+    /// Stores several messages, each as [`MessageStore::append`] would, and
+    /// answers each, in the order given. The message path calls it with
+    /// what a shard has queued, so a store that commits a batch in one
+    /// transaction turns many syncs to disk into one.
+    ///
+    /// Each conversation's messages get seqs in the order given, and a
+    /// `client_msg_id` retry is answered as a duplicate within the batch
+    /// too. One message's error (an unknown conversation) does not fail the
+    /// others; a backend that is down fails each.
+    ///
+    /// The default appends one message at a time.
+    async fn append_batch(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            results.push(self.append(message).await);
+        }
+        results
+    }
+
     /// The seq of the conversation's last message ([`Seq::ZERO`] if none).
     ///
     /// # Errors
@@ -168,6 +187,9 @@ impl<S: MessageStore + ?Sized> MessageStore for Arc<S> {
     }
     async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
         (**self).append(message).await
+    }
+    async fn append_batch(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+        (**self).append_batch(messages).await
     }
     async fn last_seq(&self, conversation: ConversationId) -> Result<Seq, StoreError> {
         (**self).last_seq(conversation).await

@@ -52,13 +52,45 @@ impl GroupCommit {
         F: Fn(Vec<NewMessage>) -> Fut,
         Fut: Future<Output = Vec<Result<Appended, StoreError>>>,
     {
-        let (reply, mut answer) = oneshot::channel();
-        self.pending.lock().push(Pending { message, reply });
-        loop {
+        let mut results = self.append_many(vec![message], backend, commit).await;
+        results.pop().unwrap_or_else(|| {
+            Err(StoreError::Corrupt(
+                "a group commit returned no result for its message".into(),
+            ))
+        })
+    }
+
+    /// Appends `messages` in the next groups, queued together so they stay
+    /// in order and usually share one transaction, and answers each.
+    pub(crate) async fn append_many<F, Fut>(
+        &self,
+        messages: Vec<NewMessage>,
+        backend: &str,
+        commit: F,
+    ) -> Vec<Result<Appended, StoreError>>
+    where
+        F: Fn(Vec<NewMessage>) -> Fut,
+        Fut: Future<Output = Vec<Result<Appended, StoreError>>>,
+    {
+        let mut answers = Vec::with_capacity(messages.len());
+        {
+            let mut pending = self.pending.lock();
+            for message in messages {
+                let (reply, answer) = oneshot::channel();
+                pending.push(Pending { message, reply });
+                answers.push(answer);
+            }
+        }
+        // Ours are queued together and groups go oldest first, so when the
+        // last of ours is answered, all of ours are.
+        let Some(mut last) = answers.pop() else {
+            return Vec::new();
+        };
+        let last_result = loop {
             let _leader = tokio::select! {
-                // Answered by a leader that committed our message.
+                // Answered by a leader that committed our messages.
                 biased;
-                answer = &mut answer => return answered(answer, backend),
+                answer = &mut last => break answer.ok(),
                 leader = self.leader.lock() => leader,
             };
             let group: Vec<Pending> = {
@@ -67,9 +99,9 @@ impl GroupCommit {
                 pending.drain(..take).collect()
             };
             if group.is_empty() {
-                // A leader before us took our message and has answered it
-                // (it released the lock only after answering).
-                return answered(answer.await, backend);
+                // A leader before us took our messages and has answered
+                // them (it released the lock only after answering).
+                break (&mut last).await.ok();
             }
             let (messages, replies): (Vec<_>, Vec<_>) =
                 group.into_iter().map(|p| (p.message, p.reply)).unzip();
@@ -84,21 +116,29 @@ impl GroupCommit {
                 // A caller that gave up still had its message stored.
                 let _ = reply.send(result);
             }
-            // Ours was in this group or an earlier one; either way it is
-            // answered now, unless it is still queued behind MAX_GROUP others,
-            // in which case we go round again.
-            if let Ok(result) = answer.try_recv() {
-                return result;
+            // Ours were in this group or earlier ones, unless some are still
+            // queued behind MAX_GROUP others: then we go round again.
+            match last.try_recv() {
+                Ok(result) => break Some(result),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                Err(oneshot::error::TryRecvError::Closed) => break None,
             }
+        };
+        let mut results = Vec::with_capacity(answers.len() + 1);
+        for answer in answers {
+            // Already answered: this await does not wait.
+            results.push(answered(answer.await.ok(), backend));
         }
+        results.push(answered(last_result, backend));
+        results
     }
 }
 
 fn answered(
-    answer: Result<Result<Appended, StoreError>, oneshot::error::RecvError>,
+    answer: Option<Result<Appended, StoreError>>,
     backend: &str,
 ) -> Result<Appended, StoreError> {
-    answer.unwrap_or_else(|_| {
+    answer.unwrap_or_else(|| {
         // The leader was cancelled mid-commit (its caller dropped the future):
         // the transaction may or may not have committed.
         Err(StoreError::Unavailable {

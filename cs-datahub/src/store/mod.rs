@@ -87,7 +87,7 @@ pub trait MessageStoreExt: ConversationQueries {
     /// # Errors
     /// [`StoreError::UnknownConversation`] if any message names one, or a
     /// backend error; nothing of the batch is stored then.
-    async fn append_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError>;
+    async fn append_all(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError>;
 
     /// The per-day counters of `tenant` for `from..=to` (UTC days), oldest
     /// first; days with no activity are absent. Reads one row per day: the

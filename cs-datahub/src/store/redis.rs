@@ -752,7 +752,7 @@ impl ConversationQueries for RedisStore {
 
 #[async_trait]
 impl MessageStoreExt for RedisStore {
-    async fn append_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+    async fn append_all(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }

@@ -620,7 +620,7 @@ macro_rules! sql_message_store {
                 })
             }
 
-            async fn append_batch_once(
+            async fn append_all_once(
                 &self,
                 messages: &[NewMessage],
                 encoded: &[EncodedMessage],
@@ -810,7 +810,7 @@ macro_rules! sql_message_store {
                 };
                 if messages.len() > 1 {
                     match self
-                        .with_retries(|| self.append_batch_once(&messages, &encoded))
+                        .with_retries(|| self.append_all_once(&messages, &encoded))
                         .await
                     {
                         Ok(appended) => return appended.into_iter().map(Ok).collect(),
@@ -948,6 +948,42 @@ macro_rules! sql_message_store {
                     .await
             }
 
+            async fn append_batch(
+                &self,
+                messages: Vec<NewMessage>,
+            ) -> Vec<Result<Appended, StoreError>> {
+                // Encoding errors are each message's own: answered here, and
+                // the rest join the group commit together.
+                let mut refused = Vec::with_capacity(messages.len());
+                let mut queued = Vec::with_capacity(messages.len());
+                for message in messages {
+                    match codec::encode_message(&self.backend, &message) {
+                        Ok(_) => {
+                            refused.push(None);
+                            queued.push(message);
+                        }
+                        Err(e) => refused.push(Some(Err(e.into()))),
+                    }
+                }
+                let mut stored = self
+                    .group
+                    .append_many(queued, &self.backend, |group| self.commit_group(group))
+                    .await
+                    .into_iter();
+                refused
+                    .into_iter()
+                    .map(|refusal| {
+                        refusal.unwrap_or_else(|| {
+                            stored.next().unwrap_or_else(|| {
+                                Err(StoreError::Corrupt(
+                                    "a group commit returned fewer results than messages".into(),
+                                ))
+                            })
+                        })
+                    })
+                    .collect()
+            }
+
             async fn last_seq(&self, conversation: ConversationId) -> Result<Seq, StoreError> {
                 let row = sqlx::query(&self.statements.last_seq)
                     .bind(conversation.as_uuid().as_bytes().as_slice())
@@ -1047,7 +1083,7 @@ macro_rules! sql_message_store {
 
         #[async_trait]
         impl MessageStoreExt for $store {
-            async fn append_batch(
+            async fn append_all(
                 &self,
                 messages: Vec<NewMessage>,
             ) -> Result<Vec<Appended>, StoreError> {
@@ -1058,7 +1094,7 @@ macro_rules! sql_message_store {
                     .iter()
                     .map(|m| codec::encode_message(&self.backend, m))
                     .collect::<Result<Vec<_>, _>>()?;
-                self.with_retries(|| self.append_batch_once(&messages, &encoded))
+                self.with_retries(|| self.append_all_once(&messages, &encoded))
                     .await
             }
 

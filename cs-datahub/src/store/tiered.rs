@@ -855,8 +855,8 @@ impl<Cold: MessageStoreExt> ConversationQueries for TieredStore<Cold> {
 
 #[async_trait]
 impl<Cold: MessageStoreExt> MessageStoreExt for TieredStore<Cold> {
-    async fn append_batch(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
-        let appended = self.cold.append_batch(messages).await?;
+    async fn append_all(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+        let appended = self.cold.append_all(messages).await?;
         // Each conversation's new messages in seq order, as the push script
         // wants them; retries are skipped as in `append`.
         let mut fresh: Vec<&Message> = appended

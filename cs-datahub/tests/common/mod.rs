@@ -97,7 +97,7 @@ pub async fn batch_appends_number_and_dedup<S: MessageStoreExt + ?Sized>(store: 
             .with_client_msg_id(ClientMsgId::new("y").unwrap()),
         NewMessage::text(a.id(), Party::Bot, "a3"),
     ];
-    let out = store.append_batch(batch).await.unwrap();
+    let out = store.append_all(batch).await.unwrap();
     let got: Vec<(u64, bool)> = out
         .iter()
         .map(|a| (a.message.seq.get(), a.duplicate))
@@ -129,7 +129,7 @@ pub async fn batch_appends_number_and_dedup<S: MessageStoreExt + ?Sized>(store: 
         texts,
         vec![Body::text("before"), Body::text("a2"), Body::text("a3")]
     );
-    assert!(store.append_batch(Vec::new()).await.unwrap().is_empty());
+    assert!(store.append_all(Vec::new()).await.unwrap().is_empty());
 }
 
 pub async fn batch_with_unknown_conversation_stores_nothing<S: MessageStoreExt + ?Sized>(
@@ -139,7 +139,7 @@ pub async fn batch_with_unknown_conversation_stores_nothing<S: MessageStoreExt +
     let a = open(&*store, &tenant, "va").await;
     let ghost = cs_core::ConversationId::new();
     let result = store
-        .append_batch(vec![
+        .append_all(vec![
             NewMessage::text(a.id(), Party::Bot, "kept?"),
             NewMessage::text(ghost, Party::Bot, "nowhere"),
         ])
@@ -652,11 +652,11 @@ macro_rules! delegate_store {
 
         #[async_trait::async_trait]
         impl<S: MessageStoreExt> MessageStoreExt for Scratch<S> {
-            async fn append_batch(
+            async fn append_all(
                 &self,
                 m: Vec<NewMessage>,
             ) -> Result<Vec<cs_core::store::Appended>, StoreError> {
-                self.store.append_batch(m).await
+                self.store.append_all(m).await
             }
             async fn daily_stats(
                 &self,
