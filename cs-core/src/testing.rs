@@ -49,6 +49,15 @@ fn decide(var: &str, url: Option<String>, required: bool) -> Option<String> {
 pub trait AppendInterceptor: Send + Sync + 'static {
     /// Called before `message` is appended; may wait or panic.
     async fn before_append(&self, message: &crate::message::NewMessage);
+
+    /// Called before a batch is appended (`MessageStore::append_batch`).
+    /// The default runs [`AppendInterceptor::before_append`] for each
+    /// message, so a delay per append stays a delay per message.
+    async fn before_batch(&self, messages: &[crate::message::NewMessage]) {
+        for message in messages {
+            self.before_append(message).await;
+        }
+    }
 }
 
 /// A real store with something run before every append: the way tests and
@@ -110,6 +119,14 @@ impl<S: crate::store::MessageStore, I: AppendInterceptor> crate::store::MessageS
     ) -> Result<crate::store::Appended, crate::store::StoreError> {
         self.interceptor.before_append(&message).await;
         self.inner.append(message).await
+    }
+
+    async fn append_batch(
+        &self,
+        messages: Vec<crate::message::NewMessage>,
+    ) -> Vec<Result<crate::store::Appended, crate::store::StoreError>> {
+        self.interceptor.before_batch(&messages).await;
+        self.inner.append_batch(messages).await
     }
 
     async fn last_seq(

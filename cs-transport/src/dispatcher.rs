@@ -62,6 +62,10 @@ pub struct DispatcherConfig {
     /// Bytes of spilled commands held at most, across all shards, before
     /// commands are refused with `Overloaded`. Default 64 MiB.
     pub max_spill_bytes: usize,
+    /// Commands a shard takes from its queue at once: their messages are
+    /// stored with one store call (`MessageStore::append_batch`), so a
+    /// shard's throughput is not one message per commit. Default 128.
+    pub max_batch: usize,
     /// Limits every message is checked against.
     pub message_limits: MessageLimits,
     /// How long a hook may run before it is cut off. Default 5 s.
@@ -94,6 +98,7 @@ impl Default for DispatcherConfig {
             queue_capacity: 1024,
             enqueue_deadline: Duration::from_millis(100),
             max_spill_bytes: 64 * 1024 * 1024,
+            max_batch: 128,
             message_limits: MessageLimits::default(),
             hook_timeout: Duration::from_secs(5),
             replay_budget_bytes: 48 * 1024,
@@ -246,7 +251,7 @@ impl Command {
 
     /// The connection that waits for this command's answer, if any, with
     /// what the answer must name.
-    fn asking_connection(&self) -> Option<(ConnId, ConversationId, Option<ClientMsgId>)> {
+    fn asking_connection(&self) -> Option<Asked> {
         match self {
             Command::Send {
                 origin: Origin::Connection(conn),
@@ -284,6 +289,9 @@ impl Command {
         OVERHEAD + body + client_id
     }
 }
+
+/// A connection waiting for a command's answer, with what it must name.
+type Asked = (ConnId, ConversationId, Option<ClientMsgId>);
 
 /// A command was not accepted. The sender must be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -750,28 +758,43 @@ async fn run_shard(
     inner: Weak<Inner>,
 ) {
     let mut state = path.new_shard_state();
+    let max_batch = path.config.max_batch.max(1);
+    let mut jobs = Vec::with_capacity(max_batch);
     while let Some(work) = queue.recv().await {
-        let job = match work {
-            Work::Job(job) => job,
-            Work::Stop => {
+        // What is queued behind it too, up to the bound: one store call for
+        // all of it instead of one commit wait per message.
+        let mut next = Some(work);
+        while let Some(work) = next.take() {
+            match work {
+                Work::Job(job) => jobs.push(job),
                 // Senders after this point are refused; what is queued still runs.
-                queue.close();
-                continue;
+                Work::Stop => queue.close(),
             }
-        };
-        let spilled = job.spilled_bytes;
-        let asker = job.command.asking_connection();
-        let handled = AssertUnwindSafe(path.handle(&mut state, job))
+            if jobs.len() < max_batch {
+                next = queue.try_recv().ok();
+            }
+        }
+        if jobs.is_empty() {
+            continue;
+        }
+        let settled: Vec<(usize, Option<Asked>)> = jobs
+            .iter()
+            .map(|job| (job.spilled_bytes, job.command.asking_connection()))
+            .collect();
+        let batch = std::mem::replace(&mut jobs, Vec::with_capacity(max_batch));
+        let handled = AssertUnwindSafe(path.handle_batch(&mut state, batch))
             .catch_unwind()
             .await;
         if handled.is_err() {
             // A panicking store (or hook filter) must not take the shard and
             // every conversation on it down. Its cache may hold a half-applied
             // change, so it starts over from the store.
-            tracing::error!("the message path panicked on a command; the shard carries on");
+            tracing::error!("the message path panicked on a batch; the shard carries on");
             state = path.new_shard_state();
-            if let Some((conn, conversation, client_msg_id)) = asker {
-                // The client is owed an answer; a retry with its id is safe.
+            for (conn, conversation, client_msg_id) in settled.iter().filter_map(|(_, a)| a.clone())
+            {
+                // Each client is owed an answer (some may have had theirs
+                // already); a retry with its id is safe either way.
                 let frame = ServerFrame::Error {
                     code: ErrorCode::Unavailable,
                     message: SubmitError::Panicked.to_string(),
@@ -782,10 +805,12 @@ async fn run_shard(
             }
         }
         if let Some(inner) = inner.upgrade() {
-            if spilled > 0 {
-                inner.spilled_bytes.fetch_sub(spilled, Ordering::SeqCst);
+            for (spilled, _) in &settled {
+                if *spilled > 0 {
+                    inner.spilled_bytes.fetch_sub(*spilled, Ordering::SeqCst);
+                }
+                inner.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
-            inner.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

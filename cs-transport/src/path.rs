@@ -6,9 +6,10 @@
 //! connection that joined the conversation, here and through the bus) →
 //! **ack** (to the sender, with the seq) → **hooks** (in their own tasks).
 //!
-//! Each conversation belongs to exactly one shard, and a shard runs one
-//! command at a time, so the shard is the single writer of its
-//! conversations' state: it keeps them in a small cache and saves every
+//! Each conversation belongs to exactly one shard, and a shard runs its
+//! commands in queue order (the messages of a batch are checked in turn,
+//! stored with one store call, then routed and acked in turn), so the shard
+//! is the single writer of its conversations' state: it keeps them in a small cache and saves every
 //! change to the store before anyone hears of it. That is also what makes a
 //! resume exact: the replay and the switch to live delivery happen between
 //! two messages of the conversation, never during one.
@@ -16,18 +17,18 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::broadcast;
 
 use cs_core::store::{MessageStore, StoreError};
 use cs_core::{
-    Body, ConnId, Conversation, ConversationError, ConversationId, Event, InvalidMessage, Message,
-    NewMessage, Party, Reader, Seq, TenantId, Timestamp,
+    Body, ClientMsgId, ConnId, Conversation, ConversationError, ConversationId, Event,
+    InvalidMessage, Message, NewMessage, Party, Reader, Seq, TenantId, Timestamp,
 };
 
-use crate::dispatcher::{Actor, Change, Command, DispatcherConfig, Inner, Job, Origin};
+use crate::dispatcher::{Actor, Change, Command, DispatcherConfig, Inner, Job, Origin, Reply};
 use crate::hooks::{Hook, HookAction, HookContext};
 use crate::metrics::Metrics;
 use crate::pool::{ConnInfo, ConnectionPool, SendError};
@@ -164,6 +165,56 @@ pub(crate) struct ShardState {
     epoch: u64,
 }
 
+/// Who is owed the answer to a job, and what the answer must name.
+struct Asker {
+    /// The connection that sent it, if one did.
+    conn: Option<ConnId>,
+    conversation: ConversationId,
+    client_msg_id: Option<ClientMsgId>,
+    submitted: Instant,
+    reply: Option<Reply>,
+}
+
+impl Asker {
+    fn of(job: Job) -> (Self, Command) {
+        let submitted = job.submitted;
+        let (command, reply) = job.into_parts();
+        let (conn, client_msg_id) = match &command {
+            Command::Send {
+                origin: Origin::Connection(conn),
+                message,
+            } => (Some(*conn), message.client_msg_id.clone()),
+            Command::Send { message, .. } => (None, message.client_msg_id.clone()),
+            Command::Join { conn, .. } => (Some(*conn), None),
+            _ => (None, None),
+        };
+        let asker = Self {
+            conn,
+            conversation: command.conversation(),
+            client_msg_id,
+            submitted,
+            reply,
+        };
+        (asker, command)
+    }
+}
+
+/// A message that passed its checks.
+struct ReadySend {
+    message: NewMessage,
+    /// It moved a read marker, so the conversation's record is saved.
+    read_marker: bool,
+}
+
+/// What checking a message decided.
+enum Checked {
+    /// Store it.
+    Store(ReadySend),
+    /// Nothing to store: a typing frame delivered, or a refused retry
+    /// answered with its stored original.
+    Done(Outcome),
+}
+
 /// Everything a shard needs to run a command; shared by all shards.
 pub(crate) struct MessagePath {
     pub(crate) store: Arc<dyn MessageStore>,
@@ -184,25 +235,44 @@ impl MessagePath {
         }
     }
 
-    pub(crate) async fn handle(&self, state: &mut ShardState, job: Job) {
-        let submitted = job.submitted;
-        let (command, reply) = job.into_parts();
-        let (reply_conn, conversation) = match &command {
-            Command::Send {
-                origin: Origin::Connection(conn),
-                message,
-            } => (Some(*conn), message.conversation),
-            Command::Join {
-                conn, conversation, ..
-            } => (Some(*conn), *conversation),
-            other => (None, other.conversation()),
-        };
-        let client_msg_id = match &command {
-            Command::Send { message, .. } => message.client_msg_id.clone(),
-            _ => None,
-        };
-        let result = match command {
-            Command::Send { origin, message } => self.send(state, origin, message).await,
+    /// Runs a shard's batch of jobs, in queue order. Messages are checked
+    /// one by one, then stored together with one [`MessageStore::append_batch`]
+    /// and delivered and acked in order; any other command first lets the
+    /// messages queued before it be stored, so it sees them.
+    pub(crate) async fn handle_batch(&self, state: &mut ShardState, jobs: Vec<Job>) {
+        let mut ready = Vec::new();
+        for job in jobs {
+            let (asker, command) = Asker::of(job);
+            match command {
+                Command::Send { origin, message } => {
+                    match self.check_send(state, origin, message).await {
+                        Ok(Checked::Store(send)) => ready.push((asker, send)),
+                        Ok(Checked::Done(outcome)) => self.answer(asker, Ok(outcome)),
+                        Err(error) => self.answer(asker, Err(error)),
+                    }
+                }
+                other => {
+                    self.store_ready(state, &mut ready).await;
+                    let result = self.run(state, other).await;
+                    self.answer(asker, result);
+                }
+            }
+        }
+        self.store_ready(state, &mut ready).await;
+    }
+
+    /// Every command but a message.
+    async fn run(&self, state: &mut ShardState, command: Command) -> Result<Outcome, PathError> {
+        match command {
+            Command::Send { origin, message } => {
+                match self.check_send(state, origin, message).await? {
+                    Checked::Done(outcome) => Ok(outcome),
+                    Checked::Store(send) => {
+                        let appended = self.store.append(send.message).await?;
+                        self.deliver(state, appended, send.read_marker).await
+                    }
+                }
+            }
             Command::Join {
                 conn,
                 conversation,
@@ -218,14 +288,43 @@ impl MessagePath {
                 change,
                 by,
             } => self.change(state, conversation, change, by).await,
-        };
+        }
+    }
 
+    /// Stores the checked messages with one store call, then delivers and
+    /// answers each, in order.
+    async fn store_ready(&self, state: &mut ShardState, ready: &mut Vec<(Asker, ReadySend)>) {
+        if ready.is_empty() {
+            return;
+        }
+        let (askers, sends): (Vec<_>, Vec<_>) = ready.drain(..).unzip();
+        let (messages, read_markers): (Vec<_>, Vec<_>) = sends
+            .into_iter()
+            .map(|s| (s.message, s.read_marker))
+            .unzip();
+        let count = messages.len();
+        let mut results = self.store.append_batch(messages).await.into_iter();
+        for (asker, read_marker) in askers.into_iter().zip(read_markers) {
+            let result = match results.next() {
+                Some(Ok(appended)) => self.deliver(state, appended, read_marker).await,
+                Some(Err(error)) => Err(error.into()),
+                None => Err(PathError::Store(StoreError::Corrupt(format!(
+                    "the store answered fewer than the {count} messages of a batch"
+                )))),
+            };
+            self.answer(asker, result);
+        }
+    }
+
+    /// Tells the asker how its command went: an ack or an error frame to
+    /// its connection, and the result to whoever waits for it.
+    fn answer(&self, asker: Asker, result: Result<Outcome, PathError>) {
         match &result {
             Ok(Outcome::Stored { message, duplicate }) => {
-                self.metrics.record_latency(submitted.elapsed());
-                if let Some(conn) = reply_conn {
+                self.metrics.record_latency(asker.submitted.elapsed());
+                if let Some(conn) = asker.conn {
                     let ack = ServerFrame::Ack {
-                        conversation,
+                        conversation: asker.conversation,
                         client_msg_id: message.client_msg_id.clone(),
                         seq: message.seq,
                         duplicate: *duplicate,
@@ -237,18 +336,18 @@ impl MessagePath {
             Ok(_) => {}
             Err(error) => {
                 Metrics::bump(&self.metrics.rejected);
-                if let Some(conn) = reply_conn {
+                if let Some(conn) = asker.conn {
                     let frame = ServerFrame::Error {
                         code: error.code(),
                         message: error.to_string(),
-                        conversation: Some(conversation),
-                        client_msg_id,
+                        conversation: Some(asker.conversation),
+                        client_msg_id: asker.client_msg_id,
                     };
                     let _ = self.pool.send_to_connection(conn, frame.encode());
                 }
             }
         }
-        if let Some(reply) = reply {
+        if let Some(reply) = asker.reply {
             // The waiter may have given up; the work is done either way.
             let _ = reply.send(result);
         }
@@ -323,12 +422,16 @@ impl MessagePath {
         }
     }
 
-    async fn send(
+    /// Everything before storing a message: who sends it, whether they
+    /// may, its limits, read markers. A typing frame is delivered here (it
+    /// is never stored), and a refused retry of a stored message is
+    /// answered with its original.
+    async fn check_send(
         &self,
         state: &mut ShardState,
         origin: Origin,
         message: NewMessage,
-    ) -> Result<Outcome, PathError> {
+    ) -> Result<Checked, PathError> {
         let id = message.conversation;
         let sender = self.sender_info(origin)?;
         if let Some(info) = &sender {
@@ -367,28 +470,42 @@ impl MessagePath {
             {
                 if let Some(original) = self.stored_retry(&message).await {
                     Metrics::bump(&self.metrics.duplicates);
-                    return Ok(Outcome::Stored {
+                    return Ok(Checked::Done(Outcome::Stored {
                         message: original,
                         duplicate: true,
-                    });
+                    }));
                 }
             }
             return Err(refused);
         }
         if let Body::Event(Event::Typing { active }) = message.body {
+            // Ephemeral: delivered at once, even ahead of messages of the
+            // same batch still being stored.
             let frame = ServerFrame::Typing {
                 conversation: id,
                 from: message.sender,
                 active,
             };
             self.pool.send_to_conversation(id, frame.encode());
-            return Ok(Outcome::Delivered);
+            return Ok(Checked::Done(Outcome::Delivered));
         }
         if let Some((reader, up_to)) = reader {
             conversation.mark_read(reader, up_to)?;
         }
+        Ok(Checked::Store(ReadySend {
+            message,
+            read_marker: reader.is_some(),
+        }))
+    }
 
-        let appended = self.store.append(message).await?;
+    /// Everything after a message is stored: the conversation's record,
+    /// delivery, the hooks.
+    async fn deliver(
+        &self,
+        state: &mut ShardState,
+        appended: cs_core::store::Appended,
+        read_marker: bool,
+    ) -> Result<Outcome, PathError> {
         if appended.duplicate {
             // Stored and delivered the first time; the sender only needs its ack.
             Metrics::bump(&self.metrics.duplicates);
@@ -398,9 +515,11 @@ impl MessagePath {
             });
         }
         Metrics::bump(&self.metrics.persisted);
+        let id = appended.message.conversation;
+        let conversation = self.conversation(state, id).await?;
         let first_response = conversation.first_response_at();
         conversation.record_message(&appended.message);
-        if reader.is_some() || conversation.first_response_at() != first_response {
+        if read_marker || conversation.first_response_at() != first_response {
             if let Err(e) = self.store.save_conversation(conversation).await {
                 // The message is stored; only the record's read marker or
                 // first-response time lags, and the next change saves it.

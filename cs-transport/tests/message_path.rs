@@ -701,3 +701,117 @@ async fn a_shard_that_forgets_conversations_reloads_them_intact() {
     let saved = node.store.conversation(ids[0]).await.unwrap();
     assert_eq!(saved.agent(), Some(&agent_id("alice")));
 }
+
+/// Holds the first batch at a gate and records every batch's size, so the
+/// messages sent meanwhile queue up behind it.
+struct BatchGate {
+    first: tokio::sync::Semaphore,
+    sizes: parking_lot::Mutex<Vec<usize>>,
+    held: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl cs_core::testing::AppendInterceptor for BatchGate {
+    async fn before_append(&self, _message: &NewMessage) {}
+
+    async fn before_batch(&self, messages: &[NewMessage]) {
+        let first = self.sizes.lock().is_empty();
+        self.sizes.lock().push(messages.len());
+        if first {
+            self.held.notify_one();
+            // Closed by the test once the rest are queued.
+            let _ = self.first.acquire().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn messages_queued_together_are_stored_in_one_call_in_order_and_deduplicated() {
+    let gate = Arc::new(Intercepted {
+        inner: MemoryStore::new(),
+        interceptor: BatchGate {
+            first: tokio::sync::Semaphore::new(0),
+            sizes: parking_lot::Mutex::new(Vec::new()),
+            held: tokio::sync::Notify::new(),
+        },
+    });
+    let config = DispatcherConfig {
+        shards: 1,
+        ..DispatcherConfig::default()
+    };
+    let node = Node::start(config, Arc::clone(&gate) as _, Vec::new());
+    let a = node.conversation("shop", "ann", Some("alice")).await.id();
+    let b = node.conversation("shop", "bob", Some("alice")).await.id();
+    let mut ann = node.connect("shop", visitor("ann"));
+    let mut bob = node.connect("shop", visitor("bob"));
+    let send = |client: &Client, id, text: &str, client_id: &str| Command::Send {
+        origin: Origin::Connection(client.conn),
+        message: NewMessage::text(id, client.party.clone(), text)
+            .with_client_msg_id(ClientMsgId::new(client_id).unwrap()),
+    };
+    // The first message's batch is held in the store...
+    node.dispatcher
+        .submit(send(&ann, a, "first", "a-0"))
+        .await
+        .unwrap();
+    gate.interceptor.held.notified().await;
+    // ...while these queue behind it, on the same shard: two conversations,
+    // and a retry of a message of the same batch.
+    for (client, id, text, client_id) in [
+        (&ann, a, "one", "a-1"),
+        (&bob, b, "bob one", "b-1"),
+        (&ann, a, "two", "a-2"),
+        (&ann, a, "one (resent)", "a-1"),
+        (&bob, b, "bob two", "b-2"),
+    ] {
+        node.dispatcher
+            .submit(send(client, id, text, client_id))
+            .await
+            .unwrap();
+    }
+    gate.interceptor.first.close();
+
+    let acks = |frames: Vec<ServerFrame>| -> Vec<(u64, bool)> {
+        frames
+            .into_iter()
+            .filter_map(|frame| match frame {
+                ServerFrame::Ack { seq, duplicate, .. } => Some((seq.get(), duplicate)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut ann_frames = Vec::new();
+    while ann_frames.len() < 4 {
+        if let frame @ ServerFrame::Ack { .. } = ann.next().await {
+            ann_frames.push(frame);
+        }
+    }
+    let mut bob_frames = Vec::new();
+    while bob_frames.len() < 2 {
+        if let frame @ ServerFrame::Ack { .. } = bob.next().await {
+            bob_frames.push(frame);
+        }
+    }
+    // Each conversation's messages get their seqs in the order sent (after
+    // the hand-off and the assignment, seqs 1 and 2); the retry is acked
+    // with its original's seq.
+    assert_eq!(
+        acks(ann_frames),
+        vec![(3, false), (4, false), (5, false), (4, true)]
+    );
+    assert_eq!(acks(bob_frames), vec![(3, false), (4, false)]);
+    // The five queued behind the gate went to the store in one call.
+    assert_eq!(*gate.interceptor.sizes.lock(), vec![1, 5]);
+    let stored: Vec<_> = node
+        .store
+        .after(a, Seq::new(2), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(
+        stored,
+        vec![Body::text("first"), Body::text("one"), Body::text("two")]
+    );
+}

@@ -40,6 +40,7 @@ macro_rules! message_store_contract {
         $crate::message_store_contract!(@cases $make;
             append_assigns_gap_free_seqs,
             client_msg_id_makes_retries_idempotent,
+            append_batch_keeps_order_dedups_and_isolates_errors,
             reads_by_range_recent_and_after,
             unknown_conversations_are_errors,
             conversations_round_trip,
@@ -107,6 +108,62 @@ async fn fill<S: MessageStore + ?Sized>(store: &S, conversation: ConversationId,
             .await
             .expect("append");
     }
+}
+
+/// A batch over two conversations gets each conversation's seqs in the
+/// order given; a retry inside the batch, and one of a message stored
+/// before it, come back as duplicates of their originals; an unknown
+/// conversation fails its own message only.
+pub async fn append_batch_keeps_order_dedups_and_isolates_errors<S: MessageStore + ?Sized>(
+    store: Arc<S>,
+) {
+    let a = new_conversation(&*store).await;
+    let b = new_conversation(&*store).await;
+    let earlier = store
+        .append(text(a.id(), "before the batch").with_client_msg_id(client_id("batch-0")))
+        .await
+        .expect("append");
+    let unknown = ConversationId::new();
+    let batch = vec![
+        text(a.id(), "a1").with_client_msg_id(client_id("batch-1")),
+        text(b.id(), "b1"),
+        text(unknown, "lost"),
+        text(a.id(), "a2"),
+        text(a.id(), "a1 again").with_client_msg_id(client_id("batch-1")),
+        text(b.id(), "b2"),
+        text(a.id(), "retry of an earlier one").with_client_msg_id(client_id("batch-0")),
+    ];
+    let results = store.append_batch(batch).await;
+    assert_eq!(results.len(), 7, "append_batch answers every message");
+    let ok = |i: usize| -> &crate::store::Appended {
+        results[i]
+            .as_ref()
+            .unwrap_or_else(|e| panic!("batch message {i} must be stored: {e}"))
+    };
+    assert_eq!((ok(0).message.seq, ok(0).duplicate), (Seq::new(2), false));
+    assert_eq!((ok(1).message.seq, ok(1).duplicate), (Seq::new(1), false));
+    assert!(
+        matches!(results[2], Err(StoreError::UnknownConversation(id)) if id == unknown),
+        "an unknown conversation fails its own message: {:?}",
+        results[2]
+    );
+    assert_eq!((ok(3).message.seq, ok(3).duplicate), (Seq::new(3), false));
+    assert!(ok(4).duplicate, "a retry within the batch is a duplicate");
+    assert_eq!(ok(4).message.seq, Seq::new(2));
+    assert_eq!(
+        ok(4).message.body,
+        ok(0).message.body,
+        "the original comes back"
+    );
+    assert_eq!((ok(5).message.seq, ok(5).duplicate), (Seq::new(2), false));
+    assert!(
+        ok(6).duplicate,
+        "a retry of a message stored before the batch"
+    );
+    assert_eq!(ok(6).message.seq, earlier.message.seq);
+    let stored = store.after(a.id(), Seq::ZERO, 100).await.expect("after");
+    assert_eq!(seqs(&stored), vec![1, 2, 3], "no gap, nothing stored twice");
+    assert!(store.append_batch(Vec::new()).await.is_empty());
 }
 
 /// Appends get seqs 1, 2, 3, … and `last_seq` follows.
