@@ -53,6 +53,14 @@ async fn start(app: Router, config: ServeConfig) -> Running {
     }
 }
 
+/// Headers (and the next request on a kept-alive connection) within 500 ms.
+fn short_header_timeout() -> ServeConfig {
+    ServeConfig {
+        header_read_timeout: Duration::from_millis(500),
+        ..ServeConfig::default()
+    }
+}
+
 fn healthz() -> Router {
     Router::new().route("/healthz", get(|| async { "ok" }))
 }
@@ -169,11 +177,7 @@ async fn back_to_back_frames_reach_a_client_with_delayed_ack_on_without_waiting_
 
 #[tokio::test]
 async fn half_sent_requests_are_closed_after_the_header_timeout_while_healthz_answers() {
-    let config = ServeConfig {
-        header_read_timeout: Duration::from_millis(500),
-        ..ServeConfig::default()
-    };
-    let server = start(healthz(), config).await;
+    let server = start(healthz(), short_header_timeout()).await;
     let mut stalled = Vec::new();
     for _ in 0..50 {
         let mut stream = TcpStream::connect(server.addr).await.unwrap();
@@ -199,11 +203,7 @@ async fn half_sent_requests_are_closed_after_the_header_timeout_while_healthz_an
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
-    let config = ServeConfig {
-        header_read_timeout: Duration::from_millis(500),
-        ..ServeConfig::default()
-    };
-    let server = start(healthz(), config).await;
+    let server = start(healthz(), short_header_timeout()).await;
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

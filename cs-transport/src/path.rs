@@ -9,10 +9,11 @@
 //! Each conversation belongs to exactly one shard, and a shard runs its
 //! commands in queue order (the messages of a batch are checked in turn,
 //! stored with one store call, then routed and acked in turn), so the shard
-//! is the single writer of its conversations' state: it keeps them in a small cache and saves every
-//! change to the store before anyone hears of it. That is also what makes a
-//! resume exact: the replay and the switch to live delivery happen between
-//! two messages of the conversation, never during one.
+//! is the single writer of its conversations' state: it keeps them in a
+//! small cache and saves every change to the store before anyone hears of
+//! it. That is also what makes a resume exact: the replay and the switch to
+//! live delivery happen between two messages of the conversation, never
+//! during one.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -243,52 +244,39 @@ impl MessagePath {
         let mut ready = Vec::new();
         for job in jobs {
             let (asker, command) = Asker::of(job);
-            match command {
+            if !matches!(command, Command::Send { .. }) {
+                self.store_ready(state, &mut ready).await;
+            }
+            let result = match command {
                 Command::Send { origin, message } => {
                     match self.check_send(state, origin, message).await {
-                        Ok(Checked::Store(send)) => ready.push((asker, send)),
-                        Ok(Checked::Done(outcome)) => self.answer(asker, Ok(outcome)),
-                        Err(error) => self.answer(asker, Err(error)),
+                        Ok(Checked::Store(send)) => {
+                            ready.push((asker, send));
+                            continue;
+                        }
+                        Ok(Checked::Done(outcome)) => Ok(outcome),
+                        Err(error) => Err(error),
                     }
                 }
-                other => {
-                    self.store_ready(state, &mut ready).await;
-                    let result = self.run(state, other).await;
-                    self.answer(asker, result);
+                Command::Join {
+                    conn,
+                    conversation,
+                    last_seq,
+                } => self.join(state, conn, conversation, last_seq).await,
+                Command::Leave { conn, conversation } => {
+                    self.pool.leave_conversation(conn, conversation);
+                    Ok(Outcome::Left)
                 }
-            }
+                Command::CatchUp { conn, conversation } => self.catch_up(conn, conversation).await,
+                Command::Change {
+                    conversation,
+                    change,
+                    by,
+                } => self.change(state, conversation, change, by).await,
+            };
+            self.answer(asker, result);
         }
         self.store_ready(state, &mut ready).await;
-    }
-
-    /// Every command but a message.
-    async fn run(&self, state: &mut ShardState, command: Command) -> Result<Outcome, PathError> {
-        match command {
-            Command::Send { origin, message } => {
-                match self.check_send(state, origin, message).await? {
-                    Checked::Done(outcome) => Ok(outcome),
-                    Checked::Store(send) => {
-                        let appended = self.store.append(send.message).await?;
-                        self.deliver(state, appended, send.read_marker).await
-                    }
-                }
-            }
-            Command::Join {
-                conn,
-                conversation,
-                last_seq,
-            } => self.join(state, conn, conversation, last_seq).await,
-            Command::Leave { conn, conversation } => {
-                self.pool.leave_conversation(conn, conversation);
-                Ok(Outcome::Left)
-            }
-            Command::CatchUp { conn, conversation } => self.catch_up(conn, conversation).await,
-            Command::Change {
-                conversation,
-                change,
-                by,
-            } => self.change(state, conversation, change, by).await,
-        }
     }
 
     /// Stores the checked messages with one store call, then delivers and
