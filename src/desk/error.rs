@@ -25,6 +25,9 @@ pub enum ErrorKind {
     Conflict,
     /// Flooded, stopping, or a store or node is down: retry later.
     Unavailable,
+    /// Too many requests from this client (logins, sessions, uploads):
+    /// retry after the time the error gives.
+    RateLimited,
 }
 
 impl ErrorKind {
@@ -37,6 +40,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::RateLimited => "rate_limited",
         }
     }
 }

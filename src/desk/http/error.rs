@@ -1,7 +1,9 @@
 //! The one error type of the HTTP layer: what went wrong, in words a client
 //! developer can act on, with the status that matches.
 
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -13,7 +15,8 @@ use crate::desk::error::{DeskError, ErrorKind, PresenceError, RoutingError};
 use crate::desk::identity::IdentityError;
 use crate::desk::tokens::TokenError;
 
-/// Why a request failed: `{"error": CODE, "message": WORDS}` with a status.
+/// Why a request failed: `{"error": CODE, "message": WORDS}` with a status;
+/// a 429 adds `retry_after_ms` and a `Retry-After` header.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
@@ -21,6 +24,8 @@ pub struct ApiError {
     pub kind: ErrorKind,
     /// What went wrong and what to do.
     pub message: String,
+    /// When a retry can succeed, for [`ErrorKind::RateLimited`].
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -29,6 +34,15 @@ impl ApiError {
         Self {
             kind,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429: a limit was reached; a retry after `retry_after` can succeed.
+    pub fn rate_limited(message: impl Into<String>, retry_after: Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(ErrorKind::RateLimited, message)
         }
     }
 
@@ -65,6 +79,7 @@ impl ApiError {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -75,9 +90,23 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self.message, "request failed");
         }
+        let Some(retry_after) = self.retry_after else {
+            return (
+                status,
+                Json(json!({ "error": self.kind.code(), "message": self.message })),
+            )
+                .into_response();
+        };
+        // Retry-After is in whole seconds; rounded up, so a client that obeys it is not refused again.
+        let seconds = retry_after.as_millis().div_ceil(1000).max(1);
         (
             status,
-            Json(json!({ "error": self.kind.code(), "message": self.message })),
+            [(header::RETRY_AFTER, seconds.to_string())],
+            Json(json!({
+                "error": self.kind.code(),
+                "message": self.message,
+                "retry_after_ms": u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+            })),
         )
             .into_response()
     }
