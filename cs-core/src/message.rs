@@ -157,6 +157,14 @@ pub enum InvalidMessage {
         /// The configured limit.
         max: u64,
     },
+    /// A URL that is not `https://…`, `http://…` or a path of this site
+    /// (`/files/…`): `javascript:` and `data:` URLs would run or render
+    /// whatever the sender chose in the reader's browser.
+    #[error("the url must start with https://, http:// or / (a path of this site), not {0:?}")]
+    BadUrl(String),
+    /// A media type that is not `type/subtype` (an image's must be `image/…`).
+    #[error("the mime type {0:?} is not a media type like image/png or application/pdf")]
+    BadMime(String),
     /// A URL, name, media type or reason over the limit, or an empty URL.
     #[error("the field `{field}` is {len} bytes; it must be 1 to {max} bytes")]
     BadField {
@@ -250,6 +258,8 @@ impl NewMessage {
             Body::Image { url, mime, bytes } => {
                 field("url", url, false)?;
                 field("mime", mime, false)?;
+                check_url(url)?;
+                check_mime(mime, Some("image"))?;
                 attachment(*bytes)
             }
             Body::File {
@@ -261,6 +271,8 @@ impl NewMessage {
                 field("url", url, false)?;
                 field("name", name, false)?;
                 field("mime", mime, false)?;
+                check_url(url)?;
+                check_mime(mime, None)?;
                 attachment(*bytes)
             }
             Body::Event(Event::Handoff { reason }) => field("reason", reason, true),
@@ -269,6 +281,43 @@ impl NewMessage {
             }) => field("reason", reason, true),
             Body::Event(_) => Ok(()),
         }
+    }
+}
+
+/// An attachment's URL: absolute http(s), or a path of the serving site.
+fn check_url(url: &str) -> Result<(), InvalidMessage> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let absolute = lower.starts_with("https://") || lower.starts_with("http://");
+    // `//host/…` is another site's URL in disguise, and `/\host` is one to some browsers.
+    let local = url.starts_with('/') && !url.starts_with("//") && !url.starts_with("/\\");
+    let clean = !url.chars().any(|c| c.is_control() || c.is_whitespace());
+    if (absolute || local) && clean {
+        Ok(())
+    } else {
+        Err(InvalidMessage::BadUrl(url.chars().take(40).collect()))
+    }
+}
+
+/// A media type: `type/subtype` in RFC 6838's restricted name characters,
+/// with no parameters; `kind` pins the type (`image`).
+fn check_mime(mime: &str, kind: Option<&str>) -> Result<(), InvalidMessage> {
+    let name = |part: &str| {
+        !part.is_empty()
+            && part.len() <= 127
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    let valid = match mime.split_once('/') {
+        Some((top, sub)) => {
+            name(top) && name(sub) && kind.is_none_or(|k| top.eq_ignore_ascii_case(k))
+        }
+        None => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidMessage::BadMime(mime.chars().take(40).collect()))
     }
 }
 
@@ -386,6 +435,50 @@ mod tests {
             no_url.validate(&limits),
             Err(InvalidMessage::BadField { field: "url", .. })
         ));
+    }
+
+    #[test]
+    fn attachment_urls_must_be_http_or_this_sites_paths_and_mimes_media_types() {
+        let limits = MessageLimits::default();
+        let image = |url: &str, mime: &str| {
+            NewMessage::new(
+                ConversationId::new(),
+                visitor(),
+                Body::Image {
+                    url: url.into(),
+                    mime: mime.into(),
+                    bytes: 10,
+                },
+            )
+            .validate(&limits)
+        };
+        for good in [
+            "/support/files/0a1b",
+            "https://cdn.example.com/a.png",
+            "HTTP://x/y",
+        ] {
+            assert_eq!(image(good, "image/png"), Ok(()), "{good}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            " javascript:alert(1)",
+            "data:image/png;base64,AAAA",
+            "//evil.example/a.png",
+            "/\\evil.example/a.png",
+            "files/a.png",
+            "/files/a b.png",
+        ] {
+            assert!(
+                matches!(image(bad, "image/png"), Err(InvalidMessage::BadUrl(_))),
+                "{bad}"
+            );
+        }
+        for bad in ["text/html", "image", "image/png; charset=x", "image/<svg>"] {
+            assert!(
+                matches!(image("/f", bad), Err(InvalidMessage::BadMime(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
