@@ -800,6 +800,7 @@ async fn run_shard(
                     message: SubmitError::Panicked.to_string(),
                     conversation: Some(conversation),
                     client_msg_id,
+                    retry_after_ms: None,
                 };
                 let _ = path.pool.send_to_connection(conn, frame.encode());
             }

@@ -330,6 +330,7 @@ impl MessagePath {
                         message: error.to_string(),
                         conversation: Some(asker.conversation),
                         client_msg_id: asker.client_msg_id,
+                        retry_after_ms: None,
                     };
                     let _ = self.pool.send_to_connection(conn, frame.encode());
                 }

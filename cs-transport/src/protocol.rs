@@ -118,6 +118,10 @@ pub enum ServerFrame {
         /// The client's message id, if the failed request was a send.
         #[serde(skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<ClientMsgId>,
+        /// For `overloaded` and `rate_limited`: when a retry (with the same
+        /// `client_msg_id`) can succeed, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// The server is closing the connection, and why.
     Close {
@@ -231,6 +235,29 @@ impl ClientFrame {
             | ClientFrame::Read { conversation, .. } => (Some(*conversation), None),
             ClientFrame::Ping => (None, None),
         }
+    }
+
+    /// The conversation and client message id of a frame that did not
+    /// decode (a body that breaks a rule, a wrong field), when those two
+    /// fields themselves parse: the client can then tell which send failed.
+    pub fn subject_of_invalid(bytes: &[u8]) -> (Option<ConversationId>, Option<ClientMsgId>) {
+        #[derive(Deserialize)]
+        struct Subject {
+            #[serde(default)]
+            conversation: Option<serde_json::Value>,
+            #[serde(default)]
+            client_msg_id: Option<serde_json::Value>,
+        }
+        let Ok(subject) = serde_json::from_slice::<Subject>(bytes) else {
+            return (None, None);
+        };
+        let conversation = subject
+            .conversation
+            .and_then(|v| serde_json::from_value(v).ok());
+        let client_msg_id = subject
+            .client_msg_id
+            .and_then(|v| serde_json::from_value(v).ok());
+        (conversation, client_msg_id)
     }
 
     /// Encodes the frame as JSON (what a client library sends).
@@ -358,6 +385,7 @@ impl ServerFrame {
             message: message.into(),
             conversation: None,
             client_msg_id: None,
+            retry_after_ms: None,
         }
     }
 }

@@ -72,6 +72,75 @@ pub struct WsConfig {
     /// Silence after which the connection is closed. Clients send `ping`
     /// frames to stay connected. Default 60 s.
     pub idle_timeout: Duration,
+    /// One message budget per party shared by all its sockets, on top of
+    /// each socket's own frame rate: without it, a visitor with 25 tabs
+    /// sends 25 times the rate. Default none.
+    pub party_rate: Option<Arc<PartyRate>>,
+}
+
+/// Messages per party across all its sockets: a keyed budget that every
+/// socket of the party draws from. Only `send` frames draw; typing, read
+/// receipts and pings are left to the per-socket rate.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use cs_transport::websocket::{PartyRate, WsConfig};
+///
+/// let ws = WsConfig {
+///     // 40 at once, then 20 per second, for each visitor however many tabs they open.
+///     party_rate: Some(Arc::new(PartyRate::new(40, Duration::from_secs(2)))),
+///     ..WsConfig::default()
+/// };
+/// # let _ = ws;
+/// ```
+pub struct PartyRate {
+    burst: u32,
+    per: Duration,
+    limiter: governor::DefaultKeyedRateLimiter<(TenantId, Party)>,
+}
+
+impl std::fmt::Debug for PartyRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartyRate")
+            .field("burst", &self.burst)
+            .field("per", &self.per)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartyRate {
+    /// `burst` messages at once, refilled evenly over `per`.
+    pub fn new(burst: u32, per: Duration) -> Self {
+        let burst_nz = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let period = (per / burst_nz.get()).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(burst_nz))
+            .allow_burst(burst_nz);
+        Self {
+            burst,
+            per,
+            limiter: governor::DefaultKeyedRateLimiter::keyed(quota),
+        }
+    }
+
+    /// Takes one message of `party`'s budget, or says when one is free.
+    ///
+    /// # Errors
+    /// The wait until the budget has room again.
+    pub fn take(&self, tenant: &TenantId, party: &Party) -> Result<(), Duration> {
+        use governor::clock::{Clock, DefaultClock};
+        self.limiter
+            .check_key(&(tenant.clone(), party.clone()))
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Forgets parties whose budget is full again, so the map holds only
+    /// the recently active. Call it now and then (the desk does every minute).
+    pub fn prune(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
 }
 
 impl Default for WsConfig {
@@ -83,6 +152,7 @@ impl Default for WsConfig {
             rate_per_second: 20,
             rate_burst: 40,
             idle_timeout: Duration::from_secs(60),
+            party_rate: None,
         }
     }
 }
@@ -121,6 +191,7 @@ pub async fn serve(
             .map(WsMessage::Text)
             .map_err(::axum::Error::new)
     });
+    let tenant_of_party = tenant.clone();
     let (conn, writer) = pool.attach(tenant, party.clone(), Box::pin(sink));
     let welcome = ServerFrame::Welcome {
         conn,
@@ -131,7 +202,14 @@ pub async fn serve(
     // Reader and writer share this one task: a second task per connection
     // costs about a kilobyte, which at 100,000 connections is 100 MB.
     let mut writer = std::pin::pin!(writer);
-    let reader = read_loop(&mut stream, conn, &party, &pool, &dispatcher, &config);
+    let reader = read_loop(
+        &mut stream,
+        conn,
+        (&tenant_of_party, &party),
+        &pool,
+        &dispatcher,
+        &config,
+    );
     let reason = tokio::select! {
         reason = reader => Some(reason),
         // The writer ends first when the pool closed the connection (slow
@@ -152,7 +230,7 @@ pub async fn serve(
 async fn read_loop<S>(
     stream: &mut S,
     conn: ConnId,
-    party: &Party,
+    (tenant, party): (&TenantId, &Party),
     pool: &ConnectionPool,
     dispatcher: &Dispatcher,
     config: &WsConfig,
@@ -184,10 +262,15 @@ where
             Ok(frame) => frame,
             Err(FrameError::TooLarge { .. }) => return CloseReason::FrameTooLarge,
             Err(e @ FrameError::Malformed(_)) => {
-                let _ = pool.send_to_connection(
-                    conn,
-                    ServerFrame::error(ErrorCode::Malformed, e.to_string()).encode(),
-                );
+                let (conversation, client_msg_id) = ClientFrame::subject_of_invalid(&bytes);
+                let error = ServerFrame::Error {
+                    code: ErrorCode::Malformed,
+                    message: e.to_string(),
+                    conversation,
+                    client_msg_id,
+                    retry_after_ms: None,
+                };
+                let _ = pool.send_to_connection(conn, error.encode());
                 continue;
             }
         };
@@ -201,9 +284,28 @@ where
                     .into(),
                 conversation,
                 client_msg_id,
+                // One frame's worth of the sustained rate.
+                retry_after_ms: Some(1000 / u64::from(config.rate_per_second.max(1))),
             };
             let _ = pool.send_to_connection(conn, error.encode());
             continue;
+        }
+        if let (Some(shared), ClientFrame::Send { .. }) = (&config.party_rate, &frame) {
+            if let Err(wait) = shared.take(tenant, party) {
+                let (conversation, client_msg_id) = frame.subject();
+                let error = ServerFrame::Error {
+                    code: ErrorCode::RateLimited,
+                    message: format!(
+                        "too many messages from you across all your connections; retry with the same client_msg_id in {} ms",
+                        wait.as_millis().max(1)
+                    ),
+                    conversation,
+                    client_msg_id,
+                    retry_after_ms: Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)),
+                };
+                let _ = pool.send_to_connection(conn, error.encode());
+                continue;
+            }
         }
         if let Some(reason) = handle_frame(frame, conn, party, pool, dispatcher).await {
             return reason;
@@ -280,6 +382,7 @@ async fn handle_frame(
                 message: error.to_string(),
                 conversation: Some(conversation),
                 client_msg_id,
+                retry_after_ms: None,
             };
             let _ = pool.send_to_connection(conn, frame.encode());
             close
