@@ -90,9 +90,24 @@ pub struct SqliteStore {
     group: Arc<GroupCommit>,
 }
 
+/// Creates a missing database file readable by its owner only (0600):
+/// conversations are shoppers' personal data, and SQLite gives its `-wal`
+/// and `-shm` files the database file's mode. An existing file is left as
+/// it is; a failure here surfaces when SQLite opens the file.
+fn create_private(path: &Path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let _ = options.open(path);
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file at `path`, and brings its
-    /// schema up to date.
+    /// Opens (creating if needed, mode 0600) the database file at `path`,
+    /// and brings its schema up to date.
     ///
     /// # Errors
     /// [`OpenError::Unreachable`] if the file cannot be opened or created,
@@ -112,6 +127,7 @@ impl SqliteStore {
     ) -> Result<Self, OpenError> {
         let path = path.as_ref();
         let name = path.display().to_string();
+        create_private(path);
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
