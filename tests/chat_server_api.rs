@@ -309,8 +309,12 @@ async fn tokens_are_checked_and_visitors_see_only_their_own_conversation() {
         status, 401,
         "a visitor token is not an agent session: {body}"
     );
-    let payload = "a.alice.1000";
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    // Signed as the desk signs: with the key derived for its tenant (`demo`).
+    let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    derive.update(b"cs desk token key for tenant demo");
+    let key = derive.finalize().into_bytes();
+    let payload = "a.alice.s1.1.1000";
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
     mac.update(payload.as_bytes());
     let expired = format!("{payload}.{}", hex::encode(mac.finalize().into_bytes()));
     let (status, body) = http.get("/api/agent/desk", Some(&expired)).await;

@@ -34,6 +34,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
+use cs::desk::limits::IpNet;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -41,7 +42,8 @@ use cs::core::router::BuiltinStrategy;
 use cs::core::{AgentId, AgentRecord, MemoryDirectory, Skill, TenantId};
 use cs::desk::server::ServeConfig;
 use cs::desk::{
-    AuthAgent, DeskSettings, FsAttachments, Identity, IdentityError, ServiceDesk, Signer,
+    AuthAgent, DeskSettings, FsAttachments, Identity, IdentityError, LimitSettings, ServiceDesk,
+    Signer,
 };
 use cs::intent::faq::{Faq, FaqBot, FaqSettings};
 use cs::transport::websocket::WsConfig;
@@ -130,8 +132,38 @@ struct Args {
     /// routing moves to another node within about this after a crash.
     #[arg(long, env = "CS_CLUSTER_TTL_MS", default_value_t = 5000)]
     cluster_ttl_ms: u64,
+    /// Offer the demo agent accounts (alice, bob, carol; password "demo")
+    /// even when --addr is not a loopback address. Anyone who can reach the
+    /// port can then sign in as an agent: only on a private network.
+    #[arg(long, env = "CS_DEMO_ACCOUNTS_ANYWHERE")]
+    demo_accounts_anywhere: bool,
+    /// A bearer token `/metrics` requires. Default: open (fine on loopback).
+    #[arg(long, env = "CS_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
+    /// An origin allowed to open the chat sockets besides this server's own
+    /// (`https://shop.example`), for a widget embedded on another site.
+    /// Repeat it, or separate origins with commas.
+    #[arg(
+        long = "allowed-origin",
+        env = "CS_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// A reverse proxy (address or network, `10.0.0.0/8`) whose
+    /// X-Forwarded-For is believed for the per-address limits. Repeat it,
+    /// or separate them with commas. See docs/security.md.
+    #[arg(
+        long = "trusted-proxy",
+        env = "CS_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<IpNet>,
+    /// Seconds after which a conversation still with the bot and silent is
+    /// closed; 0 keeps them open.
+    #[arg(long, env = "CS_IDLE_BOT_CLOSE_SECS", default_value_t = 1800)]
+    idle_bot_close_secs: u64,
     /// Serve the load generator's unauthenticated endpoints (`/pair/{n}`,
-    /// `/ws?pair=…`) and lift the per-connection rate limit. Never in production.
+    /// `/ws?pair=…`) and lift the rate limits. Never in production.
     #[arg(long)]
     loadgen: bool,
 }
@@ -139,6 +171,9 @@ struct Args {
 impl Args {
     /// Flags that make no sense together, with what to do instead.
     fn conflicts(&self) -> Option<String> {
+        if let Some(exposed) = self.exposed_demo_accounts() {
+            return Some(exposed);
+        }
         self.bus.as_ref()?;
         let shared = self.database.as_deref().is_some_and(|url| {
             ["postgres://", "postgresql://", "mysql://", "mariadb://"]
@@ -152,6 +187,18 @@ impl Args {
             return Some("--bus needs --secret, the same on every node, or a token signed by one node is refused by the others".into());
         }
         None
+    }
+
+    /// Why the demo accounts may not be offered on this address, if so.
+    fn exposed_demo_accounts(&self) -> Option<String> {
+        if self.addr.ip().is_loopback() || self.demo_accounts_anywhere {
+            return None;
+        }
+        Some(format!(
+            "--addr {} is reachable from other machines, and the demo agent accounts have a published password; \
+             listen on 127.0.0.1, or pass --demo-accounts-anywhere on a private network",
+            self.addr
+        ))
     }
 }
 
@@ -256,7 +303,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn run(args: Args) -> Result<(), BoxError> {
     let tenant = TenantId::new(args.tenant.clone())
         .map_err(|e| format!("--tenant {:?}: {e}", args.tenant))?;
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+    cs::desk::create_private_dir(&args.data_dir).map_err(|e| {
         format!(
             "cannot create the data dir {}: {e}; pass --data-dir to put it elsewhere",
             args.data_dir.display()
@@ -330,6 +377,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
             },
             ..ServeConfig::default()
         },
+        limits: if args.loadgen {
+            LimitSettings::unlimited()
+        } else {
+            LimitSettings {
+                trusted_proxies: args.trusted_proxies.clone(),
+                ..LimitSettings::default()
+            }
+        },
+        allowed_origins: args.allowed_origins.clone(),
+        metrics_token: args.metrics_token.clone(),
+        idle_bot_close: (args.idle_bot_close_secs > 0)
+            .then(|| Duration::from_secs(args.idle_bot_close_secs)),
         ..DeskSettings::default()
     };
     let shop = Arc::new(shop::Shop::new());
@@ -380,6 +439,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
     println!(
         "demo agent accounts (password \"{DEMO_PASSWORD}\"): {}",
         DEMO_AGENTS.map(|(id, _, _)| id).join(", ")
+    );
+    tracing::warn!(
+        %addr,
+        "the demo agent accounts are on, with a published password: anyone who reaches this address can sign in as an agent"
     );
 
     // Until Ctrl-C or SIGTERM; then the message path drains and the open

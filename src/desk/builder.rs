@@ -14,6 +14,7 @@ use cs_core::store::{ConversationQueries, MemoryStore, MessageStore};
 use cs_core::{AgentDirectory, MemoryDirectory, TenantId};
 use cs_datahub::DataHub;
 use cs_intent::faq::FaqBot;
+use cs_transport::websocket::PartyRate;
 use cs_transport::{
     ConnectionPool, Dispatcher, DispatcherConfig, Hook, Metrics, NodeId, PoolConfig,
 };
@@ -24,11 +25,12 @@ use super::consoles::Consoles;
 use super::error::BuildError;
 use super::hooks::{BotHook, PreviewHook};
 use super::identity::{GuestsOnly, Identity};
+use super::limits::Limits;
 use super::presence::AgentPresence;
 use super::routing::{fresh_router, Routing};
 use super::settings::DeskSettings;
 use super::state::DeskState;
-use super::tokens::Signer;
+use super::tokens::{Revocations, Signer};
 use super::ServiceDesk;
 
 /// Builds a [`ServiceDesk`]. Everything has a default: an in-memory store,
@@ -177,6 +179,14 @@ impl ServiceDeskBuilder {
                 Signer::random().map_err(|e| BuildError::Randomness(e.to_string()))?
             }
         };
+        // Bound to this shop: another shop's desk with the same key refuses its tokens.
+        let signer = signer.for_tenant(tenant.as_str());
+        let mut settings = settings;
+        if settings.ws.party_rate.is_none() {
+            let rate = settings.limits.messages_per_visitor;
+            settings.ws.party_rate = Some(Arc::new(PartyRate::new(rate.burst, rate.per)));
+        }
+        let limits = Limits::new(settings.limits.clone());
         let shutdown = CancellationToken::new();
         #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
         let mut tasks = Vec::new();
@@ -259,6 +269,8 @@ impl ServiceDeskBuilder {
             directory: Arc::clone(&directory),
             identity,
             signer,
+            revocations: Revocations::default(),
+            limits,
             bot,
             hub,
             attachments,
@@ -288,6 +300,10 @@ impl ServiceDeskBuilder {
         ));
         state.keep(tokio::spawn(Arc::clone(&state).run_consoles()));
         state.keep(tokio::spawn(follow_directory(Arc::clone(&state))));
+        state.keep(tokio::spawn(prune_limits(Arc::clone(&state))));
+        if let Some(idle) = state.settings.idle_bot_close {
+            state.keep(tokio::spawn(close_idle_bot_chats(Arc::clone(&state), idle)));
+        }
         #[cfg(feature = "redis")]
         if let Some(cluster) = &cluster {
             state.keep(tokio::spawn(
@@ -306,6 +322,47 @@ impl ServiceDeskBuilder {
             }
         }
         Ok(ServiceDesk { state })
+    }
+}
+
+/// Forgets idle limit keys and lapsed revocations every minute, so a scan
+/// of many addresses or accounts costs memory only while it lasts.
+async fn prune_limits(state: Arc<DeskState>) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            _ = every.tick() => {
+                state.limits.prune();
+                state.revocations.prune();
+                if let Some(rate) = &state.settings.ws.party_rate {
+                    rate.prune();
+                }
+            }
+        }
+    }
+}
+
+/// Closes abandoned bot conversations, looking a few times per idle period
+/// (so one closes within a quarter of it past its time), on the node that routes.
+async fn close_idle_bot_chats(state: Arc<DeskState>, idle: Duration) {
+    let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            _ = every.tick() => {
+                if !state.routing_here() {
+                    continue;
+                }
+                let closed = state.close_idle_bot_chats(idle).await;
+                if closed > 0 {
+                    tracing::info!(closed, idle_secs = idle.as_secs(), "idle bot conversations closed");
+                }
+            }
+        }
     }
 }
 

@@ -9,6 +9,8 @@ use cs_core::store::StoreError;
 use cs_core::ConversationId;
 use cs_transport::{PathError, SubmitError};
 
+use super::limits::Limited;
+
 /// What kind of failure an error is, whatever its concern.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -69,6 +71,9 @@ pub enum RoutingError {
     /// The router refused (the agent is full, already routed…).
     #[error(transparent)]
     Router(#[from] RouterError),
+    /// Past a limit on new conversations.
+    #[error(transparent)]
+    Limited(#[from] Limited),
 }
 
 impl RoutingError {
@@ -91,6 +96,15 @@ impl RoutingError {
             RoutingError::Path(_) => ErrorKind::Unavailable,
             RoutingError::Router(RouterError::UnknownAgent { .. }) => ErrorKind::NotFound,
             RoutingError::Router(_) => ErrorKind::Conflict,
+            RoutingError::Limited(_) => ErrorKind::RateLimited,
+        }
+    }
+
+    /// When a retry can succeed, for a refusal by a limit.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            RoutingError::Limited(limited) => Some(limited.retry_after),
+            _ => None,
         }
     }
 }
@@ -177,6 +191,14 @@ impl DeskError {
             DeskError::Routing(e) => e.kind(),
             DeskError::Presence(e) => e.kind(),
             DeskError::Cluster(e) => e.kind(),
+        }
+    }
+
+    /// When a retry can succeed, for a refusal by a limit.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            DeskError::Routing(e) => e.retry_after(),
+            _ => None,
         }
     }
 }

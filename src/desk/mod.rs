@@ -29,6 +29,7 @@
 //! - `builder`: [`ServiceDeskBuilder`], which wires the four crates.
 //! - [`identity`]: the seam where the host says who a request is.
 //! - [`tokens`]: the desk's own signed tokens for guests, customers, agents.
+//! - [`limits`]: what one visitor, address or account may ask for.
 //! - [`attachments`]: where uploads go ([`FsAttachments`] by default).
 //! - `routing`: the message path's events to the router and back.
 //! - `presence`: agents' presence, with one grace period for one node or many.
@@ -48,7 +49,9 @@ pub mod error;
 mod hooks;
 mod http;
 pub mod identity;
+pub mod limits;
 mod presence;
+mod private_fs;
 mod routing;
 pub mod server;
 mod settings;
@@ -68,10 +71,12 @@ pub use attachments::{AttachmentError, Attachments, FsAttachments, StoredFile};
 pub use builder::ServiceDeskBuilder;
 pub use cluster::{Cluster, ClusterConfig};
 pub use error::{BuildError, ClusterError, DeskError, ErrorKind, PresenceError, RoutingError};
-pub use http::{ApiError, AuthAgent, AuthVisitor};
+pub use http::{ApiError, AuthAgent, AuthVisitor, ClientIp};
 pub use identity::{Customer, GuestsOnly, Identity, IdentityError};
+pub use limits::{LimitSettings, Limited, Rate};
+pub use private_fs::create_private_dir;
 pub use settings::DeskSettings;
-pub use tokens::{Signer, TokenError, TokenKind};
+pub use tokens::{Claims, Revocations, Signer, TokenError, TokenKind};
 
 use state::DeskState;
 
@@ -230,12 +235,13 @@ impl ServiceDesk {
         }
     }
 
-    /// The visitor's open conversation, or a new one with the bot.
+    /// The visitor's open conversation, or a new one with the bot (within
+    /// [`LimitSettings::conversations_per_visitor`]).
     ///
     /// # Errors
-    /// The store or the message path failed.
+    /// The store or the message path failed, or the visitor opened too many.
     pub async fn open_for_visitor(&self, visitor: &VisitorId) -> Result<ChatRow, DeskError> {
-        Ok(self.state.open_for_visitor(visitor, None).await?)
+        Ok(self.state.open_for_visitor(visitor, None, None).await?)
     }
 
     /// Like [`ServiceDesk::open_for_visitor`], with the page's language: a
@@ -249,7 +255,7 @@ impl ServiceDesk {
         visitor: &VisitorId,
         language: Option<&str>,
     ) -> Result<ChatRow, DeskError> {
-        Ok(self.state.open_for_visitor(visitor, language).await?)
+        Ok(self.state.open_for_visitor(visitor, language, None).await?)
     }
 
     /// An open conversation's row.
@@ -350,6 +356,18 @@ impl ServiceDesk {
         tenant: TenantId,
         party: Party,
     ) -> axum::response::Response {
+        self.serve_socket_holding(upgrade, tenant, party, None)
+    }
+
+    /// [`ServiceDesk::serve_socket`], keeping `place` in the socket caps
+    /// until the socket closes.
+    pub(crate) fn serve_socket_holding(
+        &self,
+        upgrade: axum::extract::WebSocketUpgrade,
+        tenant: TenantId,
+        party: Party,
+        place: Option<limits::SocketPlace>,
+    ) -> axum::response::Response {
         let state = &self.state;
         let (pool, dispatcher, ws, sockets) = (
             Arc::clone(&state.pool),
@@ -358,10 +376,19 @@ impl ServiceDesk {
             state.sockets.clone(),
         );
         cs_transport::websocket::upgrade(upgrade, &ws).on_upgrade(move |socket| {
-            sockets.track_future(cs_transport::websocket::serve(
-                socket, tenant, party, pool, dispatcher, ws,
-            ))
+            sockets.track_future(async move {
+                cs_transport::websocket::serve(socket, tenant, party, pool, dispatcher, ws).await;
+                drop(place);
+            })
         })
+    }
+
+    /// Closes every socket of `party` on this node (a logout).
+    pub fn close_sockets_of(&self, party: &Party) {
+        let pool = &self.state.pool;
+        for conn in pool.connections_of(&self.state.tenant, party) {
+            pool.close(conn, cs_transport::protocol::CloseReason::ByHost);
+        }
     }
 }
 

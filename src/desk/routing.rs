@@ -143,6 +143,7 @@ impl DeskState {
         &self,
         visitor: &VisitorId,
         language: Option<&str>,
+        ip: Option<std::net::IpAddr>,
     ) -> Result<ChatRow, RoutingError> {
         let _one_at_a_time = self.routing.creating.lock().await;
         // In a cluster another node may have closed it: ask the store.
@@ -171,6 +172,8 @@ impl DeskState {
             return self.summary(&open);
         }
 
+        // Only a new conversation counts: reopening the page is free.
+        self.limits.new_conversation(visitor, ip)?;
         let conversation =
             Conversation::open(self.tenant.clone(), visitor.clone(), Timestamp::now());
         let id = conversation.id();
@@ -291,6 +294,32 @@ impl DeskState {
             })
             .await?;
         Ok(())
+    }
+
+    /// Closes the conversations still with the bot in which nothing was said
+    /// for `idle`: a shopper who asked and left. Conversations waiting for or
+    /// served by an agent are the agents' to close. Returns how many closed.
+    pub(crate) async fn close_idle_bot_chats(&self, idle: std::time::Duration) -> usize {
+        let now = Timestamp::now();
+        // Copied out first: no map guard is held across the closes below.
+        let idle_chats: Vec<ConversationId> = self
+            .routing
+            .chats
+            .iter()
+            .filter(|c| c.state == StateKind::Bot)
+            .filter(|c| now.saturating_since(c.last_at.unwrap_or(c.opened_at)) >= idle)
+            .map(|c| c.id)
+            .collect();
+        let mut closed = 0;
+        for id in idle_chats {
+            let reason = format!("closed after {} s without a word", idle.as_secs());
+            match self.close(id, Actor::Host, Some(reason)).await {
+                Ok(()) => closed += 1,
+                // It moved on meanwhile (handed off, closed): nothing to do.
+                Err(e) => tracing::debug!(conversation = %id, error = %e, "idle bot chat not closed"),
+            }
+        }
+        closed
     }
 
     /// Moves a conversation from `by` to `to`. The router moves the seat

@@ -5,6 +5,7 @@ use std::time::Duration;
 use cs_core::router::BuiltinStrategy;
 use cs_transport::websocket::WsConfig;
 
+use super::limits::LimitSettings;
 use super::server::ServeConfig;
 
 /// How the desk routes, limits and times things.
@@ -32,9 +33,13 @@ pub struct DeskSettings {
     /// How many queued conversations the consoles see in order with their
     /// position; the rest are counted. Default 20.
     pub queue_head: usize,
-    /// A guest's token lifetime. Default 30 days (the widget renews it on
-    /// every page load).
+    /// A guest's token lifetime. Default 1 day: the widget renews it on
+    /// every page load, and a renewal retires the token it replaces.
     pub guest_token_ttl: Duration,
+    /// How long after its token expired a guest who comes back is still the
+    /// same guest (sees their conversation) rather than a new one. Default
+    /// 30 days.
+    pub guest_return_window: Duration,
     /// A logged-in customer's token lifetime: short, because logging out of
     /// the shop must end it soon. Default 1 hour.
     pub customer_token_ttl: Duration,
@@ -45,6 +50,22 @@ pub struct DeskSettings {
     /// The HTTP server's timeouts and connection caps, used by
     /// [`ServiceDesk::serve`](super::ServiceDesk::serve).
     pub serve: ServeConfig,
+    /// What one visitor, address or account may ask for: sessions,
+    /// conversations, messages across sockets, sockets, sign-ins.
+    pub limits: LimitSettings,
+    /// Pages allowed to open the desk's sockets, as origins
+    /// (`https://shop.example`). A browser's WebSocket upgrade from any
+    /// other origin is refused, unless it is the desk's own (same host).
+    /// Default none: same origin only. A widget on another domain needs
+    /// that domain here.
+    pub allowed_origins: Vec<String>,
+    /// A bearer token `GET metrics` requires. Default none: `/metrics` is
+    /// open, so put it behind the host's own guard or set this (the
+    /// counters say how busy the shop is, which is not for everyone).
+    pub metrics_token: Option<String>,
+    /// Conversations still with the bot and silent this long are closed,
+    /// so abandoned chats do not pile up. Default 30 minutes; `None` keeps them.
+    pub idle_bot_close: Option<Duration>,
 }
 
 impl Default for DeskSettings {
@@ -57,11 +78,16 @@ impl Default for DeskSettings {
             max_upload_bytes: 10 * 1024 * 1024,
             console_interval: Duration::from_millis(250),
             queue_head: 20,
-            guest_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            guest_token_ttl: Duration::from_secs(24 * 3600),
+            guest_return_window: Duration::from_secs(30 * 24 * 3600),
             customer_token_ttl: Duration::from_secs(3600),
             agent_token_ttl: Duration::from_secs(12 * 3600),
             greeting: None,
             serve: ServeConfig::default(),
+            limits: LimitSettings::default(),
+            allowed_origins: Vec::new(),
+            metrics_token: None,
+            idle_bot_close: Some(Duration::from_secs(30 * 60)),
         }
     }
 }

@@ -20,11 +20,12 @@ use super::attachments::Attachments;
 use super::cluster::Cluster;
 use super::consoles::Consoles;
 use super::identity::Identity;
+use super::limits::Limits;
 use super::presence::AgentPresence;
 use super::routing::Routing;
 use super::server::ServeStats;
 use super::settings::DeskSettings;
-use super::tokens::Signer;
+use super::tokens::{Revocations, Signer};
 
 /// Everything the desk is made of.
 pub(crate) struct DeskState {
@@ -37,7 +38,12 @@ pub(crate) struct DeskState {
     pub queries: Arc<dyn ConversationQueries>,
     pub directory: Arc<dyn AgentDirectory>,
     pub identity: Arc<dyn Identity>,
+    /// Bound to `tenant`.
     pub signer: Signer,
+    /// Renewed and signed-out tokens, refused before their expiry.
+    pub revocations: Revocations,
+    /// What one visitor, address or account may ask for.
+    pub limits: Limits,
     pub bot: Option<Arc<FaqBot>>,
     pub hub: Option<Arc<DataHub>>,
     pub attachments: Option<Arc<dyn Attachments>>,

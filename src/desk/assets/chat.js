@@ -43,7 +43,9 @@
 
   class Connection {
     // `url` is a function giving the socket address (it carries the token);
-    // `on` holds callbacks: open, message, typing, ack, error, host, status.
+    // `on` holds callbacks: open, message, typing, ack, error, host, status,
+    // and `renew`, awaited before reconnecting when a socket was refused
+    // before it opened (a retired or expired token).
     constructor(url, on) {
       this.url = url;
       this.on = on;
@@ -81,6 +83,10 @@
       const scheme = location.protocol === "https:" ? "wss://" : "ws://";
       const ws = new WebSocket(scheme + location.host + PREFIX + this.url());
       this.ws = ws;
+      let opened = false;
+      ws.onopen = () => {
+        opened = true;
+      };
       this.status("connecting");
       ws.onmessage = (event) => {
         let frame;
@@ -97,8 +103,16 @@
         this.status("offline");
         if (this.stopped) return;
         // Back off, so a server that is restarting is not hammered.
-        setTimeout(() => this.connect(), this.backoff);
+        const again = () => setTimeout(() => this.connect(), this.backoff);
         this.backoff = Math.min(this.backoff * 2, 10000);
+        if (!opened && this.on.renew) {
+          Promise.resolve()
+            .then(() => this.on.renew())
+            .catch(() => {})
+            .finally(again);
+        } else {
+          again();
+        }
       };
     }
 
@@ -191,7 +205,9 @@
       const retry = ["overloaded", "rate_limited", "unavailable", "shutting_down"];
       const pending = frame.client_msg_id && this.pending.get(frame.client_msg_id);
       if (pending && retry.includes(frame.code)) {
-        setTimeout(() => this.raw(pending), 1000);
+        // The same client_msg_id again, when the server says it can take it.
+        const wait = frame.retry_after_ms > 0 ? Math.min(frame.retry_after_ms, 30000) : 1000;
+        setTimeout(() => this.raw(pending), wait);
       } else if (pending) {
         this.pending.delete(frame.client_msg_id);
       }

@@ -47,6 +47,12 @@
     $("me-name").textContent = names[me] || me;
     renderLists();
     connection = new Connection(() => "/ws/agent?token=" + encodeURIComponent(token), {
+      // A token that expired while the console stayed open: a fresh one, by cookie.
+      renew: async () => {
+        const data = await api("GET", "/api/agent/me", token);
+        token = data.token;
+        sessionStorage.setItem("cs.agent.token", token);
+      },
       status: (state) => ($("conn").textContent = state),
       open: () => {
         for (const chat of chats.values()) if (isMine(chat)) connection.follow(chat.id);
@@ -399,6 +405,16 @@
     } catch (error) {
       box.textContent = error.message;
     }
+  });
+  $("sign-out").addEventListener("click", async () => {
+    try {
+      await api("POST", "/api/agent/logout", token);
+    } catch (_) {
+      /* signed out already, or the server is gone: the page resets either way */
+    }
+    if (connection) connection.stop();
+    sessionStorage.removeItem("cs.agent.token");
+    location.reload();
   });
   document.addEventListener("visibilitychange", () => {
     if (selected && connection) sendRead(connection.conversation(selected));

@@ -77,12 +77,33 @@
     return "";
   }
 
-  async function start() {
-    const session = await api("POST", "/api/visitor/session", token);
+  // Another tab may have renewed the session, which retires this tab's token.
+  function currentToken() {
+    return localStorage.getItem("cs.visitor.token") || token;
+  }
+
+  async function renew() {
+    const session = await api("POST", "/api/visitor/session", currentToken());
     token = session.token;
     visitor = session.visitor;
     localStorage.setItem("cs.visitor.token", token);
-    connection = new Connection(() => "/ws/visitor?token=" + encodeURIComponent(token), {
+  }
+
+  // An API call with the current token, renewed once if it was refused.
+  async function call(path) {
+    try {
+      return await api("POST", path, currentToken());
+    } catch (e) {
+      if (e.status !== 401) throw e;
+      await renew();
+      return api("POST", path, token);
+    }
+  }
+
+  async function start() {
+    await renew();
+    connection = new Connection(() => "/ws/visitor?token=" + encodeURIComponent(currentToken()), {
+      renew,
       status: (state) => {
         if (state !== "online") setStatus(state === "connecting" ? "Connecting…" : "Reconnecting…");
       },
@@ -104,7 +125,7 @@
   }
 
   async function openConversation() {
-    const data = await api("POST", conversationPath(), token);
+    const data = await call(conversationPath());
     const chat = data.conversation;
     Object.assign(names, data.agents);
     conversation = chat.id;
@@ -122,7 +143,7 @@
 
   async function refreshStatus() {
     try {
-      const data = await api("POST", conversationPath(), token);
+      const data = await call(conversationPath());
       if (data.conversation.id === conversation) setStatus(describe(data.conversation));
     } catch (_) {
       /* the socket's own status says enough */
@@ -239,14 +260,14 @@
     $("file").value = "";
     if (!file) return;
     try {
-      connection.send(conversation, await upload(file, token, conversation));
+      connection.send(conversation, await upload(file, currentToken(), conversation));
     } catch (error) {
       showNotice("Upload failed: " + error.message);
     }
   });
   $("end").addEventListener("click", async () => {
     try {
-      await api("POST", "/api/visitor/conversation/close", token);
+      await call("/api/visitor/conversation/close");
     } catch (error) {
       showNotice(error.message);
     }

@@ -14,11 +14,11 @@ use cs_core::router::Presence;
 use cs_core::{AgentId, Body, ConversationId, Party, Seq};
 use cs_transport::Actor;
 
-use super::auth::{prefix_of, AuthAgent, AGENT_COOKIE};
+use super::auth::{check_origin, prefix_of, AuthAgent, ClientIp, AGENT_COOKIE};
 use super::error::ApiError;
-use super::visitor::session_cookie;
+use super::visitor::{clear_cookie, limited, session_cookie};
 use crate::desk::hooks::share_correction;
-use crate::desk::tokens::TokenKind;
+use crate::desk::tokens::{unix_now, TokenKind};
 use crate::desk::ServiceDesk;
 
 /// What `login` reads.
@@ -30,23 +30,57 @@ pub struct Login {
 
 /// `POST api/agent/login`: the console's sign-in form, checked by the
 /// host's [`Identity::sign_in`](crate::desk::Identity::sign_in).
+///
+/// Past a few failures for one account, or more from one address, each
+/// further try waits a doubling backoff (a 429 with `retry_after_ms`). The
+/// refusal never says which of login and password was wrong.
 pub async fn login(
     State(desk): State<ServiceDesk>,
     OriginalUri(original): OriginalUri,
     uri: Uri,
+    ClientIp(ip): ClientIp,
     Json(login): Json<Login>,
 ) -> Result<Response, ApiError> {
-    let wrong = || ApiError::unauthenticated("unknown agent or wrong password");
-    let agent = desk
+    let account = login.agent.trim();
+    let limits = &desk.state.limits;
+    limits.may_sign_in(account, ip).map_err(limited)?;
+    let checked = desk
         .state
         .identity
-        .sign_in(login.agent.trim(), &login.password)
+        .sign_in(account, &login.password)
         .await?
-        .ok_or_else(wrong)?;
-    if desk.state.directory.agent(&agent).is_none() {
-        return Err(wrong());
-    }
+        .filter(|agent| desk.state.directory.agent(agent).is_some());
+    limits.signed_in(account, ip, checked.is_some());
+    let agent =
+        checked.ok_or_else(|| ApiError::unauthenticated("unknown agent or wrong password"))?;
     Ok(signed_in(&desk, &agent, &prefix_of(&original, &uri)))
+}
+
+/// `POST api/agent/logout`: signs the agent out everywhere. Every desk
+/// token of theirs issued until now is refused, the cookie is cleared and
+/// their consoles' sockets are closed. (An agent signed in by the shop's own
+/// staff login is signed in again by it: log out of the shop too.)
+pub async fn logout(
+    State(desk): State<ServiceDesk>,
+    OriginalUri(original): OriginalUri,
+    uri: Uri,
+    AuthAgent(me): AuthAgent,
+) -> Response {
+    let until = unix_now() + desk.state.settings.agent_token_ttl.as_secs();
+    desk.state.revocations.retire_subject(
+        TokenKind::Agent,
+        me.as_str(),
+        desk.signer().next_issued(),
+        until,
+    );
+    desk.close_sockets_of(&Party::Agent(me.clone()));
+    tracing::info!(agent = %me, "agent signed out");
+    let cookie = clear_cookie(AGENT_COOKIE, &prefix_of(&original, &uri));
+    (
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({ "signed_out": true })),
+    )
+        .into_response()
 }
 
 /// A token (and its cookie) for a signed-in agent.
@@ -288,11 +322,14 @@ pub async fn profile(
 
 /// `GET ws/agent?token=…`: the console socket, as this agent. The agent's
 /// conversations join it on assignment; others it may watch by `resume`.
+/// Only from a page of an allowed origin (the console's own, by default).
 pub async fn socket(
     upgrade: WebSocketUpgrade,
     State(desk): State<ServiceDesk>,
     AuthAgent(me): AuthAgent,
-) -> Response {
+    parts: Parts,
+) -> Result<Response, ApiError> {
+    check_origin(&desk, &parts)?;
     let tenant = desk.tenant().clone();
-    desk.serve_socket(upgrade, tenant, Party::Agent(me))
+    Ok(desk.serve_socket(upgrade, tenant, Party::Agent(me)))
 }

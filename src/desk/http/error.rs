@@ -114,13 +114,19 @@ impl IntoResponse for ApiError {
 
 impl From<DeskError> for ApiError {
     fn from(e: DeskError) -> Self {
-        Self::new(e.kind(), e.to_string())
+        Self {
+            retry_after: e.retry_after(),
+            ..Self::new(e.kind(), e.to_string())
+        }
     }
 }
 
 impl From<RoutingError> for ApiError {
     fn from(e: RoutingError) -> Self {
-        Self::new(e.kind(), e.to_string())
+        Self {
+            retry_after: e.retry_after(),
+            ..Self::new(e.kind(), e.to_string())
+        }
     }
 }
 

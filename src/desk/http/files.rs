@@ -13,9 +13,8 @@ use serde_json::{json, Value};
 
 use cs_core::{ConversationId, Party};
 
-use super::auth::{bearer_of, cookie_of, prefix_of, AGENT_COOKIE, VISITOR_COOKIE};
+use super::auth::{party_of, prefix_of};
 use super::error::ApiError;
-use crate::desk::tokens::TokenKind;
 use crate::desk::ServiceDesk;
 
 /// Images shown inline, with the bytes each must start with.
@@ -33,34 +32,6 @@ pub struct UploadQuery {
     name: String,
     /// The conversation it is sent in; a visitor's own open one by default.
     conversation: Option<ConversationId>,
-}
-
-/// The party behind a request's token or cookie, visitor or agent.
-fn party_of(desk: &ServiceDesk, parts: &Parts) -> Result<Party, ApiError> {
-    let tokens = [
-        bearer_of(parts),
-        cookie_of(parts, VISITOR_COOKIE),
-        cookie_of(parts, AGENT_COOKIE),
-    ];
-    let mut refusal = None;
-    for token in tokens.into_iter().flatten() {
-        match desk.signer().verify(&token) {
-            Ok((TokenKind::Agent, subject)) => match cs_core::AgentId::new(subject) {
-                Ok(agent) if desk.state.directory.agent(&agent).is_some() => {
-                    return Ok(Party::Agent(agent))
-                }
-                _ => refusal = Some(ApiError::forbidden("not an agent of this desk")),
-            },
-            Ok((_, subject)) => {
-                if let Ok(visitor) = cs_core::VisitorId::new(subject) {
-                    return Ok(Party::Visitor(visitor));
-                }
-            }
-            Err(e) => refusal = Some(e.into()),
-        }
-    }
-    Err(refusal
-        .unwrap_or_else(|| ApiError::unauthenticated("sign in before sending or opening files")))
 }
 
 /// Whether `party` may see the files of `conversation`: its visitor, or an agent.
@@ -94,7 +65,7 @@ pub async fn upload(
     let attachments = desk.state.attachments.clone().ok_or_else(|| {
         ApiError::not_found("this desk takes no uploads; add ServiceDeskBuilder::attachments")
     })?;
-    let party = party_of(&desk, &parts)?;
+    let party = party_of(&desk, &parts).await?;
     let conversation = match (query.conversation, &party) {
         (Some(id), _) => id,
         (None, Party::Visitor(visitor)) => desk.open_for_visitor(visitor).await?.id,
@@ -156,7 +127,7 @@ pub async fn download(
         .attachments
         .clone()
         .ok_or_else(|| ApiError::not_found("no such file"))?;
-    let party = party_of(&desk, &parts)?;
+    let party = party_of(&desk, &parts).await?;
     let (file, bytes) = attachments.get(&id).await?;
     if !may_see(&desk, &party, file.conversation).await? {
         // The same answer as for a file that does not exist.

@@ -18,7 +18,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use auth::{AuthAgent, AuthVisitor};
+pub use auth::{AuthAgent, AuthVisitor, ClientIp};
 pub use error::ApiError;
 
 use super::ServiceDesk;
@@ -40,9 +40,11 @@ where
         .route("/api/visitor/session", post(visitor::session))
         .route("/api/visitor/conversation", post(visitor::conversation))
         .route("/api/visitor/conversation/close", post(visitor::close))
+        .route("/api/visitor/logout", post(visitor::logout))
         .route("/ws/visitor", get(visitor::socket))
         // Agents.
         .route("/api/agent/login", post(agent::login))
+        .route("/api/agent/logout", post(agent::logout))
         .route("/api/agent/me", get(agent::me))
         .route("/api/agent/desk", get(agent::desk))
         .route("/api/agent/presence", post(agent::presence))

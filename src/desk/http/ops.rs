@@ -4,15 +4,17 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use cs_core::router::Presence;
 use cs_core::store::StoreError;
 use cs_core::ConversationId;
 
+use super::error::ApiError;
 use crate::desk::ServiceDesk;
 
 /// `GET metrics`: the message path's counters (`cs_accepted_total`,
@@ -23,7 +25,26 @@ use crate::desk::ServiceDesk;
 /// bus (`cs_redis_bus_*`), plus `cs_desk_routing` (1 on the node routing
 /// the queue); the desk's gauges come from the routing node only, so
 /// summing over nodes counts each once.
-pub async fn metrics(State(desk): State<ServiceDesk>) -> impl IntoResponse {
+///
+/// With [`DeskSettings::metrics_token`](crate::desk::DeskSettings::metrics_token)
+/// set, only a request bearing it is answered.
+pub async fn metrics(
+    State(desk): State<ServiceDesk>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(expected) = &desk.state.settings.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Digests compared, so the time taken says nothing about the token's bytes.
+        if Sha256::digest(given.as_bytes()) != Sha256::digest(expected.as_bytes()) {
+            return Err(ApiError::unauthenticated(
+                "metrics need `Authorization: Bearer <metrics token>`",
+            ));
+        }
+    }
     let state = &desk.state;
     let mut out = state.metrics.snapshot().to_prometheus("cs_");
     let routing = desk.routing();
@@ -135,7 +156,7 @@ pub async fn metrics(State(desk): State<ServiceDesk>) -> impl IntoResponse {
             counters.corrections
         );
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 
 /// `GET healthz`: 200 when the store answers, 503 when it does not, with
