@@ -29,7 +29,8 @@
 //! - `builder`: [`ServiceDeskBuilder`], which wires the four crates.
 //! - [`identity`]: the seam where the host says who a request is.
 //! - [`tokens`]: the desk's own signed tokens for guests, customers, agents.
-//! - [`attachments`]: where uploads go ([`FsAttachments`] by default).
+//! - [`attachments`]: where uploads go ([`FsAttachments`] by default), and
+//!   the limits on them (`UploadLimits`).
 //! - `routing`: the message path's events to the router and back.
 //! - `presence`: agents' presence, with one grace period for one node or many.
 //! - `consoles`: coalesced updates to consoles and queued visitors.
@@ -64,7 +65,9 @@ use cs_intent::faq::FaqBot;
 use cs_transport::protocol::{AgentRow, ChatRow};
 use cs_transport::{Actor, ConnectionPool, Dispatcher, Metrics, NodeId};
 
-pub use attachments::{AttachmentError, Attachments, FsAttachments, StoredFile};
+pub use attachments::{
+    AttachmentError, Attachments, ByteStream, FsAttachments, StoredFile, UploadLimits, Usage,
+};
 pub use builder::ServiceDeskBuilder;
 pub use cluster::{Cluster, ClusterConfig};
 pub use error::{BuildError, ClusterError, DeskError, ErrorKind, PresenceError, RoutingError};

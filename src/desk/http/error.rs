@@ -161,7 +161,11 @@ impl From<AttachmentError> for ApiError {
     fn from(e: AttachmentError) -> Self {
         match e {
             AttachmentError::NotFound => Self::not_found(e.to_string()),
-            _ => Self::unavailable(e.to_string()),
+            AttachmentError::TooLarge { .. } => Self::too_large(e.to_string()),
+            AttachmentError::Aborted(_) => Self::bad_request(e.to_string()),
+            AttachmentError::Unavailable(_) | AttachmentError::Corrupt(_) => {
+                Self::unavailable(e.to_string())
+            }
         }
     }
 }
