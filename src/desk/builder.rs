@@ -2,7 +2,7 @@
 //! and the wiring, in dependency order: the pool (on the cluster's bus),
 //! the hooks, the dispatcher, the router from the directory, then the
 //! tasks that follow the message path, presence, the directory and the
-//! cluster.
+//! cluster, and the sweep of expired files.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -288,6 +288,9 @@ impl ServiceDeskBuilder {
         ));
         state.keep(tokio::spawn(Arc::clone(&state).run_consoles()));
         state.keep(tokio::spawn(follow_directory(Arc::clone(&state))));
+        if state.attachments.is_some() && state.settings.uploads.retention.is_some() {
+            state.keep(tokio::spawn(Arc::clone(&state).sweep_files()));
+        }
         #[cfg(feature = "redis")]
         if let Some(cluster) = &cluster {
             state.keep(tokio::spawn(

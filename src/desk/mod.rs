@@ -31,6 +31,7 @@
 //! - [`tokens`]: the desk's own signed tokens for guests, customers, agents.
 //! - [`attachments`]: where uploads go ([`FsAttachments`] by default), and
 //!   the limits on them (`UploadLimits`).
+//! - `retention`: the sweep that removes files past their retention.
 //! - `routing`: the message path's events to the router and back.
 //! - `presence`: agents' presence, with one grace period for one node or many.
 //! - `consoles`: coalesced updates to consoles and queued visitors.
@@ -50,6 +51,7 @@ mod hooks;
 mod http;
 pub mod identity;
 mod presence;
+mod retention;
 mod routing;
 pub mod server;
 mod settings;
@@ -174,6 +176,16 @@ impl ServiceDesk {
             let _ = task.await;
         }
         tracing::info!(connections = closed, "service desk stopped");
+    }
+
+    /// Removes the files older than [`UploadLimits::retention`] now, as the
+    /// desk's own sweep does once at start and then hourly; answers how
+    /// many (0 without uploads or without retention).
+    ///
+    /// # Errors
+    /// The backend failed.
+    pub async fn expire_files(&self) -> Result<usize, AttachmentError> {
+        self.state.expire_files().await
     }
 
     /// The shop it serves.

@@ -1,7 +1,7 @@
 //! What every part of the desk shares: one struct, built once by the
 //! builder, with each concern's own state in a field of its own. The
 //! concerns' behaviour lives in their files (`routing.rs`, `presence.rs`,
-//! `consoles.rs`, `cluster.rs`) as methods on [`DeskState`].
+//! `consoles.rs`, `cluster.rs`, `retention.rs`) as methods on [`DeskState`].
 
 use std::sync::Arc;
 
