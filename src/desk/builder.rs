@@ -25,6 +25,7 @@ use super::error::BuildError;
 use super::hooks::{BotHook, PreviewHook};
 use super::identity::{GuestsOnly, Identity};
 use super::presence::AgentPresence;
+use super::quotas::UploadQuotas;
 use super::routing::{fresh_router, Routing};
 use super::settings::DeskSettings;
 use super::state::DeskState;
@@ -251,6 +252,7 @@ impl ServiceDeskBuilder {
         let cluster = cluster_config.map(|config| match config {});
 
         let router = fresh_router(&tenant, &settings, directory.as_ref())?;
+        let uploads = UploadQuotas::new(settings.uploads.clone());
         let state = Arc::new(DeskState {
             tenant,
             settings,
@@ -262,6 +264,7 @@ impl ServiceDeskBuilder {
             bot,
             hub,
             attachments,
+            uploads,
             pool: Arc::clone(&pool),
             dispatcher: dispatcher.clone(),
             metrics,

@@ -31,6 +31,7 @@
 //! - [`tokens`]: the desk's own signed tokens for guests, customers, agents.
 //! - [`attachments`]: where uploads go ([`FsAttachments`] by default), and
 //!   the limits on them (`UploadLimits`).
+//! - `quotas`: files and bytes per visitor per day and per conversation.
 //! - `retention`: the sweep that removes files past their retention.
 //! - `routing`: the message path's events to the router and back.
 //! - `presence`: agents' presence, with one grace period for one node or many.
@@ -51,6 +52,7 @@ mod hooks;
 mod http;
 pub mod identity;
 mod presence;
+mod quotas;
 mod retention;
 mod routing;
 pub mod server;

@@ -21,6 +21,7 @@ use super::cluster::Cluster;
 use super::consoles::Consoles;
 use super::identity::Identity;
 use super::presence::AgentPresence;
+use super::quotas::UploadQuotas;
 use super::routing::Routing;
 use super::server::ServeStats;
 use super::settings::DeskSettings;
@@ -41,6 +42,8 @@ pub(crate) struct DeskState {
     pub bot: Option<Arc<FaqBot>>,
     pub hub: Option<Arc<DataHub>>,
     pub attachments: Option<Arc<dyn Attachments>>,
+    /// What each visitor and conversation has uploaded (`settings.uploads`).
+    pub uploads: Arc<UploadQuotas>,
     pub pool: Arc<ConnectionPool>,
     pub dispatcher: Dispatcher,
     pub metrics: Arc<Metrics>,

@@ -13,6 +13,7 @@ use cs_core::store::StoreError;
 use crate::desk::attachments::AttachmentError;
 use crate::desk::error::{DeskError, ErrorKind, PresenceError, RoutingError};
 use crate::desk::identity::IdentityError;
+use crate::desk::quotas::QuotaError;
 use crate::desk::tokens::TokenError;
 
 /// Why a request failed: `{"error": CODE, "message": WORDS}` with a status;
@@ -153,6 +154,18 @@ impl From<IdentityError> for ApiError {
         match e {
             IdentityError::SignInNotOffered => Self::not_found(e.to_string()),
             IdentityError::Unavailable(_) => Self::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<QuotaError> for ApiError {
+    fn from(e: QuotaError) -> Self {
+        match e {
+            QuotaError::Backend(e) => e.into(),
+            e => {
+                let retry_after = e.retry_after();
+                Self::rate_limited(e.to_string(), retry_after)
+            }
         }
     }
 }

@@ -7,11 +7,13 @@
 //! chunk and a download comes back the same way, so a slow or stalled
 //! client holds a chunk, not a file. Enforced here, before the backend
 //! sees a byte: the size ([`DeskSettings::max_upload_bytes`], from
-//! `Content-Length` at once and while streaming, 413), and an image's
-//! type by its first bytes. The server's body-read timeout ends a stalled
-//! upload, which then keeps nothing.
+//! `Content-Length` at once and while streaming, 413), the quotas
+//! ([`UploadLimits`], 429), and an image's type by its first bytes. The
+//! server's body-read timeout ends a stalled upload, which then keeps
+//! nothing.
 //!
 //! [`DeskSettings::max_upload_bytes`]: crate::desk::DeskSettings::max_upload_bytes
+//! [`UploadLimits`]: crate::desk::UploadLimits
 
 use axum::body::{Body, Bytes};
 use axum::extract::{OriginalUri, Path, Query, State};
@@ -156,10 +158,13 @@ async fn sniff(mut body: ByteStream) -> Result<(Bytes, ByteStream), AttachmentEr
 /// The body streams to the backend, never whole in memory. Refused, in
 /// this order: a `Content-Length` over [`DeskSettings::max_upload_bytes`]
 /// (413, before a byte is read); a party that may not post to the
-/// conversation; an image whose first bytes are not its type (400); a body that grows
+/// conversation; a quota of [`UploadLimits`] that the declared length (or,
+/// without one, the largest upload) would pass (429, with `Retry-After`);
+/// an image whose first bytes are not its type (400); a body that grows
 /// past the limit (413) or ends early (400). A refused upload keeps nothing.
 ///
 /// [`DeskSettings::max_upload_bytes`]: crate::desk::DeskSettings::max_upload_bytes
+/// [`UploadLimits`]: crate::desk::UploadLimits
 pub async fn upload(
     State(desk): State<ServiceDesk>,
     OriginalUri(original): OriginalUri,
@@ -206,6 +211,23 @@ pub async fn upload(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream");
 
+    // The share is taken before the body is read, so uploads started
+    // together cannot all pass a quota; it is given back if this fails.
+    let visitor = match &party {
+        Party::Visitor(visitor) => Some(visitor),
+        _ => None,
+    };
+    let reservation = desk
+        .state
+        .uploads
+        .reserve(
+            attachments.as_ref(),
+            visitor,
+            conversation,
+            length.unwrap_or(limit),
+        )
+        .await?;
+
     let (head, body) = sniff(limited(body, limit)).await?;
     if head.is_empty() {
         return Err(ApiError::bad_request("the file is empty"));
@@ -221,6 +243,7 @@ pub async fn upload(
     }
     let mime = image.map_or("application/octet-stream", |(mime, _)| *mime);
     let file = attachments.put(conversation, &name, mime, body).await?;
+    reservation.settle(file.bytes);
 
     let url = format!("{}/files/{}", prefix_of(&original, &uri), file.id);
     let body = if image.is_some() {
