@@ -53,7 +53,9 @@ async fn a_hundred_wrong_logins_bring_429s_that_name_no_account() {
         "only {} of 100 wrong logins were refused with 429",
         limited.len()
     );
-    assert!(answers.iter().all(|(status, _)| *status == 401 || *status == 429));
+    assert!(answers
+        .iter()
+        .all(|(status, _)| *status == 401 || *status == 429));
     for (status, body) in &answers {
         let text = body.to_string();
         for secret in ["bob", "carol", "\"demo\""] {
@@ -163,7 +165,10 @@ async fn two_thousand_session_creations_from_one_address_are_throttled() {
             match status {
                 200 => created += 1,
                 429 => {
-                    assert!(body["message"].as_str().unwrap_or("").contains("per minute"));
+                    assert!(body["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("per minute"));
                     throttled += 1;
                 }
                 other => panic!("unexpected {other}: {body}"),
@@ -257,7 +262,9 @@ async fn a_renewal_retires_the_old_token_and_a_logout_revokes() {
     // An agent signs out everywhere, and can sign in again.
     let agent = http.agent("alice").await;
     assert!(http.desk(&agent).await.is_ok());
-    let (status, _) = http.post("/api/agent/logout", Some(&agent), json!({})).await;
+    let (status, _) = http
+        .post("/api/agent/logout", Some(&agent), json!({}))
+        .await;
     assert_eq!(status, 200);
     let refused = http.desk(&agent).await.expect_err("a revoked token");
     assert!(refused.starts_with("401"), "{refused}");
@@ -284,7 +291,10 @@ async fn tokens_are_bound_to_their_shop_and_kept_out_of_urls() {
     assert_eq!(status, 401, "a token in the URL of a plain request");
     assert!(http.desk(&agent).await.is_ok());
     // The WebSocket upgrade is the one place a browser cannot set a header.
-    Client::connect(&shop, "/ws/agent", &agent).await.close().await;
+    Client::connect(&shop, "/ws/agent", &agent)
+        .await
+        .close()
+        .await;
 }
 
 /// A WebSocket upgrade with `Origin: origin`; whether it was accepted.
@@ -410,9 +420,7 @@ async fn a_silent_bot_conversation_is_closed() {
     let (token, _, conversation) = Http::new(&server).visitor().await;
     let mut socket = Client::connect(&server, "/ws/visitor", &token).await;
     socket.resume(&conversation, 0).await;
-    let closed = socket
-        .expect(|f| is_event(f, "close"))
-        .await;
+    let closed = socket.expect(|f| is_event(f, "close")).await;
     let reason = closed["message"]["body"]["reason"].as_str().unwrap_or("");
     assert!(reason.contains("without a word"), "{closed}");
     // The next question starts a new conversation.

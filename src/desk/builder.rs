@@ -2,7 +2,7 @@
 //! and the wiring, in dependency order: the pool (on the cluster's bus),
 //! the hooks, the dispatcher, the router from the directory, then the
 //! tasks that follow the message path, presence, the directory and the
-//! cluster.
+//! cluster, and the sweep of expired files.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,7 @@ use super::hooks::{BotHook, PreviewHook};
 use super::identity::{GuestsOnly, Identity};
 use super::limits::Limits;
 use super::presence::AgentPresence;
+use super::quotas::UploadQuotas;
 use super::routing::{fresh_router, Routing};
 use super::settings::DeskSettings;
 use super::state::DeskState;
@@ -261,6 +262,7 @@ impl ServiceDeskBuilder {
         let cluster = cluster_config.map(|config| match config {});
 
         let router = fresh_router(&tenant, &settings, directory.as_ref())?;
+        let uploads = UploadQuotas::new(settings.uploads.clone());
         let state = Arc::new(DeskState {
             tenant,
             settings,
@@ -274,6 +276,7 @@ impl ServiceDeskBuilder {
             bot,
             hub,
             attachments,
+            uploads,
             pool: Arc::clone(&pool),
             dispatcher: dispatcher.clone(),
             metrics,
@@ -303,6 +306,9 @@ impl ServiceDeskBuilder {
         state.keep(tokio::spawn(prune_limits(Arc::clone(&state))));
         if let Some(idle) = state.settings.idle_bot_close {
             state.keep(tokio::spawn(close_idle_bot_chats(Arc::clone(&state), idle)));
+        }
+        if state.attachments.is_some() && state.settings.uploads.retention.is_some() {
+            state.keep(tokio::spawn(Arc::clone(&state).sweep_files()));
         }
         #[cfg(feature = "redis")]
         if let Some(cluster) = &cluster {

@@ -30,6 +30,8 @@ pub enum ErrorKind {
     /// Too many requests from this client (logins, sessions, uploads):
     /// retry after the time the error gives.
     RateLimited,
+    /// The request's body is larger than the desk takes (an upload).
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -43,6 +45,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::TooLarge => "too_large",
         }
     }
 }

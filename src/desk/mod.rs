@@ -30,7 +30,10 @@
 //! - [`identity`]: the seam where the host says who a request is.
 //! - [`tokens`]: the desk's own signed tokens for guests, customers, agents.
 //! - [`limits`]: what one visitor, address or account may ask for.
-//! - [`attachments`]: where uploads go ([`FsAttachments`] by default).
+//! - [`attachments`]: where uploads go ([`FsAttachments`] by default), and
+//!   the limits on them (`UploadLimits`).
+//! - `quotas`: files and bytes per visitor per day and per conversation.
+//! - `retention`: the sweep that removes files past their retention.
 //! - `routing`: the message path's events to the router and back.
 //! - `presence`: agents' presence, with one grace period for one node or many.
 //! - `consoles`: coalesced updates to consoles and queued visitors.
@@ -52,6 +55,8 @@ pub mod identity;
 pub mod limits;
 mod presence;
 mod private_fs;
+mod quotas;
+mod retention;
 mod routing;
 pub mod server;
 mod settings;
@@ -67,7 +72,9 @@ use cs_intent::faq::FaqBot;
 use cs_transport::protocol::{AgentRow, ChatRow};
 use cs_transport::{Actor, ConnectionPool, Dispatcher, Metrics, NodeId};
 
-pub use attachments::{AttachmentError, Attachments, FsAttachments, StoredFile};
+pub use attachments::{
+    AttachmentError, Attachments, ByteStream, FsAttachments, StoredFile, UploadLimits, Usage,
+};
 pub use builder::ServiceDeskBuilder;
 pub use cluster::{Cluster, ClusterConfig};
 pub use error::{BuildError, ClusterError, DeskError, ErrorKind, PresenceError, RoutingError};
@@ -176,6 +183,16 @@ impl ServiceDesk {
             let _ = task.await;
         }
         tracing::info!(connections = closed, "service desk stopped");
+    }
+
+    /// Removes the files older than [`UploadLimits::retention`] now, as the
+    /// desk's own sweep does once at start and then hourly; answers how
+    /// many (0 without uploads or without retention).
+    ///
+    /// # Errors
+    /// The backend failed.
+    pub async fn expire_files(&self) -> Result<usize, AttachmentError> {
+        self.state.expire_files().await
     }
 
     /// The shop it serves.

@@ -19,7 +19,7 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
             let mode = std::fs::metadata(dir)?.permissions().mode();
             if mode & 0o077 != 0 {
                 tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777),
-                    "the data directory is readable by other users; chmod 700 it");
+                    "the directory is open to other users; chmod 700 it");
             }
         }
         return Ok(());
@@ -34,12 +34,9 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-/// Writes a new file readable by its owner only (0600); fails if it exists.
-///
-/// # Errors
-/// The file exists or cannot be written.
-pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+/// Options that create a new file readable by its owner only (0600), and
+/// fail if it exists.
+pub(crate) fn private_file() -> std::fs::OpenOptions {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -47,5 +44,14 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()>
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    options.open(path)?.write_all(contents)
+    options
+}
+
+/// Writes a new file readable by its owner only (0600); fails if it exists.
+///
+/// # Errors
+/// The file exists or cannot be written.
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    private_file().open(path)?.write_all(contents)
 }

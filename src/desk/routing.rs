@@ -316,7 +316,9 @@ impl DeskState {
             match self.close(id, Actor::Host, Some(reason)).await {
                 Ok(()) => closed += 1,
                 // It moved on meanwhile (handed off, closed): nothing to do.
-                Err(e) => tracing::debug!(conversation = %id, error = %e, "idle bot chat not closed"),
+                Err(e) => {
+                    tracing::debug!(conversation = %id, error = %e, "idle bot chat not closed")
+                }
             }
         }
         closed

@@ -5,6 +5,7 @@ use std::time::Duration;
 use cs_core::router::BuiltinStrategy;
 use cs_transport::websocket::WsConfig;
 
+use super::attachments::UploadLimits;
 use super::limits::LimitSettings;
 use super::server::ServeConfig;
 
@@ -27,6 +28,9 @@ pub struct DeskSettings {
     pub ws: WsConfig,
     /// Largest upload. Default 10 MiB.
     pub max_upload_bytes: u64,
+    /// Upload quotas per visitor and per conversation, and how long files
+    /// are kept (see [`UploadLimits`] for the defaults).
+    pub uploads: UploadLimits,
     /// Consoles get at most one update of each kind per this interval;
     /// changes in between are merged. Default 250 ms.
     pub console_interval: Duration,
@@ -76,6 +80,7 @@ impl Default for DeskSettings {
             shards: 64,
             ws: WsConfig::default(),
             max_upload_bytes: 10 * 1024 * 1024,
+            uploads: UploadLimits::default(),
             console_interval: Duration::from_millis(250),
             queue_head: 20,
             guest_token_ttl: Duration::from_secs(24 * 3600),

@@ -1,7 +1,7 @@
 //! What every part of the desk shares: one struct, built once by the
 //! builder, with each concern's own state in a field of its own. The
 //! concerns' behaviour lives in their files (`routing.rs`, `presence.rs`,
-//! `consoles.rs`, `cluster.rs`) as methods on [`DeskState`].
+//! `consoles.rs`, `cluster.rs`, `retention.rs`) as methods on [`DeskState`].
 
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ use super::consoles::Consoles;
 use super::identity::Identity;
 use super::limits::Limits;
 use super::presence::AgentPresence;
+use super::quotas::UploadQuotas;
 use super::routing::Routing;
 use super::server::ServeStats;
 use super::settings::DeskSettings;
@@ -47,6 +48,8 @@ pub(crate) struct DeskState {
     pub bot: Option<Arc<FaqBot>>,
     pub hub: Option<Arc<DataHub>>,
     pub attachments: Option<Arc<dyn Attachments>>,
+    /// What each visitor and conversation has uploaded (`settings.uploads`).
+    pub uploads: Arc<UploadQuotas>,
     pub pool: Arc<ConnectionPool>,
     pub dispatcher: Dispatcher,
     pub metrics: Arc<Metrics>,

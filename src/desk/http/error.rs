@@ -13,6 +13,7 @@ use cs_core::store::StoreError;
 use crate::desk::attachments::AttachmentError;
 use crate::desk::error::{DeskError, ErrorKind, PresenceError, RoutingError};
 use crate::desk::identity::IdentityError;
+use crate::desk::quotas::QuotaError;
 use crate::desk::tokens::TokenError;
 
 /// Why a request failed: `{"error": CODE, "message": WORDS}` with a status;
@@ -66,6 +67,11 @@ impl ApiError {
         Self::new(ErrorKind::BadRequest, message)
     }
 
+    /// 413: the body is larger than the desk takes.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::TooLarge, message)
+    }
+
     /// 503.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unavailable, message)
@@ -80,6 +86,7 @@ impl ApiError {
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 }
@@ -157,11 +164,27 @@ impl From<IdentityError> for ApiError {
     }
 }
 
+impl From<QuotaError> for ApiError {
+    fn from(e: QuotaError) -> Self {
+        match e {
+            QuotaError::Backend(e) => e.into(),
+            e => {
+                let retry_after = e.retry_after();
+                Self::rate_limited(e.to_string(), retry_after)
+            }
+        }
+    }
+}
+
 impl From<AttachmentError> for ApiError {
     fn from(e: AttachmentError) -> Self {
         match e {
             AttachmentError::NotFound => Self::not_found(e.to_string()),
-            _ => Self::unavailable(e.to_string()),
+            AttachmentError::TooLarge { .. } => Self::too_large(e.to_string()),
+            AttachmentError::Aborted(_) => Self::bad_request(e.to_string()),
+            AttachmentError::Unavailable(_) | AttachmentError::Corrupt(_) => {
+                Self::unavailable(e.to_string())
+            }
         }
     }
 }

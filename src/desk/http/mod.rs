@@ -14,7 +14,6 @@ mod files;
 mod ops;
 mod visitor;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -28,7 +27,6 @@ pub(crate) fn routes<S>(desk: ServiceDesk) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let upload_limit = usize::try_from(desk.state.settings.max_upload_bytes).unwrap_or(usize::MAX);
     Router::new()
         // The widget and the console.
         .route("/widget.js", get(assets::widget))
@@ -63,10 +61,9 @@ where
         .route("/api/agent/suggestions", get(agent::suggestions))
         .route("/ws/agent", get(agent::socket))
         // Files.
-        .route(
-            "/api/upload",
-            post(files::upload).layer(DefaultBodyLimit::max(upload_limit)),
-        )
+        // No body limit layer: the handler streams the body to the
+        // backend and stops it at DeskSettings::max_upload_bytes itself.
+        .route("/api/upload", post(files::upload))
         .route("/files/{id}", get(files::download))
         // Operations.
         .route("/metrics", get(ops::metrics))
