@@ -11,7 +11,7 @@ pub use cs_intent as intent;
 /// Connections, the flood-handling dispatcher, the message path and the
 /// axum WebSocket adapter (feature `axum`).
 pub use cs_transport as transport;
-/// The service desk: live chat, the bot and the shop's data as an axum
-/// router a host nests into its own app (feature `desk`).
+// The service desk (feature `desk`); its own module docs say what it is,
+// and an outer doc here would make rustdoc resolve their links from the root.
 #[cfg(feature = "desk")]
 pub mod desk;

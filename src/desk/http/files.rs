@@ -56,12 +56,15 @@ async fn may_see(
     party: &Party,
     conversation: ConversationId,
 ) -> Result<bool, ApiError> {
+    // The conversation must exist and be this shop's, for agents too: an
+    // upload into a made-up id would be kept for no one.
+    let stored = desk.store().conversation(conversation).await?;
+    if stored.tenant() != desk.tenant() {
+        return Ok(false);
+    }
     Ok(match party {
         Party::Agent(_) => true,
-        Party::Visitor(visitor) => {
-            let stored = desk.store().conversation(conversation).await?;
-            stored.visitor() == visitor && stored.tenant() == desk.tenant()
-        }
+        Party::Visitor(visitor) => stored.visitor() == visitor,
         _ => false,
     })
 }

@@ -43,9 +43,21 @@
 //! machine: Redis's pid is the one it reports, nats-server's the one process
 //! of that name).
 //!
+//! **The product's own path.** `--chat-server http://HOST:PORT --visitors N
+//! --rate R --duration S [--handoff-share F]` drives a running desk as
+//! shoppers do: a session and a token per visitor through the HTTP API,
+//! the visitor socket, questions the bot answers (or, for the hand-off
+//! share, the demo agents), refusals retried with the same
+//! `client_msg_id`; see `chat_path.rs`. Its last line is JSON with
+//! `questions_per_sec, answer_p50_ms, answer_p99_ms, refused, retried, lost`.
+//! Run the server with `chat_server --loadgen` (every visitor comes from
+//! this one address), and `--agent-capacity` large enough for the hand-offs.
+//!
 //! These machines cap open files at 20,000 per process, so one server holds at
 //! most about 19,900 connections; clients spread over 127.0.0.x source
 //! addresses so that the ephemeral ports of one address are not the limit.
+
+mod chat_path;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -117,6 +129,17 @@ struct Args {
     /// above 1); default, one node with `MemoryStore`.
     #[arg(long)]
     store: Option<String>,
+    /// Drive the product's own path on this running desk
+    /// (`http://HOST:PORT`): real sessions, tokens and the bot answering.
+    #[arg(long)]
+    chat_server: Option<String>,
+    /// With `--chat-server`: visitors, each in a conversation of its own.
+    #[arg(long, default_value_t = 200)]
+    visitors: usize,
+    /// With `--chat-server`: the share of visitors (0 to 1) who ask for a
+    /// person first and are then answered by the demo agents.
+    #[arg(long, default_value_t = 0.0)]
+    handoff_share: f64,
     /// Internal: run a server of this kind and print its address.
     #[arg(long, hide = true)]
     serve: Option<ServerKind>,
@@ -195,6 +218,18 @@ struct LoadResult {
 }
 
 async fn drive(args: &Args) -> Result<(), BoxError> {
+    if let Some(base) = &args.chat_server {
+        let report = chat_path::run(chat_path::Plan {
+            base: base.clone(),
+            visitors: args.visitors,
+            rate: args.rate,
+            duration: Duration::from_secs(args.duration),
+            handoff_share: args.handoff_share,
+        })
+        .await?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     if args.connections < 2 {
         return Err("--connections must be at least 2 (one visitor/agent pair)".into());
     }
