@@ -17,6 +17,13 @@
 //!    (`max_spill_bytes`). Past that the caller gets
 //!    [`DispatchError::Overloaded`] and the client is told to retry.
 //!
+//! Before all of that, a client's frame meets the latency bound (see
+//! `admission.rs`): when its shard's estimated queue delay passes
+//! `queue_delay_target`, typing frames are shed, then read receipts, and
+//! messages are refused with `Overloaded` and a retry time
+//! ([`Dispatcher::queue_delay`]), so what is accepted waits about the
+//! target at most instead of seconds behind a backlog.
+//!
 //! Nothing is dropped silently: a command is either refused to its sender, or
 //! accepted and then processed, including during shutdown, which drains every
 //! accepted command before it returns.
@@ -42,6 +49,7 @@ use cs_core::{
     NewMessage, Seq, VisitorId,
 };
 
+use crate::admission::{self, Decision, ShardLoad, Worth};
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
 use crate::path::{MessagePath, Outcome, PathError, PathEvent};
@@ -62,6 +70,12 @@ pub struct DispatcherConfig {
     /// Bytes of spilled commands held at most, across all shards, before
     /// commands are refused with `Overloaded`. Default 64 MiB.
     pub max_spill_bytes: usize,
+    /// The longest a client's frame should wait in its shard's queue.
+    /// Past it, typing frames are shed (at a quarter of it), then read
+    /// receipts (at half), and messages are refused with `Overloaded` and a
+    /// retry time. Commands of the host and of hooks are never refused by
+    /// it. Default 200 ms; zero turns the bound off.
+    pub queue_delay_target: Duration,
     /// Commands a shard takes from its queue at once: their messages are
     /// stored with one store call (`MessageStore::append_batch`), so a
     /// shard's throughput is not one message per commit. Default 128.
@@ -98,6 +112,7 @@ impl Default for DispatcherConfig {
             queue_capacity: 1024,
             enqueue_deadline: Duration::from_millis(100),
             max_spill_bytes: 64 * 1024 * 1024,
+            queue_delay_target: Duration::from_millis(200),
             max_batch: 128,
             message_limits: MessageLimits::default(),
             hook_timeout: Duration::from_secs(5),
@@ -296,9 +311,10 @@ type Asked = (ConnId, ConversationId, Option<ClientMsgId>);
 /// A command was not accepted. The sender must be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DispatchError {
-    /// The node is flooded past its hard memory bound; retry shortly (with
-    /// the same `client_msg_id`, so a retry is never stored twice).
-    #[error("the server is overloaded and did not accept this; retry in a moment")]
+    /// The command's shard is past its queue delay target, or the node past
+    /// its spill memory bound; retry shortly (with the same
+    /// `client_msg_id`, so a retry is never stored twice).
+    #[error("the server is overloaded and did not accept this; retry in a moment with the same client_msg_id")]
     Overloaded,
     /// The dispatcher is shutting down; reconnect, possibly to another node.
     #[error("the server is shutting down and did not accept this; reconnect")]
@@ -312,6 +328,9 @@ pub enum Admission {
     Direct,
     /// Onto the spill path, after the deadline.
     Degraded,
+    /// Dropped on purpose: a typing frame or read receipt while the queue
+    /// is past a share of its delay target. Both are ephemeral.
+    Shed,
 }
 
 /// A command's result, for [`Dispatcher::submit_and_wait`].
@@ -361,6 +380,7 @@ enum Work {
 struct Shard {
     queue: mpsc::UnboundedSender<Work>,
     slots: Arc<Semaphore>,
+    load: Arc<ShardLoad>,
 }
 
 pub(crate) struct Inner {
@@ -416,6 +436,7 @@ impl Dispatcher {
             shards.push(Shard {
                 queue,
                 slots: Arc::new(Semaphore::new(config.queue_capacity.max(1))),
+                load: Arc::new(ShardLoad::new()),
             });
         }
         let inner = Arc::new(Inner {
@@ -443,7 +464,15 @@ impl Dispatcher {
         });
         let workers = receivers
             .into_iter()
-            .map(|rx| tokio::spawn(run_shard(rx, Arc::clone(&path), Arc::downgrade(&inner))))
+            .zip(&inner.shards)
+            .map(|(rx, shard)| {
+                tokio::spawn(run_shard(
+                    rx,
+                    Arc::clone(&path),
+                    Arc::downgrade(&inner),
+                    Arc::clone(&shard.load),
+                ))
+            })
             .collect();
         *inner.workers.lock() = workers;
         match path.pool.gaps() {
@@ -497,6 +526,12 @@ impl Dispatcher {
     /// queued conversations) rather than carry on.
     pub fn events(&self) -> broadcast::Receiver<PathEvent> {
         self.events.subscribe()
+    }
+
+    /// How long a command of `conversation` would wait in its shard's queue
+    /// now: the retry time a refused client is told.
+    pub fn queue_delay(&self, conversation: ConversationId) -> Duration {
+        self.inner.shard_of(conversation).load.delay()
     }
 
     /// Spilled bytes held now, across all shards.
@@ -567,9 +602,26 @@ impl Inner {
         if !self.accepts(from_hook) {
             return self.refuse(DispatchError::ShuttingDown);
         }
-        let index =
-            (self.hasher.hash_one(command.conversation()) % self.shards.len() as u64) as usize;
-        let shard = &self.shards[index];
+        let shard = self.shard_of(command.conversation());
+        if let Command::Send {
+            origin: Origin::Connection(_),
+            message,
+        } = &command
+        {
+            let delay = shard.load.delay();
+            match admission::decide(
+                Worth::of(&message.body),
+                delay,
+                self.config.queue_delay_target,
+            ) {
+                Decision::Admit => {}
+                Decision::Shed => {
+                    Metrics::bump(&self.metrics.shed);
+                    return Ok(Admission::Shed);
+                }
+                Decision::Refuse(_) => return self.refuse(DispatchError::Overloaded),
+            }
+        }
         // Fast path without a timer: most of the time a slot is free.
         let slot = match Arc::clone(&shard.slots).try_acquire_owned() {
             Ok(slot) => Some(slot),
@@ -610,8 +662,10 @@ impl Inner {
         // Counted before it is queued, so the worker's decrement never comes first.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.admitted.fetch_add(1, Ordering::SeqCst);
+        shard.load.enqueued();
         if shard.queue.send(Work::Job(job)).is_err() {
             // The worker has stopped: shutdown finished between our check and now.
+            shard.load.withdrawn();
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             self.spilled_bytes
                 .fetch_sub(spilled_bytes, Ordering::SeqCst);
@@ -624,6 +678,11 @@ impl Inner {
         } else {
             Ok(Admission::Direct)
         }
+    }
+
+    fn shard_of(&self, conversation: ConversationId) -> &Shard {
+        let index = (self.hasher.hash_one(conversation) % self.shards.len() as u64) as usize;
+        &self.shards[index]
     }
 
     fn refuse(&self, error: DispatchError) -> Result<Admission, DispatchError> {
@@ -756,6 +815,7 @@ async fn run_shard(
     mut queue: mpsc::UnboundedReceiver<Work>,
     path: Arc<MessagePath>,
     inner: Weak<Inner>,
+    load: Arc<ShardLoad>,
 ) {
     let mut state = path.new_shard_state();
     let max_batch = path.config.max_batch.max(1);
@@ -782,9 +842,12 @@ async fn run_shard(
             .map(|job| (job.spilled_bytes, job.command.asking_connection()))
             .collect();
         let batch = std::mem::replace(&mut jobs, Vec::with_capacity(max_batch));
+        let taken = batch.len();
+        load.started(taken);
         let handled = AssertUnwindSafe(path.handle_batch(&mut state, batch))
             .catch_unwind()
             .await;
+        load.finished(taken);
         if handled.is_err() {
             // A panicking store (or hook filter) must not take the shard and
             // every conversation on it down. Its cache may hold a half-applied

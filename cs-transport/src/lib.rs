@@ -53,6 +53,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod admission;
 pub mod bus;
 #[cfg(any(feature = "redis", feature = "nats"))]
 mod bus_wire;

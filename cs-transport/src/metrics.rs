@@ -12,6 +12,7 @@ use serde::Serialize;
 pub struct Metrics {
     pub(crate) accepted: AtomicU64,
     pub(crate) degraded: AtomicU64,
+    pub(crate) shed: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) persisted: AtomicU64,
     pub(crate) duplicates: AtomicU64,
@@ -35,6 +36,8 @@ pub struct MetricsSnapshot {
     pub accepted: u64,
     /// Of those, commands that waited past the deadline and went to the spill path.
     pub degraded: u64,
+    /// Typing frames and read receipts dropped while a queue was long.
+    pub shed: u64,
     /// Commands refused with `Overloaded` or `ShuttingDown`: the sender was told.
     pub refused: u64,
     /// Messages stored.
@@ -88,6 +91,11 @@ impl MetricsSnapshot {
                 "degraded_total",
                 "Commands that took the spill path.",
                 self.degraded,
+            ),
+            (
+                "shed_total",
+                "Typing frames and read receipts dropped while a queue was long.",
+                self.shed,
             ),
             (
                 "refused_total",
@@ -194,6 +202,7 @@ impl Metrics {
         Self {
             accepted: AtomicU64::new(0),
             degraded: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             persisted: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -228,6 +237,7 @@ impl Metrics {
         MetricsSnapshot {
             accepted: get(&self.accepted),
             degraded: get(&self.degraded),
+            shed: get(&self.shed),
             refused: get(&self.refused),
             persisted: get(&self.persisted),
             duplicates: get(&self.duplicates),
@@ -270,7 +280,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cs_message_latency_seconds_count 1\n"));
-        for counter in ["gaps", "gap_repairs", "bus_lost"] {
+        for counter in ["gaps", "gap_repairs", "bus_lost", "shed"] {
             assert!(
                 text.contains(&format!(
                     "# TYPE cs_{counter}_total counter\ncs_{counter}_total 0\n"
@@ -278,6 +288,6 @@ mod tests {
                 "{text}"
             );
         }
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 15);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 16);
     }
 }

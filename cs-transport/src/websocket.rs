@@ -371,10 +371,15 @@ async fn handle_frame(
     match dispatcher.submit(command).await {
         Ok(_) => None,
         Err(error) => {
-            let (code, close) = match error {
-                DispatchError::Overloaded => (ErrorCode::Overloaded, None),
+            let (code, close, retry_after) = match error {
+                DispatchError::Overloaded => {
+                    // About when half of today's backlog ahead of it is gone.
+                    let wait =
+                        (dispatcher.queue_delay(conversation) / 2).max(Duration::from_millis(50));
+                    (ErrorCode::Overloaded, None, Some(wait))
+                }
                 DispatchError::ShuttingDown => {
-                    (ErrorCode::ShuttingDown, Some(CloseReason::Shutdown))
+                    (ErrorCode::ShuttingDown, Some(CloseReason::Shutdown), None)
                 }
             };
             let frame = ServerFrame::Error {
@@ -382,7 +387,8 @@ async fn handle_frame(
                 message: error.to_string(),
                 conversation: Some(conversation),
                 client_msg_id,
-                retry_after_ms: None,
+                retry_after_ms: retry_after
+                    .map(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
             };
             let _ = pool.send_to_connection(conn, frame.encode());
             close

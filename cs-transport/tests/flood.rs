@@ -63,6 +63,7 @@ async fn a_flood_is_degraded_in_order_refused_loudly_and_never_dropped() {
                     match admission {
                         Admission::Direct => direct += 1,
                         Admission::Degraded => degraded += 1,
+                        Admission::Shed => unreachable!("no typing or receipts here"),
                     }
                 }
                 Err(DispatchError::Overloaded) => refused += 1,
@@ -135,4 +136,107 @@ async fn shutdown_drains_every_accepted_message_then_refuses() {
         node.store.last_seq(conversation).await.unwrap(),
         Seq::new(200)
     );
+}
+
+/// Holds every append until it is opened, and says when one is waiting.
+struct Gate {
+    open: tokio::sync::Semaphore,
+    waiting: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl cs_core::testing::AppendInterceptor for Gate {
+    async fn before_append(&self, _message: &NewMessage) {
+        self.waiting.notify_one();
+        // Closed to open it for good; an error is the open gate.
+        let _ = self.open.acquire().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_delay_target_typing_then_receipts_are_shed_and_messages_refused_not_lost() {
+    let gate = Arc::new(cs_core::testing::Intercepted {
+        inner: cs_core::store::MemoryStore::new(),
+        interceptor: Gate {
+            open: tokio::sync::Semaphore::new(0),
+            waiting: tokio::sync::Notify::new(),
+        },
+    });
+    let config = DispatcherConfig {
+        shards: 1,
+        queue_delay_target: Duration::from_millis(40),
+        ..DispatcherConfig::default()
+    };
+    let node = Node::start(config, Arc::clone(&gate) as _, Vec::new());
+    let id = node.conversation("shop", "v1", None).await.id();
+    let mut visitor = node.connect("shop", visitor("v1"));
+    let send = |text: &str, client_id: &str| Command::Send {
+        origin: Origin::Connection(visitor.conn),
+        message: NewMessage::text(id, visitor.party.clone(), text)
+            .with_client_msg_id(cs_core::ClientMsgId::new(client_id).unwrap()),
+    };
+    let event = |event| Command::Send {
+        origin: Origin::Connection(visitor.conn),
+        message: NewMessage::new(id, visitor.party.clone(), Body::Event(event)),
+    };
+
+    // The first message reaches the store and is held there: the shard is busy.
+    let waiting = gate.interceptor.waiting.notified();
+    assert_eq!(
+        node.dispatcher.submit(send("first", "c-1")).await,
+        Ok(Admission::Direct)
+    );
+    waiting.await;
+    // Wait for the state under test, bounded: the delay grows while it is held.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while node.dispatcher.queue_delay(id) <= Duration::from_millis(40) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the queue delay passes the target while the store is held");
+
+    let typing = event(cs_core::Event::Typing { active: true });
+    assert_eq!(node.dispatcher.submit(typing).await, Ok(Admission::Shed));
+    let read = event(cs_core::Event::Read { up_to: Seq::ZERO });
+    assert_eq!(node.dispatcher.submit(read).await, Ok(Admission::Shed));
+    assert_eq!(
+        node.dispatcher.submit(send("second", "c-2")).await,
+        Err(DispatchError::Overloaded)
+    );
+    // The host's own commands are not held to the client's bound.
+    let host = Command::Send {
+        origin: Origin::Host,
+        message: NewMessage::text(id, cs_core::Party::Bot, "the bot still speaks"),
+    };
+    assert!(node.dispatcher.submit(host).await.is_ok());
+
+    // Open the gate: what was accepted is stored, and the refused one is
+    // stored when retried with its id.
+    gate.interceptor.open.close();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while node.dispatcher.queue_delay(id) > Duration::ZERO {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the queue drains");
+    assert!(node.dispatcher.submit(send("second", "c-2")).await.is_ok());
+    let stored = loop {
+        let stored = node.store.recent(id, 10).await.unwrap();
+        if stored.len() == 3 {
+            break stored;
+        }
+        visitor.next().await;
+    };
+    let texts: Vec<String> = stored
+        .iter()
+        .map(|m| match &m.body {
+            Body::Text { text } => text.clone(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, ["first", "the bot still speaks", "second"]);
+    let metrics = node.metrics.snapshot();
+    assert_eq!((metrics.shed, metrics.refused), (2, 1));
 }
