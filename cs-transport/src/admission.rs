@@ -1,11 +1,11 @@
-//! Admission that bounds latency: each shard's queue delay, estimated from
-//! how many commands wait and how long one takes, and what becomes of a
-//! client's frame when that delay is past the target.
+//! Admission that bounds latency: each shard's queue delay, as its worker
+//! last measured it, and what becomes of a client's frame when that delay
+//! is past the target.
 //!
 //! A queue that only refuses when memory runs out lets a flood build
 //! seconds of backlog, and every message then waits seconds. Refusing as
 //! soon as the wait would pass the target (`DispatcherConfig::
-//! queue_delay_target`, 200 ms by default) keeps what is accepted fast, and
+//! queue_delay_target`; off by default, see there why) keeps what is accepted fast, and
 //! the refused client retries with the same `client_msg_id` after the
 //! `retry_after_ms` it is told. Before messages are refused, what is
 //! ephemeral goes: typing frames at a quarter of the target (a stale "is
@@ -19,11 +19,17 @@ use std::time::{Duration, Instant};
 use cs_core::{Body, Event};
 
 /// One shard's load, written by the worker and read at admission.
+///
+/// The delay is measured, not modelled: the worker notes how long the
+/// oldest command of each batch it takes has waited (its sojourn, as CoDel
+/// calls it). A cost-per-command model was tried first and refused far too
+/// much: a commit costs about the same for one message or a hundred, so a
+/// queue of forty behind a one-message batch looked like forty commits.
 pub(crate) struct ShardLoad {
     /// Commands admitted and not yet taken by the worker.
     queued: AtomicUsize,
-    /// How long one command takes, on average of the recent batches (ns).
-    job_ns: AtomicU64,
+    /// How long the oldest command of the last batch waited (ns).
+    last_wait_ns: AtomicU64,
     /// When the batch being handled started (ns since `epoch`), 0 when idle.
     busy_since_ns: AtomicU64,
     epoch: Instant,
@@ -33,7 +39,7 @@ impl ShardLoad {
     pub(crate) fn new() -> Self {
         Self {
             queued: AtomicUsize::new(0),
-            job_ns: AtomicU64::new(0),
+            last_wait_ns: AtomicU64::new(0),
             busy_since_ns: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -57,45 +63,36 @@ impl ShardLoad {
         self.queued.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// The worker took `n` commands and starts on them.
-    pub(crate) fn started(&self, n: usize) {
+    /// The worker took `n` commands, the oldest of which waited `waited`,
+    /// and starts on them.
+    pub(crate) fn started(&self, n: usize, waited: Duration) {
         self.queued.fetch_sub(n, Ordering::SeqCst);
+        let waited = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.last_wait_ns.store(waited, Ordering::SeqCst);
         self.busy_since_ns.store(self.now_ns(), Ordering::SeqCst);
     }
 
-    /// The worker finished a batch of `n` commands.
-    pub(crate) fn finished(&self, n: usize) {
-        let started = self.busy_since_ns.swap(0, Ordering::SeqCst);
-        let Some(n) = u64::try_from(n).ok().filter(|n| *n > 0) else {
-            return;
-        };
-        let per_job = self.now_ns().saturating_sub(started) / n;
-        // An average weighted by batch size (n / (n + 8)): a commit costs
-        // about the same for one message or a hundred, so a lone message
-        // says little about a backlog's cost per message, and a big batch much.
-        let old = self.job_ns.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            per_job
-        } else {
-            let (old, per_job) = (u128::from(old), u128::from(per_job));
-            let n = u128::from(n);
-            u64::try_from((old * 8 + per_job * n) / (n + 8)).unwrap_or(u64::MAX)
-        };
-        self.job_ns.store(new, Ordering::Relaxed);
+    /// The worker finished its batch.
+    pub(crate) fn finished(&self) {
+        self.busy_since_ns.store(0, Ordering::SeqCst);
     }
 
-    /// How long a command admitted now would wait before its batch starts:
-    /// what is queued ahead of it, plus what the worker is still busy with.
+    /// How long a command admitted now would wait, about: as long as the
+    /// last batch's oldest command did while a backlog remains, and at least
+    /// as long as the batch in hand has been running (a store that hangs).
     pub(crate) fn delay(&self) -> Duration {
-        let queued = u64::try_from(self.queued.load(Ordering::SeqCst)).unwrap_or(u64::MAX);
-        let ahead = queued.saturating_mul(self.job_ns.load(Ordering::Relaxed));
         let busy_since = self.busy_since_ns.load(Ordering::SeqCst);
         let running = if busy_since == 0 {
             0
         } else {
             self.now_ns().saturating_sub(busy_since)
         };
-        Duration::from_nanos(ahead.saturating_add(running))
+        let backlog = if self.queued.load(Ordering::SeqCst) > 0 {
+            self.last_wait_ns.load(Ordering::SeqCst)
+        } else {
+            0
+        };
+        Duration::from_nanos(running.max(backlog))
     }
 }
 
@@ -181,20 +178,27 @@ mod tests {
     }
 
     #[test]
-    fn the_delay_counts_the_queue_and_the_batch_in_hand() {
+    fn the_delay_is_the_last_batchs_wait_while_a_backlog_remains_and_the_batch_in_hand() {
         let load = ShardLoad::new();
         assert_eq!(load.delay(), Duration::ZERO);
-        for _ in 0..3 {
+        for _ in 0..5 {
             load.enqueued();
         }
-        load.started(3);
-        assert!(load.delay() > Duration::ZERO, "the batch in hand counts");
-        load.finished(3);
-        assert_eq!(load.delay(), Duration::ZERO, "idle and nothing queued");
+        load.started(3, Duration::from_millis(300));
+        assert!(
+            load.delay() >= Duration::from_millis(300),
+            "two still wait behind a slow batch"
+        );
+        load.finished();
+        assert_eq!(load.delay(), Duration::from_millis(300));
+        load.started(2, Duration::from_millis(1));
+        load.finished();
+        assert_eq!(load.delay(), Duration::ZERO, "the backlog is gone");
+        // A batch that runs long counts even with nothing queued behind it.
         load.enqueued();
-        load.enqueued();
-        // Two queued at the measured cost each.
-        let per_job = Duration::from_nanos(load.job_ns.load(Ordering::Relaxed));
-        assert_eq!(load.delay(), per_job * 2);
+        load.started(1, Duration::ZERO);
+        let running = load.delay();
+        assert!(running < Duration::from_secs(1));
+        load.finished();
     }
 }

@@ -111,6 +111,11 @@ struct Args {
     /// mean bigger, cheaper commits under load.
     #[arg(long, env = "CS_SHARDS", default_value_t = 64)]
     shards: usize,
+    /// The longest, in ms, a message may wait in the server's queue before
+    /// new ones are refused with `overloaded` and a retry time (typing and
+    /// read receipts are dropped sooner); 0 turns the bound off.
+    #[arg(long, env = "CS_QUEUE_DELAY_TARGET_MS")]
+    queue_delay_target_ms: Option<u64>,
     /// The tenant (shop) id.
     #[arg(long, env = "CS_TENANT", default_value = "demo")]
     tenant: String,
@@ -366,6 +371,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
         strategy: args.strategy,
         grace: Duration::from_secs(args.agent_grace_secs),
         shards: args.shards,
+        queue_delay_target: args.queue_delay_target_ms.map_or(
+            DeskSettings::default().queue_delay_target,
+            Duration::from_millis,
+        ),
         ws,
         max_upload_bytes: args.max_upload_mb * 1024 * 1024,
         serve: ServeConfig {

@@ -81,6 +81,8 @@ struct Tally {
     refused: AtomicU64,
     retried: AtomicU64,
     lost: AtomicU64,
+    /// When the last answer came, in µs after the first question.
+    last_answer_us: AtomicU64,
 }
 
 /// Runs the plan and reports.
@@ -123,6 +125,8 @@ pub async fn run(plan: Plan) -> Result<Report, BoxError> {
     let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let interval = Duration::from_secs_f64(plan.visitors as f64 / plan.rate as f64);
     let start_at = Arc::new(tokio::sync::Notify::new());
+    // Set when the questions start, for `last_answer_us`.
+    let epoch: Arc<std::sync::OnceLock<Instant>> = Arc::default();
     let mut visitors = Vec::new();
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<(), String>>(plan.visitors);
     // Sessions open a few at a time: a thousand at once would measure the
@@ -138,6 +142,7 @@ pub async fn run(plan: Plan) -> Result<Report, BoxError> {
             questions: Arc::clone(&questions),
             interval,
             duration: plan.duration,
+            epoch: Arc::clone(&epoch),
             tally: Arc::clone(&tally),
             latencies: Arc::clone(&latencies),
         };
@@ -181,7 +186,7 @@ pub async fn run(plan: Plan) -> Result<Report, BoxError> {
         plan.rate,
         plan.duration.as_secs()
     );
-    let started = Instant::now();
+    let _ = epoch.set(Instant::now());
     start_at.notify_waiters();
     let progress = tokio::spawn({
         let tally = Arc::clone(&tally);
@@ -206,7 +211,6 @@ pub async fn run(plan: Plan) -> Result<Report, BoxError> {
     for visitor in visitors {
         let _ = visitor.await;
     }
-    let elapsed = started.elapsed().min(plan.duration + GRACE);
     stop.cancel();
     let _ = progress.await;
     for agent in agents {
@@ -215,10 +219,10 @@ pub async fn run(plan: Plan) -> Result<Report, BoxError> {
 
     let histogram = latencies.lock().map_err(|_| "a visitor task panicked")?;
     let answered = tally.answered.load(Ordering::Relaxed);
-    let window = plan
-        .duration
-        .as_secs_f64()
-        .max(elapsed.as_secs_f64().min(plan.duration.as_secs_f64()));
+    // Answers per second over the time they took to come: the sending
+    // window, or longer when the answers lagged behind it.
+    let last_answer = Duration::from_micros(tally.last_answer_us.load(Ordering::Relaxed));
+    let window = plan.duration.max(last_answer).as_secs_f64();
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(Report {
         visitors: plan.visitors,
@@ -272,6 +276,7 @@ struct Visitor {
     duration: Duration,
     tally: Arc<Tally>,
     latencies: Arc<Mutex<Histogram<u64>>>,
+    epoch: Arc<std::sync::OnceLock<Instant>>,
 }
 
 /// A visitor in its conversation, ready to ask.
@@ -397,6 +402,10 @@ impl Visitor {
                     {
                         if let Some((_, sent)) = due.pop_front() {
                             self.tally.answered.fetch_add(1, Ordering::Relaxed);
+                            if let Some(epoch) = self.epoch.get() {
+                                let at = epoch.elapsed().as_micros() as u64;
+                                self.tally.last_answer_us.fetch_max(at, Ordering::Relaxed);
+                            }
                             if let Some(h) = histogram.as_mut() {
                                 let _ = h.record(sent.elapsed().as_micros() as u64);
                             }

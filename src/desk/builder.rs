@@ -225,6 +225,7 @@ impl ServiceDeskBuilder {
 
         let mut dispatcher_config = DispatcherConfig {
             shards: settings.shards.max(1),
+            queue_delay_target: settings.queue_delay_target,
             ..DispatcherConfig::default()
         };
         // A message may announce any file the upload endpoint accepted.

@@ -24,6 +24,12 @@ pub struct DeskSettings {
     /// messages that wait together in one transaction, so more shards mean
     /// bigger, cheaper commits under load. Default 64.
     pub shards: usize,
+    /// The longest a client's frame should wait in its shard's queue; past
+    /// it, typing and read receipts are shed and messages refused with
+    /// `overloaded` and a retry time (see cs-transport's `admission`).
+    /// Default: off (zero), as the dispatcher's; `DispatcherConfig::
+    /// queue_delay_target` says what it cost when on.
+    pub queue_delay_target: Duration,
     /// WebSocket limits (buffers, frame size, rate per socket, idle timeout).
     pub ws: WsConfig,
     /// Largest upload. Default 10 MiB.
@@ -78,6 +84,7 @@ impl Default for DeskSettings {
             strategy: BuiltinStrategy::Sticky,
             grace: Duration::from_secs(15),
             shards: 64,
+            queue_delay_target: cs_transport::DispatcherConfig::default().queue_delay_target,
             ws: WsConfig::default(),
             max_upload_bytes: 10 * 1024 * 1024,
             uploads: UploadLimits::default(),
