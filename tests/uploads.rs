@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, RwLock};
 
+use cs::core::store::MemoryStore;
 use cs::core::{AgentId, AgentRecord, ConversationId, MemoryDirectory, TenantId, VisitorId};
 use cs::desk::server::ServeConfig;
 use cs::desk::{Attachments, DeskSettings, FsAttachments, ServiceDesk, TokenKind, UploadLimits};
@@ -40,6 +41,8 @@ struct Served {
     dir: PathBuf,
     /// The desk's backend, for the tests to call directly.
     files: FsAttachments,
+    /// Its conversations, kept for a desk that takes this one's place.
+    store: Arc<MemoryStore>,
     http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -73,11 +76,12 @@ fn no_quotas() -> UploadLimits {
 }
 
 async fn serve(settings: DeskSettings) -> Served {
-    serve_in(fresh_dir(), settings).await
+    serve_in(fresh_dir(), Arc::new(MemoryStore::new()), settings).await
 }
 
-/// A desk keeping its files in `dir`, with the agent `alice`.
-async fn serve_in(dir: PathBuf, settings: DeskSettings) -> Served {
+/// A desk keeping its files in `dir` and its conversations in `store`,
+/// with the agent `alice`.
+async fn serve_in(dir: PathBuf, store: Arc<MemoryStore>, settings: DeskSettings) -> Served {
     let files = FsAttachments::new(&dir).expect("the uploads dir");
     let directory = MemoryDirectory::default();
     directory
@@ -85,6 +89,7 @@ async fn serve_in(dir: PathBuf, settings: DeskSettings) -> Served {
         .unwrap();
     let desk = ServiceDesk::builder(TenantId::new("shop").unwrap())
         .directory(Arc::new(directory))
+        .store(Arc::clone(&store))
         .attachments(files.clone())
         .settings(settings)
         .build()
@@ -109,6 +114,7 @@ async fn serve_in(dir: PathBuf, settings: DeskSettings) -> Served {
         base: format!("http://{addr}"),
         dir,
         files,
+        store,
         http: reqwest::Client::builder().timeout(BOUND).build().unwrap(),
         stop: Some(stop),
     }
@@ -474,6 +480,7 @@ async fn quotas_per_visitor_per_day_and_per_conversation_answer_429_naming_the_l
     // The next desk takes the directory over (and removes it at the end).
     let again = serve_in(
         std::mem::take(&mut first.dir),
+        Arc::clone(&first.store),
         DeskSettings {
             uploads: limits,
             ..DeskSettings::default()
@@ -651,6 +658,7 @@ async fn retention_removes_old_files_at_the_sweep_and_at_start() {
     let dir = std::mem::take(&mut served.dir);
     let sweeping = serve_in(
         dir,
+        Arc::clone(&served.store),
         DeskSettings {
             uploads: UploadLimits {
                 retention: Some(Duration::ZERO),
