@@ -17,6 +17,12 @@
 //!    (`max_spill_bytes`). Past that the caller gets
 //!    [`DispatchError::Overloaded`] and the client is told to retry.
 //!
+//! Inside a shard, each conversation has its own queue and the worker takes
+//! its batches one command per conversation in turn (`fair_queue.rs`): a
+//! conversation that floods its shard delays the others on it by at most a
+//! batch, not by its whole backlog. Slots and spill are still per shard, so
+//! a flood can make others wait up to `enqueue_deadline` for admission.
+//!
 //! Before all of that, a client's frame meets the latency bound (see
 //! `admission.rs`): when its shard's measured queue delay passes
 //! `queue_delay_target`, typing frames are shed, then read receipts, and
@@ -29,13 +35,13 @@
 //! accepted command before it returns.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -44,17 +50,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use cs_core::store::MessageStore;
-use cs_core::{
-    AgentId, Body, ClientMsgId, ConnId, Conversation, ConversationId, Event, MessageLimits,
-    NewMessage, Seq, VisitorId,
-};
+use cs_core::{ConversationId, MessageLimits};
 
 use crate::admission::{self, Decision, ShardLoad, Worth};
+use crate::command::{Asked, Readmit, Reply, Request};
+use crate::fair_queue::FairQueue;
+use crate::gaps::Repairer;
 use crate::hooks::Hook;
 use crate::metrics::Metrics;
-use crate::path::{MessagePath, Outcome, PathError, PathEvent};
-use crate::pool::{ConnectionPool, Gap};
+use crate::path::{MessagePath, PathSettings};
+use crate::pool::ConnectionPool;
 use crate::protocol::{ErrorCode, ServerFrame};
+
+// The commands and their outcomes have a module of their own, shared with
+// the message path; these are their names here, where a host meets them.
+pub use crate::command::{
+    Actor, Admission, Change, Command, DispatchError, Origin, Outcome, PathError, PathEvent,
+    SubmitError,
+};
 
 /// Dispatcher settings. The defaults suit a 2-core node.
 #[derive(Clone, Debug)]
@@ -130,249 +143,13 @@ impl Default for DispatcherConfig {
     }
 }
 
-/// Who issued a command, which decides what it may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// A client connection of the pool. Its identity (tenant and party) comes
-    /// from the pool, never from the frame, and it is authorized against the
-    /// conversation. Results go back to it as frames.
-    Connection(ConnId),
-    /// The host itself, or a hook: trusted, may speak as the bot or system.
-    Host,
-}
-
-/// A change of a conversation's state, applied by its shard so that the
-/// state has one writer. Each stores and delivers the matching event message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
-    /// Waiting → Bot.
-    StartBot,
-    /// Waiting or Bot → Queued, with an `Event::Handoff`.
-    HandOff {
-        /// Why, for the agent.
-        reason: String,
-    },
-    /// Queued → Assigned, with an `Event::Assigned`. The agent's connections
-    /// on this node join the conversation.
-    Assign(AgentId),
-    /// Assigned → Assigned to another agent, with an `Event::Transfer`.
-    Transfer(AgentId),
-    /// Assigned → Queued (the agent left), with an `Event::Handoff`.
-    Requeue,
-    /// → Closed, with an `Event::Close`.
-    Close {
-        /// Why, if anyone said.
-        reason: Option<String>,
-    },
-    /// Closed → Waiting, with an `Event::Reopen`.
-    Reopen,
-}
-
-/// Work for the message path.
-#[derive(Clone, Debug)]
-pub enum Command {
-    /// Store and deliver a message (or only deliver it, for typing).
-    Send {
-        /// Who issued it.
-        origin: Origin,
-        /// The message. From a connection, its sender must be the
-        /// connection's own party.
-        message: NewMessage,
-    },
-    /// Join a conversation after `last_seq`: replay the gap, then go live.
-    Join {
-        /// The connection joining.
-        conn: ConnId,
-        /// The conversation.
-        conversation: ConversationId,
-        /// The last seq the client has.
-        last_seq: Seq,
-    },
-    /// Stop receiving a conversation.
-    Leave {
-        /// The connection.
-        conn: ConnId,
-        /// The conversation.
-        conversation: ConversationId,
-    },
-    /// Send a joined connection the stored messages it misses after its
-    /// position (see [`ConnectionPool::gaps`]). The dispatcher issues these
-    /// itself; a host rarely needs to.
-    CatchUp {
-        /// The connection.
-        conn: ConnId,
-        /// The conversation.
-        conversation: ConversationId,
-    },
-    /// Change a conversation's state (host only).
-    Change {
-        /// The conversation.
-        conversation: ConversationId,
-        /// The change.
-        change: Change,
-        /// On whose behalf: checked on the conversation's shard, against
-        /// its state at that moment.
-        by: Actor,
-    },
-}
-
-/// Who asks for a [`Command::Change`]. The check runs on the
-/// conversation's shard, the single writer, so it never reads a view that
-/// lags the conversation (an assignment made a moment ago counts).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Actor {
-    /// The host itself (the router, a hook, recovery): any legal change.
-    Host,
-    /// An agent: only the agent the conversation is assigned to may close
-    /// or transfer it, and an agent may make no other change.
-    Agent(AgentId),
-    /// A visitor: only the conversation's own visitor may close it, and a
-    /// visitor may make no other change.
-    Visitor(VisitorId),
-}
-
-impl Actor {
-    /// Why `self` may not make `change` to `conversation`, if it may not.
-    pub fn refusal(&self, change: &Change, conversation: &Conversation) -> Option<&'static str> {
-        match self {
-            Actor::Host => None,
-            Actor::Agent(agent) => {
-                let allowed = matches!(change, Change::Close { .. } | Change::Transfer(_));
-                if !allowed {
-                    Some("an agent may only close or transfer a conversation")
-                } else if conversation.agent() != Some(agent) {
-                    Some("only the agent serving the conversation may close or transfer it")
-                } else {
-                    None
-                }
-            }
-            Actor::Visitor(visitor) => {
-                if !matches!(change, Change::Close { .. }) {
-                    Some("a visitor may only close a conversation")
-                } else if conversation.visitor() != visitor {
-                    Some("only the conversation's own visitor may close it")
-                } else {
-                    None
-                }
-            }
-        }
-    }
-}
-
-impl Command {
-    /// The conversation, which picks the shard.
-    pub fn conversation(&self) -> ConversationId {
-        match self {
-            Command::Send { message, .. } => message.conversation,
-            Command::Join { conversation, .. }
-            | Command::Leave { conversation, .. }
-            | Command::CatchUp { conversation, .. }
-            | Command::Change { conversation, .. } => *conversation,
-        }
-    }
-
-    /// The connection that waits for this command's answer, if any, with
-    /// what the answer must name.
-    fn asking_connection(&self) -> Option<Asked> {
-        match self {
-            Command::Send {
-                origin: Origin::Connection(conn),
-                message,
-            } => Some((*conn, message.conversation, message.client_msg_id.clone())),
-            Command::Join {
-                conn, conversation, ..
-            } => Some((*conn, *conversation, None)),
-            _ => None,
-        }
-    }
-
-    /// Roughly what it costs to hold in memory, for the spill bound. Every
-    /// string a client can fill counts, so a flood of large attachments or
-    /// reasons cannot hold more than the bound says.
-    fn approx_bytes(&self) -> usize {
-        const OVERHEAD: usize = 256;
-        let Command::Send { message, .. } = self else {
-            return OVERHEAD;
-        };
-        let body = match &message.body {
-            Body::Text { text } => text.len(),
-            Body::Image { url, mime, .. } => url.len() + mime.len(),
-            Body::File {
-                url, name, mime, ..
-            } => url.len() + name.len() + mime.len(),
-            Body::Event(Event::Handoff { reason }) => reason.len(),
-            Body::Event(Event::Close { reason }) => reason.as_ref().map_or(0, String::len),
-            Body::Event(_) => 0,
-        };
-        let client_id = message
-            .client_msg_id
-            .as_ref()
-            .map_or(0, |id| id.as_str().len());
-        OVERHEAD + body + client_id
-    }
-}
-
-/// A connection waiting for a command's answer, with what it must name.
-type Asked = (ConnId, ConversationId, Option<ClientMsgId>);
-
-/// A command was not accepted. The sender must be told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DispatchError {
-    /// The command's shard is past its queue delay target, or the node past
-    /// its spill memory bound; retry shortly (with the same
-    /// `client_msg_id`, so a retry is never stored twice).
-    #[error("the server is overloaded and did not accept this; retry in a moment with the same client_msg_id")]
-    Overloaded,
-    /// The dispatcher is shutting down; reconnect, possibly to another node.
-    #[error("the server is shutting down and did not accept this; reconnect")]
-    ShuttingDown,
-}
-
-/// How a command was admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Into a free slot (possibly after waiting).
-    Direct,
-    /// Onto the spill path, after the deadline.
-    Degraded,
-    /// Dropped on purpose: a typing frame or read receipt while the queue
-    /// is past a share of its delay target. Both are ephemeral.
-    Shed,
-}
-
-/// A command's result, for [`Dispatcher::submit_and_wait`].
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    /// It was not accepted.
-    #[error(transparent)]
-    Refused(#[from] DispatchError),
-    /// It was accepted and processed, and the message path rejected it.
-    #[error(transparent)]
-    Rejected(#[from] PathError),
-    /// It was accepted, and processing it panicked (a bug in a store or a
-    /// hook filter). Whether it took effect is unknown; a retry with the same
-    /// `client_msg_id` is safe.
-    #[error("processing panicked; it may or may not have taken effect; retry with the same client_msg_id")]
-    Panicked,
-}
-
-pub(crate) type Reply = oneshot::Sender<Result<Outcome, PathError>>;
-
-pub(crate) struct Job {
-    pub(crate) command: Command,
-    pub(crate) reply: Option<Reply>,
-    pub(crate) submitted: Instant,
-    /// Held until the job is processed: that is what frees the slot.
+/// An admitted command in its shard's queue.
+struct Job {
+    request: Request,
+    /// Held while the job waits: a slot stands for a place in the queue,
+    /// so it is freed when the worker takes the job into a batch.
     _slot: Option<OwnedSemaphorePermit>,
     spilled_bytes: usize,
-}
-
-impl Job {
-    /// Takes the job apart. Its slot is freed here, as it leaves the queue:
-    /// a slot stands for a place in the queue, not for work in progress.
-    pub(crate) fn into_parts(self) -> (Command, Option<Reply>) {
-        (self.command, self.reply)
-    }
 }
 
 /// What a shard's queue carries.
@@ -460,14 +237,23 @@ impl Dispatcher {
             shutting_down: tokio::sync::Mutex::new(()),
             stop: CancellationToken::new(),
         });
+        // The path and the repairer come back to the dispatcher only to
+        // queue follow-up work.
+        let follow_ups: Weak<dyn Readmit> = Arc::downgrade(&inner) as Weak<Inner>;
         let path = Arc::new(MessagePath {
             store,
             pool,
             hooks,
             metrics,
-            config,
+            settings: PathSettings {
+                message_limits: config.message_limits.clone(),
+                hook_timeout: config.hook_timeout,
+                replay_budget_bytes: config.replay_budget_bytes,
+                cached_conversations: config.cached_conversations,
+            },
             events: events.clone(),
-            dispatcher: Arc::downgrade(&inner),
+            hook_tasks: inner.hooks.clone(),
+            follow_ups: Weak::clone(&follow_ups),
         });
         let workers = receivers
             .into_iter()
@@ -478,18 +264,21 @@ impl Dispatcher {
                     Arc::clone(&path),
                     Arc::downgrade(&inner),
                     Arc::clone(&shard.load),
+                    config.max_batch,
                 ))
             })
             .collect();
         *inner.workers.lock() = workers;
         match path.pool.gaps() {
             Some(gaps) => {
-                tokio::spawn(repair_gaps(
-                    gaps,
-                    Arc::clone(&path),
-                    Arc::downgrade(&inner),
-                    inner.stop.clone(),
-                ));
+                let repairer = Repairer {
+                    pool: Arc::clone(&path.pool),
+                    store: Arc::clone(&path.store),
+                    check_every: config.position_check_interval,
+                    follow_ups,
+                    stop: inner.stop.clone(),
+                };
+                tokio::spawn(repairer.run(gaps));
             }
             // A second dispatcher on one pool: the first one repairs.
             None => tracing::warn!(
@@ -660,9 +449,11 @@ impl Inner {
             spilled_bytes = bytes;
         }
         let job = Job {
-            command,
-            reply,
-            submitted: Instant::now(),
+            request: Request {
+                command,
+                reply,
+                submitted: Instant::now(),
+            },
             _slot: slot,
             spilled_bytes,
         };
@@ -698,161 +489,64 @@ impl Inner {
     }
 }
 
-/// Repairs what the pool reports missing: a connection's hole at once, and
-/// on a possible bus loss (or the configured timer) every joined
-/// connection whose position is behind the store. Hands the pool's gap
-/// channel back when it stops.
-async fn repair_gaps(
-    mut gaps: mpsc::UnboundedReceiver<Gap>,
-    path: Arc<MessagePath>,
-    inner: Weak<Inner>,
-    stop: CancellationToken,
-) {
-    let mut timer = path.config.position_check_interval.map(|every| {
-        let mut timer = tokio::time::interval(every);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        timer
-    });
-    // The last seq of each joined conversation at the previous timer check.
-    let mut previous = HashMap::new();
-    loop {
-        // `None` for a timer tick.
-        let gap = tokio::select! {
-            () = stop.cancelled() => break,
-            gap = gaps.recv() => match gap {
-                Some(gap) => Some(gap),
-                None => break,
-            },
-            _ = async {
-                match timer.as_mut() {
-                    Some(timer) => timer.tick().await,
-                    None => std::future::pending().await,
-                }
-            } => None,
-        };
-        let Some(inner) = inner.upgrade() else { break };
-        match gap {
-            Some(Gap::Connection { conn, conversation }) => {
-                match inner
-                    .admit(Command::CatchUp { conn, conversation }, None)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(DispatchError::Overloaded) => {
-                        // Not repaired, so not outstanding: the next message
-                        // past the hole reports it again, and so does the
-                        // retry once the flood has had a moment to pass.
-                        path.pool.repairing(conn, conversation);
-                        retry_report(&path.pool, conn, conversation);
-                    }
-                    // Its connections are about to be closed; they resume.
-                    Err(DispatchError::ShuttingDown) => {}
-                }
-            }
-            Some(Gap::Unknown) => {
-                // Before the check: a loss during it asks for another.
-                path.pool.unknown_taken();
-                check_positions(&path, None).await;
-            }
-            None => {
-                previous = check_positions(&path, Some(&previous)).await;
-            }
-        }
+#[async_trait]
+impl Readmit for Inner {
+    async fn readmit(&self, command: Command, from_hook: bool) -> Result<Admission, DispatchError> {
+        self.admit_from(command, None, from_hook).await
     }
-    path.pool.restore_gaps(gaps);
 }
 
-/// Reports a gap again after a pause.
-fn retry_report(pool: &Arc<ConnectionPool>, conn: ConnId, conversation: ConversationId) {
-    // Weak: a pending retry must not keep a dropped pool alive.
-    let pool = Arc::downgrade(pool);
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Some(pool) = pool.upgrade() {
-            pool.report_gap(conn, conversation, false);
-        }
-    });
-}
-
-/// Compares every joined connection's position with its conversation's last
-/// seq in the store, and reports the ones behind as gaps (at most one
-/// outstanding report per connection and conversation, so a slow repair is
-/// not queued again on every check). Returns the last seqs it read.
-///
-/// With `previous` (a timer check), a connection counts as behind only if
-/// it has not reached the last seq the *previous* check read: a message
-/// stored a moment ago may still be on its way over the bus, and replaying
-/// it would be wasted work, but one stored a whole interval ago is lost.
-/// Without it (the bus said it lost something), the store's last seq counts.
-async fn check_positions(
-    path: &MessagePath,
-    previous: Option<&HashMap<ConversationId, Seq>>,
-) -> HashMap<ConversationId, Seq> {
-    let mut seen = HashMap::new();
-    let mut failures = 0usize;
-    let mut last_error = None;
-    for (conversation, connections) in path.pool.positions() {
-        let last = match path.store.last_seq(conversation).await {
-            Ok(last) => last,
-            Err(e) => {
-                failures += 1;
-                last_error = Some(e);
-                continue;
-            }
-        };
-        seen.insert(conversation, last);
-        let behind = match previous {
-            Some(previous) => previous.get(&conversation).copied().unwrap_or(Seq::ZERO),
-            None => last,
-        };
-        for (conn, position) in connections {
-            if position < behind {
-                path.pool.report_gap(conn, conversation, true);
-            }
-        }
-    }
-    if let Some(error) = last_error {
-        // One line per check, not one per conversation, while the store is down.
-        tracing::warn!(failures, %error, "position check: the store did not answer for some conversations; the next check retries");
-    }
-    seen
-}
-
+/// One shard's worker: takes what is queued into its conversations' own
+/// queues, and hands the message path batches served in turn across them
+/// (see `fair_queue.rs`), until shutdown's stop marker and everything
+/// ahead of it are done.
 async fn run_shard(
     mut queue: mpsc::UnboundedReceiver<Work>,
     path: Arc<MessagePath>,
     inner: Weak<Inner>,
     load: Arc<ShardLoad>,
+    max_batch: usize,
 ) {
     let mut state = path.new_shard_state();
-    let max_batch = path.config.max_batch.max(1);
+    let max_batch = max_batch.max(1);
+    let mut waiting: FairQueue<ConversationId, Job> = FairQueue::new();
+    let mut open = true;
     let mut jobs = Vec::with_capacity(max_batch);
-    while let Some(work) = queue.recv().await {
-        // What is queued behind it too, up to the bound: one store call for
-        // all of it instead of one commit wait per message.
-        let mut next = Some(work);
-        while let Some(work) = next.take() {
-            match work {
-                Work::Job(job) => jobs.push(job),
-                // Senders after this point are refused; what is queued still runs.
-                Work::Stop => queue.close(),
-            }
-            if jobs.len() < max_batch {
-                next = queue.try_recv().ok();
+    loop {
+        if waiting.is_empty() && open {
+            match queue.recv().await {
+                Some(work) => take(work, &mut queue, &mut waiting, &mut open),
+                None => open = false,
             }
         }
-        if jobs.is_empty() {
-            continue;
+        // Everything that has arrived, so a quiet conversation's command is
+        // seen next to the flood's backlog (admission bounds how much).
+        while open {
+            match queue.try_recv() {
+                Ok(work) => take(work, &mut queue, &mut waiting, &mut open),
+                Err(_) => break,
+            }
         }
+        if waiting.is_empty() {
+            if open {
+                continue;
+            }
+            break;
+        }
+        // One store call for the batch instead of one commit wait per message.
+        waiting.take_batch(max_batch, &mut jobs);
         let settled: Vec<(usize, Option<Asked>)> = jobs
             .iter()
-            .map(|job| (job.spilled_bytes, job.command.asking_connection()))
+            .map(|job| (job.spilled_bytes, job.request.command.asking_connection()))
             .collect();
-        let batch = std::mem::replace(&mut jobs, Vec::with_capacity(max_batch));
-        let oldest = batch
-            .first()
-            .map_or(Duration::ZERO, |job| job.submitted.elapsed());
-        load.started(batch.len(), oldest);
+        let oldest = jobs
+            .iter()
+            .map(|job| job.request.submitted.elapsed())
+            .max()
+            .unwrap_or_default();
+        load.started(jobs.len(), oldest);
+        // Their slots are freed here: they have left the queue.
+        let batch: Vec<Request> = jobs.drain(..).map(|job| job.request).collect();
         let handled = AssertUnwindSafe(path.handle_batch(&mut state, batch))
             .catch_unwind()
             .await;
@@ -884,6 +578,28 @@ async fn run_shard(
                 }
                 inner.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
+        }
+    }
+}
+
+/// Files one piece of work from the shard's channel: a job into its
+/// conversation's queue; the stop marker closes the channel, so senders
+/// after it are refused while what is queued still runs.
+fn take(
+    work: Work,
+    queue: &mut mpsc::UnboundedReceiver<Work>,
+    waiting: &mut FairQueue<ConversationId, Job>,
+    open: &mut bool,
+) {
+    match work {
+        Work::Job(job) => waiting.push(job.request.command.conversation(), job),
+        Work::Stop => {
+            queue.close();
+            // What was sent before the close is still read, then `None`.
+            while let Ok(Work::Job(job)) = queue.try_recv() {
+                waiting.push(job.request.command.conversation(), job);
+            }
+            *open = false;
         }
     }
 }

@@ -19,10 +19,19 @@
 //! - `cluster` (feature `redis`): state several nodes share in Redis: a
 //!   `Lease` (one owner at a time, such as the node that routes a tenant)
 //!   and `ClusterPresence` (who is connected on which live node).
+//! - `command`: [`Command`] and its outcomes ([`Admission`],
+//!   [`DispatchError`], [`Outcome`], [`PathError`], [`PathEvent`]), shared
+//!   by the dispatcher and the path without either reaching into the other.
 //! - [`dispatcher`]: [`Dispatcher`], sharding commands by conversation with a
 //!   bounded queue, a deadline, an in-order spill path and `Overloaded`.
-//! - `path`: what a shard does with each command: authorize, validate,
+//! - `admission`: the latency bound (shed typing, then receipts, then
+//!   refuse messages past a queue-delay target).
+//! - `fair_queue`: a shard's per-conversation queues, served in turn, so a
+//!   flooding conversation cannot hold a quiet one behind its backlog.
+//! - `path`: what a shard does with each batch: authorize, validate,
 //!   persist, route, ack, run hooks; joins with gap-free replay; state changes.
+//! - `gaps`: gap repair: a joined connection's missing messages are replayed
+//!   from the store, and a repair that cannot run now is reported again.
 //! - [`hooks`]: the [`Hook`] trait for the bot, audit or moderation.
 //! - [`metrics`]: counters and latency percentiles, as a [`MetricsSnapshot`].
 //! - `websocket` (feature `axum`): the axum adapter: upgrade with small
@@ -59,7 +68,10 @@ pub mod bus;
 mod bus_wire;
 #[cfg(feature = "redis")]
 pub mod cluster;
+mod command;
 pub mod dispatcher;
+mod fair_queue;
+mod gaps;
 pub mod hooks;
 pub mod metrics;
 #[cfg(feature = "nats")]
@@ -74,6 +86,7 @@ pub mod redis_bus;
 pub mod websocket;
 
 pub use bus::{Bus, Envelope, InProcessBus, Inbound, NodeId, Target};
+pub use command::{Outcome, PathError, PathEvent};
 pub use dispatcher::{
     Actor, Admission, Change, Command, DispatchError, Dispatcher, DispatcherConfig, Origin,
     SubmitError,
@@ -83,7 +96,6 @@ pub use metrics::{Metrics, MetricsSnapshot};
 #[cfg(feature = "nats")]
 pub use nats_bus::{NatsBus, NatsBusConfig, NatsBusError, NatsBusStats};
 pub use outbox::{PushError, WriterExit};
-pub use path::{Outcome, PathError, PathEvent};
 pub use pool::{
     ConnInfo, ConnectionPool, Gap, HostMessage, PoolConfig, PresenceEvent, Registered, SendError,
 };

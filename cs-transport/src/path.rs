@@ -22,142 +22,22 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
 
 use cs_core::store::{MessageStore, StoreError};
 use cs_core::{
-    Body, ClientMsgId, ConnId, Conversation, ConversationError, ConversationId, Event,
-    InvalidMessage, Message, NewMessage, Party, Reader, Seq, TenantId, Timestamp,
+    Body, ClientMsgId, ConnId, Conversation, ConversationId, Event, Message, MessageLimits,
+    NewMessage, Party, Reader, Seq, Timestamp,
 };
 
-use crate::dispatcher::{Actor, Change, Command, DispatcherConfig, Inner, Job, Origin, Reply};
+use crate::command::{
+    Actor, Change, Command, Origin, Outcome, PathError, PathEvent, Readmit, Reply, Request,
+};
+use crate::gaps;
 use crate::hooks::{Hook, HookAction, HookContext};
 use crate::metrics::Metrics;
 use crate::pool::{ConnInfo, ConnectionPool, SendError};
-use crate::protocol::{ErrorCode, ServerFrame};
-
-/// What a processed command did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The message is stored (or was already, for a retry) and delivered.
-    Stored {
-        /// The stored message, with its seq.
-        message: Message,
-        /// `true` if it was a retry of a stored message, which is not
-        /// delivered again.
-        duplicate: bool,
-    },
-    /// An ephemeral message (typing) was delivered, not stored.
-    Delivered,
-    /// A join replayed `replayed` messages up to `up_to`.
-    Joined {
-        /// How many were replayed.
-        replayed: usize,
-        /// The last seq replayed (or the client's own if nothing was missing).
-        up_to: Seq,
-        /// Whether the connection is now live; if not, resume again from `up_to`.
-        complete: bool,
-    },
-    /// The connection left the conversation (or had, when a catch-up ran).
-    Left,
-    /// A joined connection was sent `replayed` messages it missed, up to `up_to`.
-    CaughtUp {
-        /// How many were sent.
-        replayed: usize,
-        /// The last seq covered.
-        up_to: Seq,
-    },
-    /// The conversation's state changed.
-    Changed {
-        /// Its new state.
-        conversation: Conversation,
-        /// The event message stored and delivered for the change, if any.
-        event: Option<Message>,
-    },
-}
-
-/// Why the message path rejected a command.
-#[derive(Debug, thiserror::Error)]
-pub enum PathError {
-    /// No such conversation in the store.
-    #[error("unknown conversation {0}")]
-    UnknownConversation(ConversationId),
-    /// The connection closed before its command ran.
-    #[error("connection {0} is gone")]
-    UnknownConnection(ConnId),
-    /// The connection could not keep up with what it was sent and was
-    /// closed; its client reconnects and resumes from its last seq.
-    #[error("connection {0} fell behind and was closed; reconnect and resume from the last seq received")]
-    SlowConsumer(ConnId),
-    /// The sender may not do this here.
-    #[error("not allowed in conversation {conversation}: {reason}")]
-    Unauthorized {
-        /// The conversation.
-        conversation: ConversationId,
-        /// Why, in words.
-        reason: &'static str,
-    },
-    /// The conversation is closed; it must be reopened first.
-    #[error("conversation {0} is closed; it must be reopened before new messages")]
-    Closed(ConversationId),
-    /// State events (assigned, transfer, hand-off, close, reopen) are made
-    /// with `Command::Change`, which keeps the state and its event together.
-    #[error("state events are not sent as messages; use Command::Change")]
-    StateEventAsMessage,
-    /// The message broke a limit.
-    #[error(transparent)]
-    Invalid(#[from] InvalidMessage),
-    /// The conversation refused the change (or a read receipt past the end).
-    #[error(transparent)]
-    IllegalChange(#[from] ConversationError),
-    /// The store failed; the message may not be stored (see `StoreError::Unavailable`): retry with the same `client_msg_id`.
-    #[error(transparent)]
-    Store(StoreError),
-}
-
-impl From<StoreError> for PathError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::UnknownConversation(id) => PathError::UnknownConversation(id),
-            other => PathError::Store(other),
-        }
-    }
-}
-
-impl PathError {
-    /// The wire error code for this rejection.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            PathError::UnknownConversation(_) => ErrorCode::UnknownConversation,
-            PathError::UnknownConnection(_) | PathError::Unauthorized { .. } => {
-                ErrorCode::Unauthorized
-            }
-            PathError::Closed(_)
-            | PathError::StateEventAsMessage
-            | PathError::Invalid(_)
-            | PathError::IllegalChange(_) => ErrorCode::Invalid,
-            // A slow consumer's connection is closed, so this never reaches it.
-            PathError::Store(_) | PathError::SlowConsumer(_) => ErrorCode::Unavailable,
-        }
-    }
-}
-
-/// What the host hears about from the message path.
-#[derive(Clone, Debug)]
-pub enum PathEvent {
-    /// A conversation's state changed (including hand-offs a hook asked
-    /// for): route it if it is now queued, release it if closed.
-    Changed {
-        /// The tenant.
-        tenant: TenantId,
-        /// The conversation, in its new state.
-        conversation: Conversation,
-        /// What changed.
-        change: Change,
-    },
-}
-
-/// How long an unfinished catch-up waits before it is tried again.
-const CATCH_UP_RETRY: Duration = Duration::from_millis(200);
+use crate::protocol::ServerFrame;
 
 /// A shard's own state: the conversations it owns.
 pub(crate) struct ShardState {
@@ -177,9 +57,12 @@ struct Asker {
 }
 
 impl Asker {
-    fn of(job: Job) -> (Self, Command) {
-        let submitted = job.submitted;
-        let (command, reply) = job.into_parts();
+    fn of(request: Request) -> (Self, Command) {
+        let Request {
+            command,
+            reply,
+            submitted,
+        } = request;
         let (conn, client_msg_id) = match &command {
             Command::Send {
                 origin: Origin::Connection(conn),
@@ -216,16 +99,27 @@ enum Checked {
     Done(Outcome),
 }
 
+/// The settings of the dispatcher that the path itself reads.
+pub(crate) struct PathSettings {
+    pub(crate) message_limits: MessageLimits,
+    pub(crate) hook_timeout: Duration,
+    pub(crate) replay_budget_bytes: usize,
+    pub(crate) cached_conversations: usize,
+}
+
 /// Everything a shard needs to run a command; shared by all shards.
 pub(crate) struct MessagePath {
     pub(crate) store: Arc<dyn MessageStore>,
     pub(crate) pool: Arc<ConnectionPool>,
     pub(crate) hooks: Vec<Arc<dyn Hook>>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) config: DispatcherConfig,
+    pub(crate) settings: PathSettings,
     pub(crate) events: broadcast::Sender<PathEvent>,
-    /// Weak, because the dispatcher owns the shards that own this.
-    pub(crate) dispatcher: Weak<Inner>,
+    /// Where the hooks' tasks run, so that shutdown can wait for them.
+    pub(crate) hook_tasks: TaskTracker,
+    /// Where a hook's reply or hand-off is queued. Weak, because the
+    /// dispatcher owns the shards that own this.
+    pub(crate) follow_ups: Weak<dyn Readmit>,
 }
 
 impl MessagePath {
@@ -240,10 +134,10 @@ impl MessagePath {
     /// one by one, then stored together with one [`MessageStore::append_batch`]
     /// and delivered and acked in order; any other command first lets the
     /// messages queued before it be stored, so it sees them.
-    pub(crate) async fn handle_batch(&self, state: &mut ShardState, jobs: Vec<Job>) {
+    pub(crate) async fn handle_batch(&self, state: &mut ShardState, requests: Vec<Request>) {
         let mut ready = Vec::new();
-        for job in jobs {
-            let (asker, command) = Asker::of(job);
+        for request in requests {
+            let (asker, command) = Asker::of(request);
             if !matches!(command, Command::Send { .. }) {
                 self.store_ready(state, &mut ready).await;
             }
@@ -365,7 +259,7 @@ impl MessagePath {
             // The record may be older than the messages: it is saved on state
             // changes, not on every append.
             conversation.observe_seq(self.store.last_seq(id).await?);
-            if state.conversations.len() >= self.config.cached_conversations {
+            if state.conversations.len() >= self.settings.cached_conversations {
                 // Everything cached is also saved, so dropping one is safe;
                 // one at a time keeps the rest warm instead of reloading all.
                 if let Some(evicted) = state.conversations.keys().next().copied() {
@@ -439,7 +333,7 @@ impl MessagePath {
             Body::Event(Event::Read { up_to }) => Some((reader_of(&message.sender, id)?, *up_to)),
             Body::Event(_) => return Err(PathError::StateEventAsMessage),
         };
-        message.validate(&self.config.message_limits)?;
+        message.validate(&self.settings.message_limits)?;
 
         let conversation = self.conversation(state, id).await?;
         let refused = sender
@@ -614,7 +508,7 @@ impl MessagePath {
             Ok(done) => done,
             Err(e) => {
                 if matches!(e, PathError::Store(_)) {
-                    self.catch_up_later(conn, id);
+                    gaps::report_again_later(&self.pool, conn, id);
                 }
                 return Err(e);
             }
@@ -623,25 +517,12 @@ impl MessagePath {
             Metrics::bump(&self.metrics.gap_repairs);
         }
         if !complete {
-            self.catch_up_later(conn, id);
+            gaps::report_again_later(&self.pool, conn, id);
         }
         Ok(Outcome::CaughtUp {
             replayed,
             up_to: self.pool.position(conn, id).unwrap_or(position),
         })
-    }
-
-    /// Reports connection `conn`'s gap in `id` again after a pause: its
-    /// queue drains meanwhile, or the store comes back.
-    fn catch_up_later(&self, conn: ConnId, id: ConversationId) {
-        // Weak: a pending retry must not keep a dropped pool alive.
-        let pool = Arc::downgrade(&self.pool);
-        tokio::spawn(async move {
-            tokio::time::sleep(CATCH_UP_RETRY).await;
-            if let Some(pool) = pool.upgrade() {
-                pool.report_gap(conn, id, false);
-            }
-        });
     }
 
     /// Sends `conn` the stored messages of `id` after `from`, in order, as
@@ -664,7 +545,7 @@ impl MessagePath {
             .outbound_room(conn)
             .map_err(|e| send_failed(conn, e))?;
         let mut budget = self
-            .config
+            .settings
             .replay_budget_bytes
             .min(room.saturating_sub(HEADROOM));
         let mut up_to = from;
@@ -815,7 +696,7 @@ impl MessagePath {
         if self.hooks.is_empty() {
             return;
         }
-        let Some(dispatcher) = self.dispatcher.upgrade() else {
+        let Some(follow_ups) = self.follow_ups.upgrade() else {
             return;
         };
         for hook in &self.hooks {
@@ -827,10 +708,10 @@ impl MessagePath {
                 message: message.clone(),
                 conversation: conversation.clone(),
             };
-            let dispatcher = Arc::clone(&dispatcher);
+            let follow_ups = Arc::clone(&follow_ups);
             let metrics = Arc::clone(&self.metrics);
-            let timeout = self.config.hook_timeout;
-            dispatcher.hooks.clone().spawn(async move {
+            let timeout = self.settings.hook_timeout;
+            self.hook_tasks.spawn(async move {
                 let id = context.message.conversation;
                 let run = AssertUnwindSafe(hook.on_message(context)).catch_unwind();
                 let actions = match tokio::time::timeout(timeout, run).await {
@@ -863,7 +744,7 @@ impl MessagePath {
                             by: Actor::Host,
                         },
                     };
-                    if let Err(e) = dispatcher.admit_from(command, None, true).await {
+                    if let Err(e) = follow_ups.readmit(command, true).await {
                         tracing::warn!(hook = hook.name(), conversation = %id, error = %e, "hook output refused");
                     }
                 }
