@@ -124,7 +124,10 @@ pub async fn run(plan: Plan) -> Result<Report, BoxError> {
     let tally = Arc::new(Tally::default());
     let latencies = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let interval = Duration::from_secs_f64(plan.visitors as f64 / plan.rate as f64);
-    let start_at = Arc::new(tokio::sync::Notify::new());
+    // A token, not a `Notify`: `notify_waiters` wakes only the tasks already
+    // waiting, and a visitor that has just said it is ready may not be yet
+    // (it then waited for ever, and the run with it).
+    let start_at = CancellationToken::new();
     // Set when the questions start, for `last_answer_us`.
     let epoch: Arc<std::sync::OnceLock<Instant>> = Arc::default();
     let mut visitors = Vec::new();
@@ -146,11 +149,8 @@ pub async fn run(plan: Plan) -> Result<Report, BoxError> {
             tally: Arc::clone(&tally),
             latencies: Arc::clone(&latencies),
         };
-        let (start_at, ready_tx, opening) = (
-            Arc::clone(&start_at),
-            ready_tx.clone(),
-            Arc::clone(&opening),
-        );
+        let (start_at, ready_tx, opening) =
+            (start_at.clone(), ready_tx.clone(), Arc::clone(&opening));
         visitors.push(tokio::spawn(async move {
             let permit = opening.acquire_owned().await;
             let joined = visitor.join().await;
@@ -165,7 +165,7 @@ pub async fn run(plan: Plan) -> Result<Report, BoxError> {
                     return;
                 }
             };
-            start_at.notified().await;
+            start_at.cancelled().await;
             visitor.chat(joined).await;
         }));
     }
@@ -187,7 +187,7 @@ pub async fn run(plan: Plan) -> Result<Report, BoxError> {
         plan.duration.as_secs()
     );
     let _ = epoch.set(Instant::now());
-    start_at.notify_waiters();
+    start_at.cancel();
     let progress = tokio::spawn({
         let tally = Arc::clone(&tally);
         let stop = stop.clone();

@@ -22,7 +22,7 @@
 //! and CPU, and `--bus` for the CPU of Redis or nats-server.
 //!
 //! The last line of stdout is one JSON object: connections, msgs_per_sec,
-//! p50_ms, p99_ms, p999_ms, refused, degraded, server_rss_mb,
+//! p50_ms, p99_ms, p999_ms, refused, retried, degraded, server_rss_mb,
 //! server_kb_per_connection, and with `--baseline` baseline_msgs_per_sec and
 //! ratio. Progress goes to stderr every second.
 //!
@@ -77,7 +77,7 @@ use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::OnceCell;
+use tokio::sync::{mpsc, OnceCell};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
@@ -88,7 +88,7 @@ use cs::datahub::store::PostgresStore;
 use cs::transport::websocket::{self, WsConfig};
 use cs::transport::{
     Actor, Change, ClientFrame, Command, ConnectionPool, Dispatcher, DispatcherConfig, Metrics,
-    NatsBus, NatsBusConfig, NodeId, PoolConfig, RedisBus, RedisBusConfig,
+    NatsBus, NatsBusConfig, NodeId, PoolConfig, RedisBus, RedisBusConfig, ServerFrame,
 };
 
 #[derive(Parser, Debug)]
@@ -197,10 +197,15 @@ struct LoadResult {
     p99_ms: f64,
     p999_ms: f64,
     refused: u64,
+    /// Refused messages sent again with the same id (a refusal near the end
+    /// may not be retried before the run stops).
+    retried: u64,
     degraded: Option<u64>,
     server_rss_mb: Option<f64>,
     server_kb_per_connection: Option<f64>,
     sent: u64,
+    /// Every message that arrived, including after the window (msgs_per_sec
+    /// counts those that arrived by half a second after it).
     delivered: u64,
     nodes: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -484,6 +489,8 @@ struct Counters {
     sent: AtomicU64,
     delivered: AtomicU64,
     refused: AtomicU64,
+    /// Refused messages sent again after their `retry_after_ms`.
+    retried: AtomicU64,
     connected: AtomicU64,
 }
 
@@ -612,8 +619,18 @@ async fn run_load(
         Some(url) if is_nats(url) => (None, bus_cpu_percent),
         _ => (bus_cpu_percent, None),
     };
-    // Give in-flight messages a moment to arrive; they count, late.
+    // Throughput counts what arrived by half a second after the window, as
+    // it always has; then the rest may still arrive, to show nothing sent
+    // was lost: wait until every one has, or for at most five seconds
+    // (refusals not retried before the stop, losses).
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered_in_time = counters.delivered.load(Ordering::Relaxed);
+    let draining = Instant::now();
+    while counters.delivered.load(Ordering::Relaxed) < counters.sent.load(Ordering::Relaxed)
+        && draining.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.cancel();
     let rss_end = rss(server_pids);
     // Each agent merges its last latencies as it stops.
@@ -627,11 +644,12 @@ async fn run_load(
     let delivered = counters.delivered.load(Ordering::Relaxed);
     Ok(LoadResult {
         connections: pairs * 2,
-        msgs_per_sec: delivered as f64 / sending_time.as_secs_f64(),
+        msgs_per_sec: delivered_in_time as f64 / sending_time.as_secs_f64(),
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
         refused: counters.refused.load(Ordering::Relaxed),
+        retried: counters.retried.load(Ordering::Relaxed),
         degraded: None,
         server_rss_mb: rss_end.map(|kb| kb as f64 / 1024.0),
         server_kb_per_connection: kb_per_connection,
@@ -720,15 +738,37 @@ async fn run_visitor(
     stop: CancellationToken,
 ) {
     let (mut sink, mut stream) = client.split();
-    // Acks and errors come back; count refusals, ignore the rest.
+    // Refusals come back as error frames naming the message; each is sent
+    // again, with the same id and send time, once its retry_after_ms is up,
+    // so a refused message still counts (late) when it is delivered.
+    let (retry_tx, mut retries) = mpsc::unbounded_channel::<(String, u64)>();
     let reader_counters = Arc::clone(&counters);
     let reader = tokio::spawn(async move {
         while let Some(Ok(message)) = stream.next().await {
-            if let WsMessage::Text(text) = message {
-                if text.contains("\"overloaded\"") || text.contains("\"rate_limited\"") {
-                    reader_counters.refused.fetch_add(1, Ordering::Relaxed);
-                }
+            let WsMessage::Text(text) = message else {
+                continue;
+            };
+            if !(text.contains("\"overloaded\"") || text.contains("\"rate_limited\"")) {
+                continue;
             }
+            reader_counters.refused.fetch_add(1, Ordering::Relaxed);
+            let Ok(ServerFrame::Error {
+                client_msg_id: Some(id),
+                retry_after_ms,
+                ..
+            }) = ServerFrame::decode(text.as_bytes())
+            else {
+                continue;
+            };
+            let Some(sent_at) = sent_at_of_id(id.as_str()) else {
+                continue;
+            };
+            let retry_tx = retry_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(retry_after_ms.unwrap_or(100).max(1)))
+                    .await;
+                let _ = retry_tx.send((id.as_str().to_owned(), sent_at));
+            });
         }
     });
     start.cancelled().await;
@@ -738,15 +778,23 @@ async fn run_visitor(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let conversation =
         conversation.unwrap_or_else(|| ConversationId::from_uuid(Default::default()));
+    let mut next_id = 0u64;
     loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
+        let (client_msg_id, sent_at, retry) = tokio::select! {
+            _ = ticks.tick() => {
+                next_id += 1;
+                let sent_at = epoch().elapsed().as_micros() as u64;
+                (format!("{next_id}-{sent_at}"), sent_at, false)
+            }
+            Some((id, sent_at)) = retries.recv() => (id, sent_at, true),
             _ = stop.cancelled() => break,
-        }
-        let sent_at = epoch().elapsed().as_micros() as u64;
+        };
+        let Ok(client_msg_id) = cs::core::ClientMsgId::new(client_msg_id) else {
+            break;
+        };
         let frame = ClientFrame::Send {
             conversation,
-            client_msg_id: None,
+            client_msg_id: Some(client_msg_id),
             body: cs::core::Body::text(sent_at.to_string()),
         };
         let Ok(text) = String::from_utf8(frame.encode().to_vec()) else {
@@ -755,9 +803,19 @@ async fn run_visitor(
         if sink.send(WsMessage::Text(text.into())).await.is_err() {
             break;
         }
-        counters.sent.fetch_add(1, Ordering::Relaxed);
+        let counter = if retry {
+            &counters.retried
+        } else {
+            &counters.sent
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
     reader.abort();
+}
+
+/// The send time a message id carries (`{n}-{sent_at_micros}`).
+fn sent_at_of_id(id: &str) -> Option<u64> {
+    id.split_once('-')?.1.parse().ok()
 }
 
 /// A cheap per-task random number for tick offsets (not cryptographic).
