@@ -39,6 +39,7 @@ where
         .route("/api/visitor/conversation", post(visitor::conversation))
         .route("/api/visitor/conversation/close", post(visitor::close))
         .route("/api/visitor/logout", post(visitor::logout))
+        .route("/api/visitor/rating", post(visitor::rating))
         .route("/ws/visitor", get(visitor::socket))
         // Agents.
         .route("/api/agent/login", post(agent::login))
@@ -59,6 +60,7 @@ where
         .route("/api/agent/corrections", post(agent::correct))
         .route("/api/agent/intents", get(agent::intents))
         .route("/api/agent/suggestions", get(agent::suggestions))
+        .route("/api/agent/reports", get(agent::reports))
         .route("/ws/agent", get(agent::socket))
         // Files.
         // No body limit layer: the handler streams the body to the
