@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use cs::core::store::ReportZone;
 use cs::core::Timestamp;
-use support::{is_event, is_message_from, Client, Http, Server};
+use support::{is_event, is_message_from, metric, Client, Http, Server};
 
 /// `from`..`to` around today in `zone`: yesterday to tomorrow, so a run
 /// across midnight still finds everything.
@@ -243,6 +243,30 @@ async fn a_scripted_conversation_is_counted_exactly_and_shown_to_whom_it_belongs
         .sum();
     let desk_days = everyone["desk"]["days"].as_array().unwrap().len();
     assert_eq!(lines.len(), 1 + desk_days + agent_days, "{csv}");
+
+    // /metrics: today's gauges are today's report.
+    let today = zone.day_of(Timestamp::now());
+    let (_, today_report) = report(&http, &carol_token, &format!("from={today}&to={today}")).await;
+    let metrics = server.metrics().await;
+    let t = &today_report["desk"]["total"];
+    for (gauge, figure) in [
+        ("cs_today_conversations_opened", &t["opened"]),
+        ("cs_today_conversations_closed", &t["closed"]),
+        ("cs_today_handoffs", &t["handoffs"]),
+        ("cs_today_transfers", &t["transfers"]),
+        ("cs_today_ratings", &t["ratings"]["count"]),
+    ] {
+        assert_eq!(
+            metric(&metrics, gauge),
+            figure.as_u64(),
+            "{gauge}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("cs_today_messages{party=\"visitor\"} ")
+            && metrics.contains("cs_today_agent_handled{agent=\"bob\"} "),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
