@@ -34,16 +34,20 @@ use super::state::DeskState;
 use super::tokens::{Revocations, Signer};
 use super::ServiceDesk;
 
+/// One store as the desk uses it: the message path's, the queries', the
+/// report counters'.
+type StoreViews = (
+    Arc<dyn MessageStore>,
+    Arc<dyn ConversationQueries>,
+    Arc<dyn ReportStore>,
+);
+
 /// Builds a [`ServiceDesk`]. Everything has a default: an in-memory store,
 /// an empty directory, guests only, a random signing key, no bot, no data
 /// hub, no uploads, one node.
 pub struct ServiceDeskBuilder {
     tenant: TenantId,
-    store: Option<(
-        Arc<dyn MessageStore>,
-        Arc<dyn ConversationQueries>,
-        Arc<dyn ReportStore>,
-    )>,
+    store: Option<StoreViews>,
     directory: Option<Arc<dyn AgentDirectory>>,
     identity: Arc<dyn Identity>,
     signer: Option<Signer>,
