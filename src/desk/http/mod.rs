@@ -34,6 +34,9 @@ where
         .route("/assets/chat.js", get(assets::chat))
         .route("/assets/console.js", get(assets::console_js))
         .route("/assets/desk.css", get(assets::css))
+        .route("/agent/reports", get(assets::reports))
+        .route("/assets/reports.js", get(assets::reports_js))
+        .route("/assets/reports.css", get(assets::reports_css))
         // Visitors.
         .route("/api/visitor/session", post(visitor::session))
         .route("/api/visitor/conversation", post(visitor::conversation))
