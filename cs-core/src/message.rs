@@ -108,6 +108,16 @@ pub enum Event {
     },
     /// A closed conversation was opened again.
     Reopen,
+    /// The visitor rated the conversation at its close (satisfaction).
+    Rating {
+        /// 1 (bad) to 5 (very good).
+        score: u8,
+        /// What the visitor added in words, if anything.
+        comment: Option<String>,
+        /// The agent who served the conversation last, if one did: the
+        /// rating counts in their figures.
+        agent: Option<AgentId>,
+    },
 }
 
 /// Size limits applied to every message before it is accepted.
@@ -279,6 +289,10 @@ impl NewMessage {
             Body::Event(Event::Close {
                 reason: Some(reason),
             }) => field("reason", reason, true),
+            Body::Event(Event::Rating {
+                comment: Some(comment),
+                ..
+            }) => field("comment", comment, true),
             Body::Event(_) => Ok(()),
         }
     }

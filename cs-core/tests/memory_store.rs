@@ -10,3 +10,4 @@ async fn make_store() -> Option<MemoryStore> {
 }
 
 cs_core::message_store_contract!(make_store);
+cs_core::report_store_contract!(make_store);

@@ -49,6 +49,7 @@ async fn sweep_stale_schemas(url: &str) {
 
 cs_core::message_store_contract!(make_store);
 ext_contract!(make_store);
+cs_core::report_store_contract!(make_store);
 visitor_contract!(make_store);
 
 #[tokio::test]

@@ -25,6 +25,7 @@ async fn make_store() -> Option<Scratch<PostgresStore>> {
 
 cs_core::message_store_contract!(make_store);
 ext_contract!(make_store);
+cs_core::report_store_contract!(make_store);
 visitor_contract!(make_store);
 
 #[tokio::test]

@@ -15,6 +15,7 @@ async fn make_store() -> Option<SqliteStore> {
 
 cs_core::message_store_contract!(make_store);
 ext_contract!(make_store);
+cs_core::report_store_contract!(make_store);
 visitor_contract!(make_store);
 
 /// The file-backed store (one writer, several readers) keeps the contract too.
@@ -92,6 +93,30 @@ async fn a_file_store_keeps_messages_across_reopen() {
     let again = SqliteStore::open(&path).await.unwrap();
     assert_eq!(again.last_seq(c.id()).await.unwrap(), Seq::new(1));
     assert_eq!(again.conversation(c.id()).await.unwrap(), c);
+}
+
+/// The report counters are rows of the file: a reopened store (a restarted
+/// desk) reads the same scripted day, and counts on from there.
+#[tokio::test]
+async fn report_counters_survive_a_reopen() {
+    use cs_core::store::contract::{counters_on, play_scripted_day, SCRIPTED_DAY_START_MS};
+    use cs_core::store::{ReportStore, ReportZone};
+    let (_dir, path) = temp_db();
+    let tenant = TenantId::new("restart").unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let expected = play_scripted_day(&store, &tenant).await;
+    store.close().await;
+    drop(store);
+
+    let again = SqliteStore::open(&path).await.unwrap();
+    again.set_report_zone(&tenant, ReportZone::UTC);
+    let day = ReportZone::UTC.day_of(Timestamp::from_millis(SCRIPTED_DAY_START_MS));
+    assert_eq!(counters_on(&again, &tenant, day).await, expected);
+    // The same day played again after the restart adds to it, exactly.
+    play_scripted_day(&again, &tenant).await;
+    let doubled: std::collections::BTreeMap<_, _> =
+        expected.iter().map(|(k, v)| (k.clone(), v * 2)).collect();
+    assert_eq!(counters_on(&again, &tenant, day).await, doubled);
 }
 
 #[tokio::test]

@@ -69,6 +69,7 @@ mod sqlite_and_redis {
     }
     cs_core::message_store_contract!(make_store);
     ext_contract!(make_store);
+    cs_core::report_store_contract!(make_store);
     visitor_contract!(make_store);
 }
 
@@ -98,6 +99,7 @@ mod postgres_and_redis {
     }
     cs_core::message_store_contract!(make_store);
     ext_contract!(make_store);
+    cs_core::report_store_contract!(make_store);
     visitor_contract!(make_store);
 }
 
@@ -111,6 +113,7 @@ mod sqlite_and_no_redis {
     }
     cs_core::message_store_contract!(make_store);
     ext_contract!(make_store);
+    cs_core::report_store_contract!(make_store);
     visitor_contract!(make_store);
 }
 

@@ -39,7 +39,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use cs::core::router::BuiltinStrategy;
-use cs::core::{AgentId, AgentRecord, MemoryDirectory, Skill, TenantId};
+use cs::core::{AgentId, AgentRecord, AgentRole, MemoryDirectory, Skill, TenantId};
 use cs::desk::server::ServeConfig;
 use cs::desk::{
     AuthAgent, DeskSettings, FsAttachments, Identity, IdentityError, LimitSettings, ServiceDesk,
@@ -167,6 +167,15 @@ struct Args {
     /// closed; 0 keeps them open.
     #[arg(long, env = "CS_IDLE_BOT_CLOSE_SECS", default_value_t = 1800)]
     idle_bot_close_secs: u64,
+    /// The shop's time zone for reports, in minutes east of UTC (480 is
+    /// +08:00): which day an event falls in.
+    #[arg(
+        long,
+        env = "CS_REPORT_UTC_OFFSET_MINUTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    report_utc_offset_minutes: i32,
     /// Serve the load generator's unauthenticated endpoints (`/pair/{n}`,
     /// `/ws?pair=…`) and lift the rate limits. Never in production.
     #[arg(long)]
@@ -214,6 +223,9 @@ const DEMO_AGENTS: [(&str, &str, &str); 3] = [
     ("carol", "Carol", "orders"),
 ];
 
+/// The demo agent who is also a supervisor: she sees everyone's reports.
+const DEMO_SUPERVISOR: &str = "carol";
+
 /// The password of every demo account.
 const DEMO_PASSWORD: &str = "demo";
 
@@ -249,7 +261,12 @@ fn demo_directory(capacity: usize) -> Result<MemoryDirectory, BoxError> {
     for (id, name, skill) in DEMO_AGENTS {
         records.push(
             AgentRecord::new(AgentId::new(id)?, name, capacity.max(1))
-                .with_skill(Skill::new(skill)?),
+                .with_skill(Skill::new(skill)?)
+                .with_role(if id == DEMO_SUPERVISOR {
+                    AgentRole::Supervisor
+                } else {
+                    AgentRole::Agent
+                }),
         );
     }
     Ok(MemoryDirectory::from_records(records)?)
@@ -398,6 +415,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         metrics_token: args.metrics_token.clone(),
         idle_bot_close: (args.idle_bot_close_secs > 0)
             .then(|| Duration::from_secs(args.idle_bot_close_secs)),
+        report_zone: cs::core::store::ReportZone::fixed(args.report_utc_offset_minutes)?,
         ..DeskSettings::default()
     };
     let shop = Arc::new(shop::Shop::new());
@@ -449,6 +467,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         "demo agent accounts (password \"{DEMO_PASSWORD}\"): {}",
         DEMO_AGENTS.map(|(id, _, _)| id).join(", ")
     );
+    println!("supervisor (sees everyone's reports at /api/agent/reports): {DEMO_SUPERVISOR}");
     tracing::warn!(
         %addr,
         "the demo agent accounts are on, with a published password: anyone who reaches this address can sign in as an agent"

@@ -3,7 +3,7 @@
 use std::{path::Path, sync::Arc};
 
 use axum::{http::request::Parts, Router};
-use cs::core::{AgentId, AgentRecord, MemoryDirectory, TenantId, Timestamp, VisitorId};
+use cs::core::{AgentId, AgentRecord, AgentRole, MemoryDirectory, TenantId, Timestamp, VisitorId};
 use cs::datahub::{AdapterError, Capabilities, Capability, DataAdapter, Order, OrderLine};
 use cs::desk::{Customer, FsAttachments, Identity, IdentityError, ServiceDesk, Signer};
 use cs::intent::faq::{Faq, FaqBot};
@@ -63,7 +63,8 @@ pub async fn nest(app: Router, shop: &Shop, dir: &Path) -> Result<(Router, Servi
     let mut hub = cs::datahub::DataHub::new(Default::default());
     hub.register("shop", shop.clone())?;
     let alice = AgentRecord::new(AgentId::new("alice")?, "Alice", 3);
-    let bob = AgentRecord::new(AgentId::new("bob")?, "Bob", 3);
+    // Bob supervises: /support/agent/reports shows him everyone's figures.
+    let bob = AgentRecord::new(AgentId::new("bob")?, "Bob", 3).with_role(AgentRole::Supervisor);
     let faq = Faq::from_json(include_str!("../chat_server/faq.json"))?;
     let store = cs::datahub::store::SqliteStore::open(dir.join("desk.db")).await?;
     let desk = ServiceDesk::builder(TenantId::new("shop")?)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use cs_core::store::{ConversationQueries, MemoryStore, MessageStore};
+use cs_core::store::{ConversationQueries, MemoryStore, MessageStore, ReportStore};
 use cs_core::{AgentDirectory, MemoryDirectory, TenantId};
 use cs_datahub::DataHub;
 use cs_intent::faq::FaqBot;
@@ -34,12 +34,20 @@ use super::state::DeskState;
 use super::tokens::{Revocations, Signer};
 use super::ServiceDesk;
 
+/// One store as the desk uses it: the message path's, the queries', the
+/// report counters'.
+type StoreViews = (
+    Arc<dyn MessageStore>,
+    Arc<dyn ConversationQueries>,
+    Arc<dyn ReportStore>,
+);
+
 /// Builds a [`ServiceDesk`]. Everything has a default: an in-memory store,
 /// an empty directory, guests only, a random signing key, no bot, no data
 /// hub, no uploads, one node.
 pub struct ServiceDeskBuilder {
     tenant: TenantId,
-    store: Option<(Arc<dyn MessageStore>, Arc<dyn ConversationQueries>)>,
+    store: Option<StoreViews>,
     directory: Option<Arc<dyn AgentDirectory>>,
     identity: Arc<dyn Identity>,
     signer: Option<Signer>,
@@ -72,10 +80,12 @@ impl ServiceDeskBuilder {
 
     /// Where conversations and messages are kept: any store with the
     /// conversation queries (cs-datahub's SQLite, PostgreSQL, MySQL, Redis,
-    /// or cs-core's `MemoryStore`, the default, gone at exit).
-    pub fn store<S: ConversationQueries>(mut self, store: Arc<S>) -> Self {
+    /// or cs-core's `MemoryStore`, the default, gone at exit). The store
+    /// also keeps the report counters, with the writes they count.
+    pub fn store<S: ConversationQueries + ReportStore>(mut self, store: Arc<S>) -> Self {
         let messages: Arc<dyn MessageStore> = Arc::clone(&store) as Arc<dyn MessageStore>;
-        self.store = Some((messages, store));
+        let reports: Arc<dyn ReportStore> = Arc::clone(&store) as Arc<dyn ReportStore>;
+        self.store = Some((messages, store, reports));
         self
     }
 
@@ -165,13 +175,17 @@ impl ServiceDeskBuilder {
             cluster: cluster_config,
             node,
         } = self;
-        let (store, queries) = store.unwrap_or_else(|| {
+        let (store, queries, reports) = store.unwrap_or_else(|| {
             let memory = Arc::new(MemoryStore::new());
             (
                 Arc::clone(&memory) as Arc<dyn MessageStore>,
-                memory as Arc<dyn ConversationQueries>,
+                Arc::clone(&memory) as Arc<dyn ConversationQueries>,
+                memory as Arc<dyn ReportStore>,
             )
         });
+        // Before anything is written: every event from now on falls on a
+        // day of the shop's zone.
+        reports.set_report_zone(&tenant, settings.report_zone);
         let directory = directory.unwrap_or_else(|| Arc::new(MemoryDirectory::default()));
         let signer = match signer {
             Some(signer) => signer,
@@ -269,6 +283,7 @@ impl ServiceDeskBuilder {
             settings,
             store,
             queries,
+            reports,
             directory: Arc::clone(&directory),
             identity,
             signer,

@@ -34,6 +34,8 @@
 //!   the limits on them (`UploadLimits`).
 //! - `quotas`: files and bytes per visitor per day and per conversation.
 //! - `retention`: the sweep that removes files past their retention.
+//! - [`reports`]: what the desk and the bot achieved per day, from the
+//!   store's counters, and the visitors' ratings.
 //! - `routing`: the message path's events to the router and back.
 //! - `presence`: agents' presence, with one grace period for one node or many.
 //! - `consoles`: coalesced updates to consoles and queued visitors.
@@ -56,6 +58,7 @@ pub mod limits;
 mod presence;
 mod private_fs;
 mod quotas;
+pub mod reports;
 mod retention;
 mod routing;
 pub mod server;
@@ -82,6 +85,7 @@ pub use http::{ApiError, AuthAgent, AuthVisitor, ClientIp};
 pub use identity::{Customer, GuestsOnly, Identity, IdentityError};
 pub use limits::{LimitSettings, Limited, Rate};
 pub use private_fs::create_private_dir;
+pub use reports::{RatingError, Report, ReportError, ReportScope};
 pub use settings::DeskSettings;
 pub use tokens::{Claims, Revocations, Signer, TokenError, TokenKind};
 
@@ -363,6 +367,44 @@ impl ServiceDesk {
         reason: Option<String>,
     ) -> Result<(), DeskError> {
         Ok(self.state.close(id, by, reason).await?)
+    }
+
+    /// The report of days `from..=to` (in [`DeskSettings::report_zone`])
+    /// for `scope`, from the counters the store keeps.
+    ///
+    /// # Errors
+    /// [`ReportError::TooLong`] or [`ReportError::Reversed`] for a bad
+    /// range, or the store failed (or keeps no reports).
+    pub async fn report(
+        &self,
+        from: cs_core::store::ReportDay,
+        to: cs_core::store::ReportDay,
+        scope: &ReportScope,
+    ) -> Result<Report, ReportError> {
+        if from > to {
+            return Err(ReportError::Reversed { from, to });
+        }
+        let days = to.0 - from.0 + 1;
+        if days > reports::MAX_REPORT_DAYS {
+            return Err(ReportError::TooLong { days });
+        }
+        self.state.report(from, to, scope).await
+    }
+
+    /// Stores `visitor`'s rating (1 to 5, and a comment) of their closed
+    /// conversation `id`, once, as an event of it.
+    ///
+    /// # Errors
+    /// A bad score or comment, not theirs, still open, rated already, or
+    /// the store failed.
+    pub async fn rate(
+        &self,
+        visitor: &VisitorId,
+        id: ConversationId,
+        score: i64,
+        comment: Option<String>,
+    ) -> Result<(), RatingError> {
+        self.state.rate(visitor, id, score, comment).await
     }
 
     /// Serves an upgraded WebSocket for `party` of `tenant`, which the

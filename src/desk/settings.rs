@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use cs_core::router::BuiltinStrategy;
+use cs_core::store::ReportZone;
 use cs_transport::websocket::WsConfig;
 
 use super::attachments::UploadLimits;
@@ -76,6 +77,9 @@ pub struct DeskSettings {
     /// Conversations still with the bot and silent this long are closed,
     /// so abandoned chats do not pile up. Default 30 minutes; `None` keeps them.
     pub idle_bot_close: Option<Duration>,
+    /// The shop's time zone for reports: which day an event falls in.
+    /// Default UTC.
+    pub report_zone: ReportZone,
 }
 
 impl Default for DeskSettings {
@@ -100,6 +104,7 @@ impl Default for DeskSettings {
             allowed_origins: Vec::new(),
             metrics_token: None,
             idle_bot_close: Some(Duration::from_secs(30 * 60)),
+            report_zone: ReportZone::UTC,
         }
     }
 }

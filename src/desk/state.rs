@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use cs_core::store::{ConversationQueries, MessageStore};
+use cs_core::store::{ConversationQueries, MessageStore, ReportStore};
 use cs_core::{AgentDirectory, AgentId, Party, TenantId, VisitorId};
 use cs_datahub::DataHub;
 use cs_intent::faq::FaqBot;
@@ -37,6 +37,8 @@ pub(crate) struct DeskState {
     pub store: Arc<dyn MessageStore>,
     /// The same store, for the desk's own queries.
     pub queries: Arc<dyn ConversationQueries>,
+    /// The same store, for the report counters it keeps.
+    pub reports: Arc<dyn ReportStore>,
     pub directory: Arc<dyn AgentDirectory>,
     pub identity: Arc<dyn Identity>,
     /// Bound to `tenant`.

@@ -28,7 +28,9 @@ use std::sync::Arc;
 use crate::conversation::{Conversation, ConversationState};
 use crate::ids::{AgentId, ClientMsgId, ConversationId, Seq, TenantId, VisitorId};
 use crate::message::{Body, Event, Message, NewMessage, Party};
-use crate::store::{ConversationQueries, MessageStore, StoreError};
+use crate::store::{
+    ConversationQueries, MessageStore, ReportDay, ReportStore, ReportZone, StoreError,
+};
 use crate::timestamp::Timestamp;
 
 /// Expands to one `#[tokio::test]` per contract case, in a module named
@@ -746,4 +748,319 @@ pub async fn open_conversations_oldest_first<S: ConversationQueries + ?Sized>(st
         .await
         .expect("open_conversations")
         .is_empty());
+}
+
+// --------------------------------------------------------------------------
+// Report counters (`ReportStore`): every store that keeps them runs these.
+
+/// Expands to one `#[tokio::test]` per report case, in a module named
+/// `report_store_contract`; `$make` as for [`message_store_contract!`], for
+/// a store that is also a [`ReportStore`](crate::store::ReportStore).
+#[macro_export]
+macro_rules! report_store_contract {
+    ($make:ident) => {
+        $crate::report_store_contract!(@cases $make;
+            reports_count_a_scripted_day,
+            reports_fall_on_the_zones_day,
+        );
+    };
+    (@cases $make:ident; $($case:ident),+ $(,)?) => {
+        mod report_store_contract {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(store) = super::$make().await else { return };
+                    $crate::store::contract::$case(::std::sync::Arc::new(store)).await;
+                }
+            )+
+        }
+    };
+}
+
+/// 2026-03-02 00:00 UTC, the scripted day.
+pub const SCRIPTED_DAY_START_MS: u64 = 1_772_409_600_000;
+
+fn at(seconds_into_the_day: u64) -> Timestamp {
+    Timestamp::from_millis(SCRIPTED_DAY_START_MS + seconds_into_the_day * 1000)
+}
+
+async fn append_at<S: MessageStore + ?Sized>(
+    store: &S,
+    conversation: &mut Conversation,
+    sender: Party,
+    body: Body,
+    when: Timestamp,
+) {
+    let message = NewMessage {
+        created_at: when,
+        ..NewMessage::new(conversation.id(), sender, body)
+    };
+    let stored = store.append(message).await.expect("append");
+    let first = conversation.first_response_at();
+    conversation.record_message(&stored.message);
+    if conversation.first_response_at() != first {
+        store.save_conversation(conversation).await.expect("save");
+    }
+}
+
+async fn save<S: MessageStore + ?Sized>(store: &S, conversation: &Conversation) {
+    store.save_conversation(conversation).await.expect("save");
+}
+
+/// Plays the scripted day of `tenant` (UTC days unless the caller set a
+/// zone) into `store`, as the message path would (a transition is saved,
+/// then its event appended), at fixed times from 10:00:
+///
+/// - A: the bot answers twice and the visitor leaves: closed at +60 s;
+/// - B: the bot hands off ("low confidence"), alice takes it after 20 s and
+///   answers 5 s later, transfers it to bob 17 s after taking it, bob
+///   answers 10 s later and closes 60 s after taking it (100 s after it
+///   opened), and the visitor rates it 4 ("quick").
+///
+/// Returns the counters it must produce, keyed by (agent or "", measure).
+pub async fn play_scripted_day<S: MessageStore + ?Sized>(
+    store: &S,
+    tenant: &TenantId,
+) -> std::collections::BTreeMap<(String, String), i64> {
+    let alice = AgentId::new("alice").expect("valid id");
+    let bob = AgentId::new("bob").expect("valid id");
+    let shopper = Party::Visitor(visitor());
+    let t0 = 10 * 3600;
+
+    let mut a = Conversation::open(tenant.clone(), visitor(), at(t0));
+    store.create_conversation(&a).await.expect("create");
+    a.start_bot().expect("start bot");
+    save(store, &a).await;
+    for (i, party) in [shopper.clone(), Party::Bot, shopper.clone(), Party::Bot]
+        .into_iter()
+        .enumerate()
+    {
+        append_at(store, &mut a, party, Body::text("…"), at(t0 + 1 + i as u64)).await;
+    }
+    a.close(at(t0 + 60)).expect("close");
+    save(store, &a).await;
+    let close = Body::Event(Event::Close { reason: None });
+    append_at(store, &mut a, Party::System, close.clone(), at(t0 + 60)).await;
+
+    let b0 = t0 + 100;
+    let mut b = Conversation::open(tenant.clone(), visitor(), at(b0));
+    store.create_conversation(&b).await.expect("create");
+    b.start_bot().expect("start bot");
+    save(store, &b).await;
+    append_at(
+        store,
+        &mut b,
+        shopper.clone(),
+        Body::text("refund?"),
+        at(b0 + 1),
+    )
+    .await;
+    append_at(store, &mut b, Party::Bot, Body::text("…"), at(b0 + 2)).await;
+    b.enqueue(at(b0 + 3)).expect("enqueue");
+    save(store, &b).await;
+    let handoff = Body::Event(Event::Handoff {
+        reason: "low confidence".into(),
+    });
+    append_at(store, &mut b, Party::System, handoff, at(b0 + 3)).await;
+    b.assign(alice.clone()).expect("assign");
+    save(store, &b).await;
+    let assigned = Body::Event(Event::Assigned {
+        agent: alice.clone(),
+    });
+    append_at(store, &mut b, Party::System, assigned, at(b0 + 23)).await;
+    let from_alice = Party::Agent(alice.clone());
+    append_at(store, &mut b, from_alice, Body::text("hello"), at(b0 + 28)).await;
+    append_at(
+        store,
+        &mut b,
+        shopper.clone(),
+        Body::text("hi"),
+        at(b0 + 30),
+    )
+    .await;
+    b.transfer(bob.clone()).expect("transfer");
+    save(store, &b).await;
+    let transfer = Body::Event(Event::Transfer {
+        from: alice.clone(),
+        to: bob.clone(),
+    });
+    append_at(store, &mut b, Party::System, transfer, at(b0 + 40)).await;
+    let from_bob = Party::Agent(bob.clone());
+    append_at(store, &mut b, from_bob, Body::text("done"), at(b0 + 50)).await;
+    b.close(at(b0 + 100)).expect("close");
+    save(store, &b).await;
+    append_at(store, &mut b, Party::System, close, at(b0 + 100)).await;
+    let rating = Body::Event(Event::Rating {
+        score: 4,
+        comment: Some("quick".into()),
+        agent: Some(bob.clone()),
+    });
+    append_at(store, &mut b, shopper, rating, at(b0 + 110)).await;
+
+    use crate::store::reports::measure as m;
+    let mut expected = std::collections::BTreeMap::new();
+    let mut put = |agent: &str, measure: String, value: i64| {
+        expected.insert((agent.to_owned(), measure), value);
+    };
+    let time =
+        |put: &mut dyn FnMut(&str, String, i64), agent: &str, name: &str, ms: &[(usize, i64)]| {
+            put(agent, m::count(name), ms.len() as i64);
+            put(agent, m::sum_ms(name), ms.iter().map(|(_, v)| v).sum());
+            let mut by_bucket = std::collections::BTreeMap::new();
+            for (bucket, _) in ms {
+                *by_bucket.entry(*bucket).or_insert(0) += 1;
+            }
+            for (bucket, n) in by_bucket {
+                put(agent, m::bucket(name, bucket), n);
+            }
+        };
+    put("", m::OPENED.into(), 2);
+    put("", m::CLOSED.into(), 2);
+    put("", m::CONTAINED.into(), 1);
+    put("", m::HANDOFFS.into(), 1);
+    put("", m::handoff_reason("low confidence"), 1);
+    put("", m::TRANSFERS.into(), 1);
+    put("", "messages:visitor".into(), 4);
+    put("", "messages:bot".into(), 3);
+    put("", "messages:agent".into(), 2);
+    // Bucket indexes: 0 is ≤ 5 s, 1 ≤ 10 s, 2 ≤ 30 s, 3 ≤ 1 min, 4 ≤ 2 min.
+    time(&mut put, "", m::WAIT, &[(2, 20_000)]);
+    time(&mut put, "", m::FIRST_RESPONSE, &[(2, 25_000)]);
+    time(&mut put, "", m::RESOLUTION, &[(3, 60_000), (4, 100_000)]);
+    put("", m::HANDLED.into(), 2);
+    put("", m::HANDLING_MS.into(), 17_000 + 60_000);
+    for agent in ["", "bob"] {
+        put(agent, m::RATINGS.into(), 1);
+        put(agent, m::RATING_SUM.into(), 4);
+        put(agent, m::rating(4), 1);
+    }
+    put("alice", m::HANDLED.into(), 1);
+    put("alice", m::HANDLING_MS.into(), 17_000);
+    put("alice", m::TRANSFERS.into(), 1);
+    time(&mut put, "alice", m::FIRST_RESPONSE, &[(0, 5_000)]);
+    put("bob", m::HANDLED.into(), 1);
+    put("bob", m::HANDLING_MS.into(), 60_000);
+    time(&mut put, "bob", m::FIRST_RESPONSE, &[(1, 10_000)]);
+    expected
+}
+
+/// A tenant's counters on one day, keyed by (agent or "", measure).
+///
+/// # Panics
+/// If the store fails.
+pub async fn counters_on<S: ReportStore + ?Sized>(
+    store: &S,
+    tenant: &TenantId,
+    day: ReportDay,
+) -> std::collections::BTreeMap<(String, String), i64> {
+    store
+        .report_counts(tenant, day, day)
+        .await
+        .expect("report_counts")
+        .into_iter()
+        .map(|c| {
+            assert_eq!(c.day, day);
+            let agent = c.agent.map_or_else(String::new, |a| a.to_string());
+            ((agent, c.measure), c.value)
+        })
+        .collect()
+}
+
+/// Every measure of the scripted day is exact, and nothing else is counted.
+pub async fn reports_count_a_scripted_day<S: ConversationQueries + ReportStore + ?Sized>(
+    store: Arc<S>,
+) {
+    let tenant = fresh_tenant();
+    let expected = play_scripted_day(&*store, &tenant).await;
+    let day = ReportZone::UTC.day_of(at(0));
+    assert_eq!(
+        counters_on(&*store, &tenant, day).await,
+        expected,
+        "the scripted day's counters"
+    );
+    // Neither day around it has anything.
+    assert!(store
+        .report_counts(&tenant, ReportDay(day.0 - 1), ReportDay(day.0 - 1))
+        .await
+        .expect("report_counts")
+        .is_empty());
+    assert!(store
+        .report_counts(&tenant, day.next(), day.next())
+        .await
+        .expect("report_counts")
+        .is_empty());
+}
+
+/// The tenant's zone decides the day: a conversation opened at 23:30 UTC
+/// and closed at 00:30 UTC counts its opening and its close on two days in
+/// UTC, and both on the next day in +01:00.
+pub async fn reports_fall_on_the_zones_day<S: ConversationQueries + ReportStore + ?Sized>(
+    store: Arc<S>,
+) {
+    let (east, utc) = (fresh_tenant(), fresh_tenant());
+    store.set_report_zone(&east, ReportZone::fixed(60).expect("zone"));
+    let day = ReportZone::UTC.day_of(at(0));
+    for tenant in [&east, &utc] {
+        let mut c = Conversation::open(tenant.clone(), visitor(), at(23 * 3600 + 1800));
+        store.create_conversation(&c).await.expect("create");
+        c.start_bot().expect("start bot");
+        save(&*store, &c).await;
+        let said = Body::text("late");
+        append_at(
+            &*store,
+            &mut c,
+            Party::Visitor(visitor()),
+            said,
+            at(23 * 3600 + 1900),
+        )
+        .await;
+        c.close(at(24 * 3600 + 1800)).expect("close");
+        save(&*store, &c).await;
+    }
+    let key = |measure: &str| (String::new(), measure.to_owned());
+    let on = |counters: &std::collections::BTreeMap<(String, String), i64>, measure: &str| {
+        counters.get(&key(measure)).copied().unwrap_or(0)
+    };
+    // UTC: opened and the message on the day, closed the next.
+    let (d0, d1) = (
+        counters_on(&*store, &utc, day).await,
+        counters_on(&*store, &utc, day.next()).await,
+    );
+    assert_eq!(
+        (
+            on(&d0, "opened"),
+            on(&d0, "messages:visitor"),
+            on(&d0, "closed")
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(
+        (on(&d1, "opened"), on(&d1, "closed"), on(&d1, "contained")),
+        (0, 1, 1)
+    );
+    // +01:00: 23:30 UTC is 00:30 the next day, and the close (00:30 UTC)
+    // is 01:30 that same day: all of it on the next day.
+    let (e0, e1, e2) = (
+        counters_on(&*store, &east, day).await,
+        counters_on(&*store, &east, day.next()).await,
+        counters_on(&*store, &east, day.next().next()).await,
+    );
+    assert!(e0.is_empty(), "nothing on the UTC day in +01:00: {e0:?}");
+    assert_eq!(
+        (
+            on(&e1, "opened"),
+            on(&e1, "messages:visitor"),
+            on(&e1, "closed")
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(on(&e1, "resolution:count"), 1);
+    assert!(e2.is_empty(), "nothing on the day after in +01:00: {e2:?}");
+    // One read over the three days holds them all, in day order.
+    let all = store
+        .report_counts(&east, day, day.next().next())
+        .await
+        .expect("report_counts");
+    assert!(all.windows(2).all(|w| w[0].day <= w[1].day));
+    assert_eq!(all.iter().filter(|c| c.measure == "opened").count(), 1);
 }

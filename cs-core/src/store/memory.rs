@@ -1,7 +1,7 @@
 //! The in-process store: the reference for the contract, and the store for
 //! tests, demos and hosts that keep history elsewhere.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use crate::conversation::{Conversation, ConversationState};
 use crate::ids::{AgentId, ClientMsgId, ConversationId, Seq, TenantId, VisitorId};
 use crate::message::{Message, NewMessage};
+use crate::store::reports::{self, Count, Deltas, ReportDay, ReportStore, ReportZone, ReportZones};
 use crate::store::{Appended, ConversationQueries, MessageStore, StoreError};
 
 /// Keeps everything in memory, forever: memory grows with every message, so
@@ -38,6 +39,10 @@ pub struct MemoryStore {
     /// The map only finds a conversation's log; the log's own mutex orders its
     /// appends. No map guard is held while a log is locked.
     logs: DashMap<ConversationId, Arc<Mutex<Log>>>,
+    /// Report counters by (tenant, day, agent or "", measure), added while
+    /// the write they count holds its log's lock (see `reports`).
+    counts: Mutex<BTreeMap<(String, ReportDay, String, String), i64>>,
+    zones: ReportZones,
 }
 
 struct Log {
@@ -65,6 +70,20 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn count(&self, tenant: &TenantId, deltas: &Deltas) {
+        let mut counts = self.counts.lock();
+        for (day, agent, measure, value) in deltas.rows() {
+            *counts
+                .entry((
+                    tenant.as_str().to_owned(),
+                    day,
+                    agent.to_owned(),
+                    measure.to_owned(),
+                ))
+                .or_default() += value;
+        }
     }
 
     fn log(&self, id: ConversationId) -> Result<Arc<Mutex<Log>>, StoreError> {
@@ -149,13 +168,20 @@ impl MessageStore for MemoryStore {
                     messages: Vec::new(),
                     by_client_id: HashMap::new(),
                 })));
+                let zone = self.zones.of(conversation.tenant().as_str());
+                self.count(conversation.tenant(), &Deltas::created(conversation, zone));
                 Ok(())
             }
         }
     }
 
     async fn save_conversation(&self, conversation: &Conversation) -> Result<(), StoreError> {
-        self.log(conversation.id())?.lock().conversation = conversation.clone();
+        let log = self.log(conversation.id())?;
+        let mut log = log.lock();
+        let zone = self.zones.of(conversation.tenant().as_str());
+        let deltas = Deltas::saved(&log.conversation, conversation, &log.messages, zone);
+        log.conversation = conversation.clone();
+        self.count(conversation.tenant(), &deltas);
         Ok(())
     }
 
@@ -183,8 +209,11 @@ impl MessageStore for MemoryStore {
         if let Some(id) = &message.client_msg_id {
             log.by_client_id.insert(id.clone(), seq);
         }
+        let tenant = log.conversation.tenant().clone();
+        let deltas = Deltas::appended(&message, self.zones.of(tenant.as_str()));
         let stored = Message::from_new(message, seq);
         log.messages.push(stored.clone());
+        self.count(&tenant, &deltas);
         Ok(Appended {
             message: stored,
             duplicate: false,
@@ -234,5 +263,35 @@ impl MessageStore for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+}
+
+#[async_trait]
+impl ReportStore for MemoryStore {
+    fn set_report_zone(&self, tenant: &TenantId, zone: ReportZone) {
+        self.zones.set(tenant, zone);
+    }
+
+    async fn report_counts(
+        &self,
+        tenant: &TenantId,
+        from: ReportDay,
+        to: ReportDay,
+    ) -> Result<Vec<Count>, StoreError> {
+        let key = |day| {
+            (
+                tenant.as_str().to_owned(),
+                day,
+                String::new(),
+                String::new(),
+            )
+        };
+        let counts = self.counts.lock();
+        counts
+            .range(key(from)..key(to.next()))
+            .map(|((_, day, agent, measure), value)| {
+                reports::decode_count(day.0, agent, measure.clone(), *value)
+            })
+            .collect()
     }
 }

@@ -13,6 +13,7 @@
 
 mod memory;
 mod queries;
+pub mod reports;
 
 #[cfg(feature = "testing")]
 pub mod contract;
@@ -27,6 +28,7 @@ use crate::message::{Message, NewMessage};
 
 pub use memory::MemoryStore;
 pub use queries::ConversationQueries;
+pub use reports::{Count, ReportDay, ReportStore, ReportZone};
 
 /// Any error from a backend (a database driver, a network client).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

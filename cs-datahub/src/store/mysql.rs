@@ -16,6 +16,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mysql");
 const DIALECT: Dialect = Dialect {
     lock_suffix: " FOR UPDATE",
     numbered_placeholders: false,
+    count_upsert_tail: "ON DUPLICATE KEY UPDATE value = value + VALUES(value)",
     stats_upsert_tail: "ON DUPLICATE KEY UPDATE \
          conversations = conversations + VALUES(conversations), \
          messages = messages + VALUES(messages), \
@@ -62,6 +63,8 @@ pub struct MySqlStore {
     backend: Arc<str>,
     /// Shared by clones: concurrent appends commit together.
     group: Arc<GroupCommit>,
+    /// Each tenant's report zone (shared by clones).
+    zones: Arc<cs_core::store::reports::ReportZones>,
 }
 
 impl MySqlStore {
@@ -133,6 +136,7 @@ impl MySqlStore {
             writer: pool.clone(),
             reader: pool,
             statements: Arc::new(Statements::new(&DIALECT)),
+            zones: Arc::default(),
             backend: backend.into(),
             group: Arc::default(),
         })

@@ -16,6 +16,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres")
 const DIALECT: Dialect = Dialect {
     lock_suffix: " FOR UPDATE",
     numbered_placeholders: true,
+    count_upsert_tail: sql::ON_CONFLICT_ADD_COUNT,
     stats_upsert_tail: sql::ON_CONFLICT_ADD,
     // serialization_failure, deadlock_detected.
     read_text: sql::plain_text,
@@ -48,6 +49,8 @@ pub struct PostgresStore {
     backend: Arc<str>,
     /// Shared by clones: concurrent appends commit together.
     group: Arc<GroupCommit>,
+    /// Each tenant's report zone (shared by clones).
+    zones: Arc<cs_core::store::reports::ReportZones>,
 }
 
 impl PostgresStore {
@@ -118,6 +121,7 @@ impl PostgresStore {
             writer: pool.clone(),
             reader: pool,
             statements: Arc::new(Statements::new(&DIALECT)),
+            zones: Arc::default(),
             backend: backend.into(),
             group: Arc::default(),
         })

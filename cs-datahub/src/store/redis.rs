@@ -750,6 +750,29 @@ impl ConversationQueries for RedisStore {
     }
 }
 
+/// A window of recent messages cannot fold a conversation's whole log at
+/// its close, so the Redis store keeps no report counters: a desk on Redis
+/// alone answers reports with this error. [`TieredStore`](crate::store::TieredStore)
+/// keeps them in its SQL store.
+#[async_trait]
+impl cs_core::store::ReportStore for RedisStore {
+    fn set_report_zone(&self, _tenant: &TenantId, _zone: cs_core::store::ReportZone) {}
+
+    async fn report_counts(
+        &self,
+        _tenant: &TenantId,
+        _from: cs_core::store::ReportDay,
+        _to: cs_core::store::ReportDay,
+    ) -> Result<Vec<cs_core::store::Count>, StoreError> {
+        Err(StoreError::Backend {
+            backend: self.backend.to_string(),
+            source:
+                "the Redis store keeps no report counters; use a SQL store, or TieredStore over one"
+                    .into(),
+        })
+    }
+}
+
 #[async_trait]
 impl MessageStoreExt for RedisStore {
     async fn append_all(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {

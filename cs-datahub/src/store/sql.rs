@@ -28,6 +28,9 @@ pub(crate) struct Dialect {
     /// The tail of `INSERT INTO cs_daily_stats (…) VALUES (…)` that adds to
     /// an existing row.
     pub stats_upsert_tail: &'static str,
+    /// The tail of `INSERT INTO cs_report_counts (…) VALUES (…)` that adds
+    /// to an existing counter.
+    pub count_upsert_tail: &'static str,
     /// Whether an error code means "run the transaction again"
     /// (deadlock, serialization failure, busy).
     pub retryable_code: fn(&str) -> bool,
@@ -90,6 +93,10 @@ pub(crate) struct Statements {
     pub agent_open_conversations: String,
     pub open_conversations: String,
     pub daily_stats: String,
+    pub upsert_count: String,
+    pub report_counts: String,
+    /// Every message of a conversation, oldest first: what a close folds.
+    pub log: String,
     pub upsert_visitor: String,
     pub touch_visitor: String,
     pub visitor: String,
@@ -213,6 +220,20 @@ impl Statements {
                  first_response_ms_total, closed, bot_resolved, handoffs FROM cs_daily_stats \
                  WHERE tenant = ? AND day >= ? AND day <= ? ORDER BY day"
                 .into()),
+            upsert_count: sql(format!(
+                "INSERT INTO cs_report_counts (tenant, day, agent, measure, value) \
+                 VALUES (?, ?, ?, ?, ?) {}",
+                dialect.count_upsert_tail
+            )),
+            report_counts: sql(format!(
+                "SELECT day, {}, {}, value FROM cs_report_counts \
+                 WHERE tenant = ? AND day >= ? AND day <= ? ORDER BY day, agent, measure",
+                text("agent"),
+                text("measure")
+            )),
+            log: sql(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM cs_messages WHERE conversation_id = ? ORDER BY seq"
+            )),
             retryable_code: dialect.retryable_code,
         }
     }
@@ -228,6 +249,11 @@ pub(crate) const ON_CONFLICT_ADD: &str = "ON CONFLICT (tenant, day) DO UPDATE SE
      closed = cs_daily_stats.closed + excluded.closed, \
      bot_resolved = cs_daily_stats.bot_resolved + excluded.bot_resolved, \
      handoffs = cs_daily_stats.handoffs + excluded.handoffs";
+
+/// The counter upsert of SQLite and PostgreSQL.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const ON_CONFLICT_ADD_COUNT: &str = "ON CONFLICT (tenant, day, agent, measure) \
+     DO UPDATE SET value = cs_report_counts.value + excluded.value";
 
 /// `?, ?, ?` → `$1, $2, $3`. The statements above hold no `?` inside string
 /// literals, so a plain scan is exact.
@@ -412,6 +438,7 @@ macro_rules! sql_message_store {
         };
         use sqlx::Row as _;
 
+        use cs_core::store::reports::{self, Count, Deltas, ReportDay, ReportStore, ReportZone};
         use $crate::store::codec::{self, EncodedMessage};
         use $crate::store::sql::{self as common, TxError};
         use $crate::store::stats::StatsDelta;
@@ -551,6 +578,27 @@ macro_rules! sql_message_store {
                 Ok(())
             }
 
+            /// Adds report counter deltas, in key order (see `Deltas`), in
+            /// the write's own transaction.
+            async fn add_counts(
+                &self,
+                tx: &mut Tx<'_>,
+                tenant: &str,
+                deltas: &Deltas,
+            ) -> Result<(), TxError> {
+                for (day, agent, measure, value) in deltas.rows() {
+                    sqlx::query(&self.statements.upsert_count)
+                        .bind(tenant)
+                        .bind(day.0)
+                        .bind(agent)
+                        .bind(measure)
+                        .bind(value)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(())
+            }
+
             /// Locks the conversation's row; returns its tenant and last seq.
             async fn lock_counter(
                 &self,
@@ -611,6 +659,9 @@ macro_rules! sql_message_store {
                     .execute(&mut *tx)
                     .await?;
                 self.add_stats(&mut tx, &tenant, [StatsDelta::appended(message)])
+                    .await?;
+                let zone = self.zones.of(&tenant);
+                self.add_counts(&mut tx, &tenant, &Deltas::appended(message, zone))
                     .await?;
                 tx.commit().await?;
                 Ok(Appended {
@@ -699,6 +750,7 @@ macro_rules! sql_message_store {
                 let mut to_insert: Vec<(usize, i64)> = Vec::with_capacity(messages.len());
                 let mut new_last: Vec<(ConversationId, i64)> = Vec::new();
                 let mut stats: BTreeMap<String, Vec<(Day, StatsDelta)>> = BTreeMap::new();
+                let mut counts: BTreeMap<String, Deltas> = BTreeMap::new();
                 for (&id, indexes) in &by_conversation {
                     let (tenant, first_new) = counters
                         .get(&id)
@@ -734,6 +786,11 @@ macro_rules! sql_message_store {
                             .entry(tenant.clone())
                             .or_default()
                             .push(StatsDelta::appended(&messages[i]));
+                        let zone = self.zones.of(&tenant);
+                        counts
+                            .entry(tenant.clone())
+                            .or_default()
+                            .extend(Deltas::appended(&messages[i], zone));
                     }
                     if last != first_new {
                         new_last.push((id, last));
@@ -779,6 +836,9 @@ macro_rules! sql_message_store {
                 }
                 for (tenant, deltas) in stats {
                     self.add_stats(&mut tx, &tenant, deltas).await?;
+                }
+                for (tenant, deltas) in &counts {
+                    self.add_counts(&mut tx, tenant, deltas).await?;
                 }
                 tx.commit().await?;
                 results
@@ -852,6 +912,9 @@ macro_rules! sql_message_store {
                 };
                 self.add_stats(&mut tx, c.tenant().as_str(), [StatsDelta::created(c)])
                     .await?;
+                let zone = self.zones.of(c.tenant().as_str());
+                self.add_counts(&mut tx, c.tenant().as_str(), &Deltas::created(c, zone))
+                    .await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -902,6 +965,22 @@ macro_rules! sql_message_store {
                     .await?;
                 self.add_stats(&mut tx, c.tenant().as_str(), StatsDelta::saved(&before, c))
                     .await?;
+                if Deltas::closes(&before, c) {
+                    // The close folds the conversation's log, read in this
+                    // transaction (the conversation's row is locked, so no
+                    // append slips in between).
+                    let log = sqlx::query(&self.statements.log)
+                        .bind(c.id().as_uuid().as_bytes().as_slice())
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .iter()
+                        .map(|row| message_from_row(c.id(), row))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let zone = self.zones.of(c.tenant().as_str());
+                    let deltas = Deltas::saved(&before, c, &log, zone);
+                    self.add_counts(&mut tx, c.tenant().as_str(), &deltas)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(())
             }
@@ -1133,6 +1212,43 @@ macro_rules! sql_message_store {
                             bot_resolved: count(row, 6)?,
                             handoffs: count(row, 7)?,
                         })
+                    })
+                    .collect()
+            }
+        }
+
+        #[async_trait]
+        impl ReportStore for $store {
+            fn set_report_zone(&self, tenant: &TenantId, zone: ReportZone) {
+                self.zones.set(tenant, zone);
+            }
+
+            async fn report_counts(
+                &self,
+                tenant: &TenantId,
+                from: ReportDay,
+                to: ReportDay,
+            ) -> Result<Vec<Count>, StoreError> {
+                let rows = sqlx::query(&self.statements.report_counts)
+                    .bind(tenant.as_str())
+                    .bind(from.0)
+                    .bind(to.0)
+                    .fetch_all(&self.reader)
+                    .await
+                    .map_err(|e| common::store_error(&self.backend, e))?;
+                rows.iter()
+                    .map(|row| {
+                        let read = || -> Result<(i64, String, String, i64), sqlx::Error> {
+                            Ok((
+                                row.try_get(0)?,
+                                row.try_get(1)?,
+                                row.try_get(2)?,
+                                row.try_get(3)?,
+                            ))
+                        };
+                        let (day, agent, measure, value) =
+                            read().map_err(|e| common::store_error(&self.backend, e))?;
+                        reports::decode_count(day, &agent, measure, value)
                     })
                     .collect()
             }

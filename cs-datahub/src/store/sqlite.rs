@@ -18,6 +18,7 @@ const DIALECT: Dialect = Dialect {
     // One writer connection serialises every write, so no row lock is needed.
     lock_suffix: "",
     numbered_placeholders: false,
+    count_upsert_tail: sql::ON_CONFLICT_ADD_COUNT,
     stats_upsert_tail: sql::ON_CONFLICT_ADD,
     // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with any extended code: another
     // process holds the file's write lock for longer than busy_timeout.
@@ -88,6 +89,8 @@ pub struct SqliteStore {
     backend: Arc<str>,
     /// Shared by clones: concurrent appends commit together.
     group: Arc<GroupCommit>,
+    /// Each tenant's report zone (shared by clones).
+    zones: Arc<cs_core::store::reports::ReportZones>,
 }
 
 /// Creates a missing database file readable by its owner only (0600):
@@ -190,6 +193,7 @@ impl SqliteStore {
             writer,
             reader,
             statements: Arc::new(Statements::new(&DIALECT)),
+            zones: Arc::default(),
             backend: backend.into(),
             group: Arc::default(),
         }

@@ -880,6 +880,25 @@ impl<Cold: MessageStoreExt> MessageStoreExt for TieredStore<Cold> {
 }
 
 /// Visitor records live in the SQL store only.
+/// Reports are the SQL store's: every write that counts goes through it.
+#[async_trait]
+impl<Cold: MessageStoreExt + cs_core::store::ReportStore> cs_core::store::ReportStore
+    for TieredStore<Cold>
+{
+    fn set_report_zone(&self, tenant: &TenantId, zone: cs_core::store::ReportZone) {
+        self.cold.set_report_zone(tenant, zone);
+    }
+
+    async fn report_counts(
+        &self,
+        tenant: &TenantId,
+        from: cs_core::store::ReportDay,
+        to: cs_core::store::ReportDay,
+    ) -> Result<Vec<cs_core::store::Count>, StoreError> {
+        self.cold.report_counts(tenant, from, to).await
+    }
+}
+
 #[async_trait]
 impl<Cold: MessageStoreExt + VisitorStore> VisitorStore for TieredStore<Cold> {
     async fn upsert_visitor(&self, record: &VisitorRecord) -> Result<VisitorRecord, StoreError> {

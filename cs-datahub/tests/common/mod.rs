@@ -672,6 +672,21 @@ macro_rules! delegate_store {
 delegate_store!();
 
 #[async_trait::async_trait]
+impl<S: cs_core::store::ReportStore> cs_core::store::ReportStore for Scratch<S> {
+    fn set_report_zone(&self, t: &TenantId, zone: cs_core::store::ReportZone) {
+        self.store.set_report_zone(t, zone);
+    }
+    async fn report_counts(
+        &self,
+        t: &TenantId,
+        from: cs_core::store::ReportDay,
+        to: cs_core::store::ReportDay,
+    ) -> Result<Vec<cs_core::store::Count>, StoreError> {
+        self.store.report_counts(t, from, to).await
+    }
+}
+
+#[async_trait::async_trait]
 impl<S: VisitorStore> VisitorStore for Scratch<S> {
     async fn upsert_visitor(&self, r: &VisitorRecord) -> Result<VisitorRecord, StoreError> {
         self.store.upsert_visitor(r).await

@@ -251,6 +251,8 @@
         return "Chat closed" + (body.reason ? " (" + body.reason + ")" : "");
       case "reopen":
         return "Chat reopened";
+      case "rating":
+        return "Rated " + body.score + "/5" + (body.comment ? ": " + body.comment : "");
       default:
         return null;
     }

@@ -31,6 +31,12 @@
       <span>This chat has ended.</span>
       <button id="restart" type="button">Start a new chat</button>
     </div>
+    <form id="rate" class="rate" hidden>
+      <span>How did we do?</span>
+      <span class="stars" role="radiogroup" aria-label="Rating from 1 to 5"><button type="button" data-score="1" aria-label="1 of 5">★</button><button type="button" data-score="2" aria-label="2 of 5">★</button><button type="button" data-score="3" aria-label="3 of 5">★</button><button type="button" data-score="4" aria-label="4 of 5">★</button><button type="button" data-score="5" aria-label="5 of 5">★</button></span>
+      <input id="rate-comment" maxlength="1000" placeholder="A comment (optional)" aria-label="Comment">
+      <button id="rate-send" type="submit" disabled>Rate</button>
+    </form>
     <form id="composer" class="composer">
       <label class="attach" title="Send an image or file">📎<input id="file" type="file" hidden></label>
       <textarea id="input" rows="1" maxlength="4000" aria-label="Message"></textarea>
@@ -58,6 +64,8 @@
   let token = localStorage.getItem("cs.visitor.token");
   let visitor = null;
   let conversation = null; // the open conversation's id
+  let rated = false; // whether the visitor rated it (once, after its close)
+  let score = 0; // the stars chosen
   let connection = null;
   let readSent = 0;
   let typingUntil = 0;
@@ -90,13 +98,13 @@
   }
 
   // An API call with the current token, renewed once if it was refused.
-  async function call(path) {
+  async function call(path, body) {
     try {
-      return await api("POST", path, currentToken());
+      return await api("POST", path, currentToken(), body);
     } catch (e) {
       if (e.status !== 401) throw e;
       await renew();
-      return api("POST", path, token);
+      return api("POST", path, token, body);
     }
   }
 
@@ -136,6 +144,8 @@
       $("messages").appendChild(note);
     }
     $("ended").hidden = true;
+    $("rate").hidden = true;
+    rated = false;
     $("composer").hidden = false;
     setStatus(describe(chat));
     connection.follow(conversation);
@@ -164,6 +174,10 @@
         $("ended").hidden = false;
         $("composer").hidden = true;
         setStatus("Chat ended");
+        askRating();
+      } else if (body.event === "rating") {
+        rated = true;
+        $("rate").hidden = true;
       } else if (body.event === "read") {
         markRead(c);
       }
@@ -180,6 +194,38 @@
     }
     markRead(c);
   }
+
+  // Satisfaction: at the close, 1 to 5 stars and a comment, sent once.
+  function askRating() {
+    if (rated) return;
+    score = 0;
+    for (const star of $("rate").querySelectorAll("[data-score]")) star.classList.remove("on");
+    $("rate-send").disabled = true;
+    $("rate").hidden = false;
+  }
+  $("rate").querySelector(".stars").addEventListener("click", (event) => {
+    const star = event.target.closest("[data-score]");
+    if (!star) return;
+    score = Number(star.dataset.score);
+    for (const s of $("rate").querySelectorAll("[data-score]")) {
+      s.classList.toggle("on", Number(s.dataset.score) <= score);
+    }
+    $("rate-send").disabled = false;
+  });
+  $("rate").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!score || !conversation) return;
+    const comment = $("rate-comment").value.trim();
+    try {
+      await call("/api/visitor/rating", { conversation, score, comment: comment || null });
+      showNotice("Thank you for your rating.");
+    } catch (error) {
+      // 409: rated already (in another tab); anything else is worth saying.
+      if (error.status !== 409) return showNotice(error.message);
+    }
+    rated = true;
+    $("rate").hidden = true;
+  });
 
   // "Read" under the visitor's messages the agent has read.
   function markRead(c) {

@@ -2,7 +2,7 @@
 //! bot's decisions and corrections, intent suggestions, the visitor's
 //! profile from the shop's systems, and the console socket.
 
-use axum::extract::{OriginalUri, Path, State, WebSocketUpgrade};
+use axum::extract::{OriginalUri, Path, Query, State, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::http::{header, Uri};
 use axum::response::{IntoResponse, Response};
@@ -332,4 +332,47 @@ pub async fn socket(
     check_origin(&desk, &parts)?;
     let tenant = desk.tenant().clone();
     Ok(desk.serve_socket(upgrade, tenant, Party::Agent(me)))
+}
+
+/// What `reports` reads: every field optional, so a missing one gets the
+/// desk's own 400 that names it.
+#[derive(Deserialize)]
+pub struct ReportQuery {
+    from: Option<String>,
+    to: Option<String>,
+    agent: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET api/agent/reports?from=YYYY-MM-DD&to=YYYY-MM-DD[&agent=ID][&format=csv]`:
+/// the days `from..=to` of the shop's zone, as JSON (a
+/// [`Report`](crate::desk::Report)) or CSV. An agent sees their own
+/// figures; a supervisor the desk's and everyone's, or one agent's with
+/// `agent`. Bad dates, `from` after `to`, or more than a year: 400.
+pub async fn reports(
+    State(desk): State<ServiceDesk>,
+    AuthAgent(me): AuthAgent,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    use crate::desk::reports::{parse_range, to_csv, ReportError};
+    let csv = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => return Err(ReportError::BadFormat(other.to_owned()).into()),
+    };
+    let (from, to) = parse_range(query.from.as_deref(), query.to.as_deref())?;
+    let scope = desk.state.report_scope(&me, query.agent.as_deref())?;
+    let report = desk.report(from, to, &scope).await?;
+    if csv {
+        let name = format!("attachment; filename=\"report-{from}-{to}.csv\"");
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                (header::CONTENT_DISPOSITION, name),
+            ],
+            to_csv(&report),
+        )
+            .into_response());
+    }
+    Ok(Json(report).into_response())
 }

@@ -17,6 +17,9 @@ const WIDGET_JS: &str = concat!(
 const CONSOLE_HTML: &str = include_str!("../assets/console.html");
 const CONSOLE_JS: &str = include_str!("../assets/console.js");
 const DESK_CSS: &str = include_str!("../assets/desk.css");
+const REPORTS_HTML: &str = include_str!("../assets/reports.html");
+const REPORTS_JS: &str = include_str!("../assets/reports.js");
+const REPORTS_CSS: &str = include_str!("../assets/reports.css");
 
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -53,9 +56,30 @@ pub async fn css() -> impl IntoResponse {
     asset(DESK_CSS, CSS)
 }
 
+/// `GET assets/reports.js`.
+pub async fn reports_js() -> impl IntoResponse {
+    asset(REPORTS_JS, JS)
+}
+
+/// `GET assets/reports.css`.
+pub async fn reports_css() -> impl IntoResponse {
+    asset(REPORTS_CSS, CSS)
+}
+
+/// `GET agent/reports`: the Reports page, under the console's policy (its
+/// charts are SVG its own script draws; nothing loads from elsewhere).
+pub async fn reports() -> impl IntoResponse {
+    page(REPORTS_HTML)
+}
+
 /// `GET agent`: the console page. It loads only its own scripts and
 /// styles, so an injected `<script>` would not run even if escaping failed.
 pub async fn console() -> impl IntoResponse {
+    page(CONSOLE_HTML)
+}
+
+/// A page of the console's, with its Content-Security-Policy.
+fn page(html: &'static str) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, HTML),
@@ -65,6 +89,6 @@ pub async fn console() -> impl IntoResponse {
             ),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        CONSOLE_HTML,
+        html,
     )
 }

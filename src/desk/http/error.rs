@@ -14,6 +14,7 @@ use crate::desk::attachments::AttachmentError;
 use crate::desk::error::{DeskError, ErrorKind, PresenceError, RoutingError};
 use crate::desk::identity::IdentityError;
 use crate::desk::quotas::QuotaError;
+use crate::desk::reports::{RatingError, ReportError};
 use crate::desk::tokens::TokenError;
 
 /// Why a request failed: `{"error": CODE, "message": WORDS}` with a status;
@@ -186,5 +187,17 @@ impl From<AttachmentError> for ApiError {
                 Self::unavailable(e.to_string())
             }
         }
+    }
+}
+
+impl From<ReportError> for ApiError {
+    fn from(e: ReportError) -> Self {
+        Self::new(e.kind(), e.to_string())
+    }
+}
+
+impl From<RatingError> for ApiError {
+    fn from(e: RatingError) -> Self {
+        Self::new(e.kind(), e.to_string())
     }
 }

@@ -34,11 +34,15 @@ where
         .route("/assets/chat.js", get(assets::chat))
         .route("/assets/console.js", get(assets::console_js))
         .route("/assets/desk.css", get(assets::css))
+        .route("/agent/reports", get(assets::reports))
+        .route("/assets/reports.js", get(assets::reports_js))
+        .route("/assets/reports.css", get(assets::reports_css))
         // Visitors.
         .route("/api/visitor/session", post(visitor::session))
         .route("/api/visitor/conversation", post(visitor::conversation))
         .route("/api/visitor/conversation/close", post(visitor::close))
         .route("/api/visitor/logout", post(visitor::logout))
+        .route("/api/visitor/rating", post(visitor::rating))
         .route("/ws/visitor", get(visitor::socket))
         // Agents.
         .route("/api/agent/login", post(agent::login))
@@ -59,6 +63,7 @@ where
         .route("/api/agent/corrections", post(agent::correct))
         .route("/api/agent/intents", get(agent::intents))
         .route("/api/agent/suggestions", get(agent::suggestions))
+        .route("/api/agent/reports", get(agent::reports))
         .route("/ws/agent", get(agent::socket))
         // Files.
         // No body limit layer: the handler streams the body to the

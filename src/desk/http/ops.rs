@@ -137,6 +137,9 @@ pub async fn metrics(
             "# HELP cs_{name} {help}\n# TYPE cs_{name} {kind}\ncs_{name} {value}"
         );
     }
+    if routing {
+        today_gauges(&desk, &mut out).await;
+    }
     if let Some(bot) = desk.bot() {
         let counters = bot.counters.snapshot();
         let _ = writeln!(
@@ -157,6 +160,140 @@ pub async fn metrics(
         );
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+/// The report's measures over today (the shop's zone) as `cs_today_*`
+/// gauges: one read of the store's counters. A store that keeps no reports
+/// (Redis alone) leaves them out.
+async fn today_gauges(desk: &ServiceDesk, out: &mut String) {
+    use crate::desk::reports::{ReportScope, Timing};
+    let today = desk
+        .state
+        .settings
+        .report_zone
+        .day_of(cs_core::Timestamp::now());
+    let report = match desk.report(today, today, &ReportScope::Everyone).await {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::debug!(error = %e, "no report gauges");
+            return;
+        }
+    };
+    let Some(desk_figures) = report.desk else {
+        return;
+    };
+    let f = &desk_figures.total;
+    let mut gauge = |name: &str, help: &str, series: Vec<(String, f64)>| {
+        let _ = writeln!(
+            out,
+            "# HELP cs_today_{name} {help}\n# TYPE cs_today_{name} gauge"
+        );
+        for (labels, value) in series {
+            let _ = writeln!(out, "cs_today_{name}{labels} {value}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v as f64)];
+    gauge(
+        "conversations_opened",
+        "Conversations opened today.",
+        one(f.opened),
+    );
+    gauge(
+        "conversations_closed",
+        "Conversations closed today.",
+        one(f.closed),
+    );
+    gauge(
+        "conversations_contained",
+        "Conversations closed today that never reached a person.",
+        one(f.contained),
+    );
+    gauge(
+        "handoffs",
+        "Hand-offs to the human queue today.",
+        one(f.handoffs),
+    );
+    gauge(
+        "transfers",
+        "Transfers between agents today.",
+        one(f.transfers),
+    );
+    gauge(
+        "messages",
+        "Messages said today, by party.",
+        f.messages
+            .iter()
+            .map(|(party, n)| (format!("{{party=\"{}\"}}", label(party)), *n as f64))
+            .collect(),
+    );
+    let timing = |t: &Timing| {
+        let mut series = Vec::new();
+        if let Some(mean) = t.mean_ms {
+            series.push(("{stat=\"mean\"}".to_owned(), mean as f64 / 1000.0));
+        }
+        for (stat, bound) in [("p50_at_most", t.p50_le_ms), ("p90_at_most", t.p90_le_ms)] {
+            if let Some(bound) = bound {
+                series.push((format!("{{stat=\"{stat}\"}}"), bound as f64 / 1000.0));
+            }
+        }
+        series
+    };
+    gauge(
+        "wait_seconds",
+        "Queue to agent today: the mean, and the bucket bounds the median and p90 are at most.",
+        timing(&f.wait),
+    );
+    gauge(
+        "first_response_seconds",
+        "First queued to first agent message today (as wait_seconds).",
+        timing(&f.first_response),
+    );
+    gauge(
+        "resolution_seconds",
+        "Opened to closed today (as wait_seconds).",
+        timing(&f.resolution),
+    );
+    gauge("ratings", "Ratings given today.", one(f.ratings.count));
+    if let Some(mean) = f.ratings.mean {
+        gauge(
+            "rating_mean",
+            "The mean rating today, 1 to 5.",
+            vec![(String::new(), mean)],
+        );
+    }
+    let per_agent = |value: fn(&crate::desk::reports::Figures) -> Option<f64>| {
+        report
+            .agents
+            .iter()
+            .filter_map(|a| {
+                let labels = format!("{{agent=\"{}\"}}", label(a.agent.as_str()));
+                Some((labels, value(&a.total)?))
+            })
+            .collect::<Vec<_>>()
+    };
+    gauge(
+        "agent_handled",
+        "Conversations each agent served, counted at their close today.",
+        per_agent(|f| Some(f.handled as f64)),
+    );
+    gauge(
+        "agent_transfers",
+        "Conversations each agent transferred away today.",
+        per_agent(|f| Some(f.transfers as f64)),
+    );
+    gauge(
+        "agent_first_response_seconds",
+        "Each agent's mean time from taking a conversation to their first message, today.",
+        per_agent(|f| f.first_response.mean_ms.map(|ms| ms as f64 / 1000.0)),
+    );
+}
+
+/// A Prometheus label value, escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// `GET healthz`: 200 when the store answers, 503 when it does not, with

@@ -230,6 +230,30 @@ pub async fn close(
     Ok(Json(json!({ "closed": chat.id })))
 }
 
+/// What `rating` reads.
+#[derive(serde::Deserialize)]
+pub struct Rating {
+    conversation: cs_core::ConversationId,
+    score: i64,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// `POST api/visitor/rating` `{conversation, score: 1..=5, comment?}`:
+/// the visitor rates their conversation once it is closed, once. A 409
+/// for an open or already rated one.
+pub async fn rating(
+    State(desk): State<ServiceDesk>,
+    AuthVisitor(visitor): AuthVisitor,
+    Json(rating): Json<Rating>,
+) -> Result<Json<Value>, ApiError> {
+    desk.rate(&visitor, rating.conversation, rating.score, rating.comment)
+        .await?;
+    Ok(Json(
+        json!({ "rated": rating.conversation, "score": rating.score }),
+    ))
+}
+
 /// `GET ws/visitor?token=…`: the chat socket, as this visitor, from a page
 /// of an allowed origin, within the caps on sockets per visitor and per
 /// address. Every frame on it is authorized against this identity by the
