@@ -8,6 +8,7 @@
 //! ```text
 //! cargo run --release -p cs-intent --example kb_eval -- [--entries 100000] [--queries 1000]
 //!     [--questions ../shared/data/banking77/train.csv] [--save PATH] [--load-runs 3]
+//! cargo run --release -p cs-intent --example kb_eval -- --load-only PATH [--load-runs 3]
 //! ```
 //!
 //! Entries are synthetic but realistic: each joins a real customer question
@@ -51,6 +52,15 @@ struct Args {
     /// How many times to load the saved KB (the median is reported).
     #[arg(long, default_value_t = 3)]
     load_runs: usize,
+    /// Only load this saved KB `--load-runs` times and report the load times.
+    #[arg(long)]
+    load_only: Option<PathBuf>,
+}
+
+fn median(runs: &[f64]) -> f64 {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 const PRODUCTS: [&str; 12] = [
@@ -121,6 +131,25 @@ fn load_questions(args: &Args) -> Result<Vec<String>, Box<dyn std::error::Error>
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    if let Some(path) = &args.load_only {
+        let mut runs = Vec::new();
+        let mut entries = 0;
+        for _ in 0..args.load_runs.max(1) {
+            let start = Instant::now();
+            entries = KnowledgeBase::load(path)?.len();
+            runs.push(start.elapsed().as_secs_f64());
+            eprintln!("load {}: {:.2} s", runs.len(), runs[runs.len() - 1]);
+        }
+        let json = serde_json::json!({
+            "entries": entries,
+            "file_bytes": std::fs::metadata(path)?.len(),
+            "load_seconds": round3(median(&runs)),
+            "load_seconds_runs": runs.iter().map(|&x| round3(x)).collect::<Vec<_>>(),
+        });
+        println!("{json}");
+        return Ok(());
+    }
     let questions = load_questions(&args)?;
     let entries: Vec<KbEntry> = (0..args.entries)
         .map(|i| KbEntry {
@@ -213,10 +242,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 });
         }
     }
-    let mut sorted_loads = load_runs.clone();
-    sorted_loads.sort_by(f64::total_cmp);
-    let load_seconds = sorted_loads[sorted_loads.len() / 2];
-    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    let load_seconds = median(&load_runs);
     let json = serde_json::json!({
         "entries": kb.len(),
         "queries": queries.len(),

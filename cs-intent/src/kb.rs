@@ -87,6 +87,7 @@ impl Embedder {
                 hash_bits: 30,
                 char_ngram_min: 1,
                 char_ngram_max: 3,
+                cjk_char_ngram_max: 0,
                 word_ngram_max: 1,
                 sublinear_tf: true,
                 max_chars: 512,
@@ -148,16 +149,6 @@ impl SavedKb {
     /// The saved configuration.
     pub fn config(&self) -> &KbConfig {
         &self.config
-    }
-
-    /// A saved KB of these entries with no stored graph: loading it embeds and
-    /// indexes them (what a format-1 agent file holds).
-    pub(crate) fn unindexed(config: KbConfig, entries: Vec<KbEntry>) -> SavedKb {
-        SavedKb {
-            config,
-            entries: entries.into_iter().map(Some).collect(),
-            ..SavedKb::default()
-        }
     }
 }
 
@@ -384,7 +375,7 @@ impl KnowledgeBase {
         }
         let mut kb = KnowledgeBase::new(config);
         if points.is_empty() && graph.is_none() && tombstones.is_empty() {
-            // Entries only (a format-1 file, or a KB with no indexed point): index them.
+            // No indexed point (entries whose questions all embed to zero): index them.
             let live = entries.into_iter().flatten().collect();
             return KnowledgeBase::build(kb.config, live);
         }

@@ -23,6 +23,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use hnsw_rs::prelude::{AnnT, DistL2, Distance, Hnsw, HnswIo};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::IntentError;
@@ -293,8 +294,51 @@ const MAGIC_LAYER: u32 = 0x000a_676f;
 const MAGIC_POINT: u32 = 0x000a_678f;
 const MAGIC_DATA: u32 = 0xa67f_0000;
 
+fn put_usize(buf: &mut Vec<u8>, v: usize) {
+    buf.extend_from_slice(&v.to_ne_bytes());
+}
+
+/// One point's records in hnswio's graph file and data file.
+fn point_records(
+    graph: &SavedGraph,
+    vectors: &[&[f32]],
+    place: &[(u8, i32)],
+    id: usize,
+    graph_out: &mut Vec<u8>,
+    data_out: &mut Vec<u8>,
+) {
+    let (level, rank) = place[id];
+    graph_out.extend_from_slice(&MAGIC_POINT.to_ne_bytes());
+    put_usize(graph_out, id);
+    graph_out.push(level);
+    graph_out.extend_from_slice(&rank.to_ne_bytes());
+    for layer in 0..LAYERS {
+        let list = graph.neighbours[id]
+            .get(layer)
+            .map_or(&[][..], Vec::as_slice);
+        put_usize(graph_out, list.len());
+        for &nb in list {
+            let (nl, nr) = place[nb as usize];
+            put_usize(graph_out, nb as usize);
+            graph_out.push(nl);
+            graph_out.extend_from_slice(&nr.to_ne_bytes());
+            // The same distance function hnsw_rs used when it linked them.
+            let dist = DistL2 {}.eval(vectors[id], vectors[nb as usize]);
+            graph_out.extend_from_slice(&dist.to_ne_bytes());
+        }
+    }
+    data_out.extend_from_slice(&MAGIC_DATA.to_ne_bytes());
+    data_out.extend_from_slice(&(id as u64).to_ne_bytes());
+    data_out.extend_from_slice(&(std::mem::size_of_val(vectors[id]) as u64).to_ne_bytes());
+    for x in vectors[id] {
+        data_out.extend_from_slice(&x.to_ne_bytes());
+    }
+}
+
 /// Write `kb.hnsw.graph` and `kb.hnsw.data` in hnswio's "full" dump format
-/// (native endian, `usize` counts), from an already validated graph.
+/// (native endian, `usize` counts), from an already validated graph. The
+/// points' records (with the link distances to compute) are encoded in
+/// parallel chunks and written in order.
 fn write_dump(
     dir: &Path,
     graph: &SavedGraph,
@@ -316,79 +360,62 @@ fn write_dump(
             place[id as usize] = (l as u8, r as i32);
         }
     }
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
-    let put_usize = |buf: &mut Vec<u8>, v: usize| buf.extend_from_slice(&v.to_ne_bytes());
-    // Description.
-    buf.extend_from_slice(&MAGIC_DESCRIPTION.to_ne_bytes());
-    buf.push(1); // full mode: neighbours carry their (level, rank)
-    buf.push(graph.max_connections as u8);
-    buf.extend_from_slice(&graph.level_scale.to_ne_bytes());
-    buf.push(LAYERS as u8);
-    put_usize(&mut buf, graph.ef_construction as usize);
-    put_usize(&mut buf, vectors.len());
-    put_usize(&mut buf, dim);
+    let mut head: Vec<u8> = Vec::new();
+    head.extend_from_slice(&MAGIC_DESCRIPTION.to_ne_bytes());
+    head.push(1); // full mode: neighbours carry their (level, rank)
+    head.push(graph.max_connections as u8);
+    head.extend_from_slice(&graph.level_scale.to_ne_bytes());
+    head.push(LAYERS as u8);
+    put_usize(&mut head, graph.ef_construction as usize);
+    put_usize(&mut head, vectors.len());
+    put_usize(&mut head, dim);
     for name in [
         std::any::type_name::<DistL2>(),
         std::any::type_name::<f32>(),
     ] {
-        put_usize(&mut buf, name.len());
-        buf.extend_from_slice(name.as_bytes());
+        put_usize(&mut head, name.len());
+        head.extend_from_slice(name.as_bytes());
     }
-    // The layers, every one of the LAYERS (hnsw_rs writes the empty ones too).
-    buf.push(LAYERS as u8);
-    let mut data: Vec<u8> = Vec::with_capacity(1 << 16);
-    data.extend_from_slice(&MAGIC_DATA.to_ne_bytes());
-    put_usize(&mut data, dim);
+    // Then the layers, every one of the LAYERS (hnsw_rs writes the empty ones too).
+    head.push(LAYERS as u8);
+    let mut data_head: Vec<u8> = Vec::new();
+    data_head.extend_from_slice(&MAGIC_DATA.to_ne_bytes());
+    put_usize(&mut data_head, dim);
+    let write_g =
+        |g: &mut BufWriter<File>, b: &[u8]| g.write_all(b).map_err(io_err("write", &graph_path));
+    let write_d =
+        |d: &mut BufWriter<File>, b: &[u8]| d.write_all(b).map_err(io_err("write", &data_path));
+    write_g(&mut g, &head)?;
+    write_d(&mut d, &data_head)?;
     let empty = Vec::new();
     for l in 0..LAYERS {
         let layer = graph.layers.get(l).unwrap_or(&empty);
-        buf.extend_from_slice(&MAGIC_LAYER.to_ne_bytes());
-        put_usize(&mut buf, layer.len());
-        for (r, &id) in layer.iter().enumerate() {
-            let id = id as usize;
-            buf.extend_from_slice(&MAGIC_POINT.to_ne_bytes());
-            put_usize(&mut buf, id);
-            buf.push(l as u8);
-            buf.extend_from_slice(&(r as i32).to_ne_bytes());
-            for layer_links in 0..LAYERS {
-                let list = graph.neighbours[id].get(layer_links).unwrap_or(&empty);
-                put_usize(&mut buf, list.len());
-                for &nb in list {
-                    let (nl, nr) = place[nb as usize];
-                    put_usize(&mut buf, nb as usize);
-                    buf.push(nl);
-                    buf.extend_from_slice(&nr.to_ne_bytes());
-                    // The same distance function hnsw_rs used when it linked them.
-                    let dist = DistL2 {}.eval(vectors[id], vectors[nb as usize]);
-                    buf.extend_from_slice(&dist.to_ne_bytes());
+        let mut layer_head = MAGIC_LAYER.to_ne_bytes().to_vec();
+        put_usize(&mut layer_head, layer.len());
+        write_g(&mut g, &layer_head)?;
+        let chunks: Vec<(Vec<u8>, Vec<u8>)> = layer
+            .par_chunks(4096)
+            .map(|ids| {
+                let (mut go, mut dout) = (Vec::new(), Vec::new());
+                for &id in ids {
+                    point_records(graph, vectors, &place, id as usize, &mut go, &mut dout);
                 }
-            }
-            data.extend_from_slice(&MAGIC_DATA.to_ne_bytes());
-            data.extend_from_slice(&(id as u64).to_ne_bytes());
-            data.extend_from_slice(&((dim * 4) as u64).to_ne_bytes());
-            for x in vectors[id] {
-                data.extend_from_slice(&x.to_ne_bytes());
-            }
-            if buf.len() > 1 << 16 {
-                g.write_all(&buf).map_err(io_err("write", &graph_path))?;
-                buf.clear();
-            }
-            if data.len() > 1 << 16 {
-                d.write_all(&data).map_err(io_err("write", &data_path))?;
-                data.clear();
-            }
+                (go, dout)
+            })
+            .collect();
+        for (go, dout) in chunks {
+            write_g(&mut g, &go)?;
+            write_d(&mut d, &dout)?;
         }
     }
     let (el, er) = place[graph.entry as usize];
-    put_usize(&mut buf, graph.entry as usize);
-    buf.push(el);
-    buf.extend_from_slice(&er.to_ne_bytes());
-    g.write_all(&buf)
-        .and_then(|()| g.flush())
-        .map_err(io_err("write", &graph_path))?;
-    d.write_all(&data)
-        .and_then(|()| d.flush())
-        .map_err(io_err("write", &data_path))?;
+    let mut tail = Vec::new();
+    put_usize(&mut tail, graph.entry as usize);
+    tail.push(el);
+    tail.extend_from_slice(&er.to_ne_bytes());
+    write_g(&mut g, &tail)?;
+    g.flush().map_err(io_err("write", &graph_path))?;
+    d.flush().map_err(io_err("write", &data_path))?;
     Ok(())
 }
 

@@ -10,9 +10,10 @@
 //! part by part before use (see [`KnowledgeBase::from_saved`]).
 //!
 //! Format 2 stores the KB's embedded points and its HNSW graph, so a 100,000
-//! entry KB loads in about a second instead of being re-indexed (36-43 s; see
-//! the crate README). Format 1 files (KB entries only) still load, re-indexing
-//! their KB.
+//! entry KB loads without being re-indexed (see the crate README). A format 1
+//! file (the KB as bare entries) is refused with
+//! [`IntentError::UnsupportedVersion`]: its model types have changed too, so
+//! retrain from the shop's rows.
 
 use std::path::Path;
 
@@ -20,13 +21,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentConfig, IntentAgent};
 use crate::error::IntentError;
-use crate::kb::{KbEntry, KnowledgeBase, SavedKb};
+use crate::kb::{KnowledgeBase, SavedKb};
 use crate::memory::Memory;
 use crate::model::{Example, IntentModel};
 
 /// The first bytes of every cs-intent agent file.
 pub const MAGIC: [u8; 8] = *b"CSINTENT";
-/// The agent format version this build writes (it also reads version 1).
+/// The agent format version this build writes and reads.
 pub const FORMAT_VERSION: u16 = 2;
 /// The first bytes of a knowledge-base file ([`KnowledgeBase::save`]).
 pub const KB_MAGIC: [u8; 8] = *b"CSINTKB\0";
@@ -47,16 +48,6 @@ pub struct SavedAgent {
     pub memory: Vec<(Example, usize)>,
     /// The knowledge base with its index.
     pub kb: SavedKb,
-}
-
-/// Format 1: the same, with the KB as bare entries.
-#[derive(Deserialize)]
-struct SavedAgentV1 {
-    config: AgentConfig,
-    rows: Vec<Example>,
-    model: IntentModel,
-    memory: Vec<(Example, usize)>,
-    kb: Vec<KbEntry>,
 }
 
 /// Frame a payload: magic, version, length, checksum.
@@ -197,19 +188,8 @@ impl IntentAgent {
 
     /// Decode an agent written by [`IntentAgent::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<IntentAgent, IntentError> {
-        let (version, payload) = unframe(&MAGIC, &[1, FORMAT_VERSION], bytes)?;
-        let saved: SavedAgent = if version == 1 {
-            let v1: SavedAgentV1 = decode_payload(payload)?;
-            SavedAgent {
-                kb: SavedKb::unindexed(v1.config.kb.clone(), v1.kb),
-                config: v1.config,
-                rows: v1.rows,
-                model: v1.model,
-                memory: v1.memory,
-            }
-        } else {
-            decode_payload(payload)?
-        };
+        let (_, payload) = unframe(&MAGIC, &[FORMAT_VERSION], bytes)?;
+        let saved: SavedAgent = decode_payload(payload)?;
         saved.model.validate().map_err(IntentError::Decode)?;
         let mut memory = Memory::default();
         for (example, row) in saved.memory {
@@ -239,42 +219,19 @@ impl IntentAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kb::KbConfig;
+    use crate::kb::{KbConfig, KbEntry};
     use std::collections::BTreeMap;
 
     #[test]
-    fn a_format_1_agent_file_still_loads_and_indexes_its_kb() {
-        let rows = vec![
-            Example::new("where is my parcel", "track"),
-            Example::new("refund please", "refund"),
-            Example::new("money back", "refund"),
-        ];
-        let model = IntentModel::train(&rows, &crate::ModelConfig::default()).unwrap();
-        let kb = vec![KbEntry {
-            id: "refund".into(),
-            questions: vec!["how long does a refund take".into()],
-            answer: "3-5 days".into(),
-            intent: Some("refund".into()),
-            metadata: BTreeMap::new(),
-        }];
-        // Postcard writes a struct as its fields in order, as this tuple.
-        let v1 = (
-            AgentConfig::default(),
-            rows,
-            model,
-            Vec::<(Example, usize)>::new(),
-            kb,
-        );
-        let bytes = frame(&MAGIC, 1, &postcard::to_allocvec(&v1).unwrap());
-        let agent = IntentAgent::from_bytes(&bytes).unwrap();
-        assert_eq!(
-            agent.kb_search("refund take how long", 1)[0].entry.id,
-            "refund"
-        );
-        // Saved again, it is a format-2 file with the graph.
-        let again = agent.to_bytes().unwrap();
-        assert_eq!(u16::from_le_bytes([again[8], again[9]]), FORMAT_VERSION);
-        assert!(IntentAgent::from_bytes(&again).is_ok());
+    fn a_format_1_agent_file_is_refused_with_its_version() {
+        let bytes = frame(&MAGIC, 1, b"an old payload");
+        assert!(matches!(
+            IntentAgent::from_bytes(&bytes),
+            Err(IntentError::UnsupportedVersion {
+                found: 1,
+                supported: FORMAT_VERSION
+            })
+        ));
     }
 
     #[test]
