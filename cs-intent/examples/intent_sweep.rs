@@ -11,7 +11,9 @@
 //! `SWEEP_GRID="bits,char_min,char_max,word_max[,sublinear[,cjk_char_max]];..."`
 //! replaces the default grid (`sublinear` 1 or 0, default 1; `cjk_char_max` 0 =
 //! same as `char_max`); the optional third argument
-//! lists SVM `C` values (default 1); `SWEEP_FOLDS` sets k (default 5).
+//! lists SVM `C` values (default 1); `SWEEP_LOGISTIC="0,0.5"` lists weights of
+//! the logistic regression blended into the SVM (default 0); `SWEEP_FOLDS`
+//! sets k (default 5).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -33,12 +35,13 @@ fn fit(
     texts: &[&str],
     labels: &[u32],
     classes: usize,
-    c: f32,
+    (c, logistic_weight): (f32, f32),
 ) -> (Featurizer, LinearModel) {
     let f = Featurizer::fit(config.clone(), texts);
     let rows: Vec<_> = texts.iter().map(|t| f.transform(t)).collect();
     let svm = TrainConfig {
         c,
+        logistic_weight,
         ..TrainConfig::default()
     };
     let model = LinearModel::train(&rows, labels, classes, &svm);
@@ -92,10 +95,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|c| c.to_vec())
         .collect(),
     };
-    let cs: Vec<f32> = args
-        .get(3)
-        .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or(vec![1.0]);
+    let list =
+        |s: &str| -> Vec<f32> { s.split(',').filter_map(|x| x.trim().parse().ok()).collect() };
+    let cs: Vec<f32> = args.get(3).map(|s| list(s)).unwrap_or(vec![1.0]);
+    let logistic: Vec<f32> = std::env::var("SWEEP_LOGISTIC")
+        .map(|s| list(&s))
+        .unwrap_or(vec![0.0]);
+    let settings: Vec<(f32, f32)> = cs
+        .iter()
+        .flat_map(|&c| logistic.iter().map(move |&l| (c, l)))
+        .collect();
     println!(
         "{k}-fold cross-validation on {} rows, {classes} intents",
         train.len()
@@ -110,7 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             cjk_char_ngram_max: p.get(5).copied().unwrap_or(0),
             ..base.clone()
         };
-        for &c in &cs {
+        for &(c, logistic_weight) in &settings {
             let (mut right, mut seconds) = (0usize, 0.0f64);
             for fold in 0..k {
                 let (mut fit_texts, mut fit_labels) = (Vec::new(), Vec::new());
@@ -121,14 +130,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                 }
                 let start = Instant::now();
-                let (f, model) = fit(&config, &fit_texts, &fit_labels, classes, c);
+                let (f, model) = fit(
+                    &config,
+                    &fit_texts,
+                    &fit_labels,
+                    classes,
+                    (c, logistic_weight),
+                );
                 seconds += start.elapsed().as_secs_f64();
                 right += (0..texts.len())
                     .filter(|&i| folds[i] == fold && top1(&model, &f, texts[i]) == labels[i])
                     .count();
             }
             let mut line = format!(
-                "bits={} char={}..{} cjk<={} word<={} sublinear={} C={c}: cv accuracy {:.4} (fit {:.2}s per fold)",
+                "bits={} char={}..{} cjk<={} word<={} sublinear={} C={c} logistic={logistic_weight}: cv accuracy {:.4} (fit {:.2}s per fold)",
                 config.hash_bits,
                 config.char_ngram_min,
                 config.char_ngram_max,
@@ -139,7 +154,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 seconds / k as f64,
             );
             if let Some(test) = &test {
-                let (f, model) = fit(&config, &texts, &labels, classes, c);
+                let (f, model) = fit(&config, &texts, &labels, classes, (c, logistic_weight));
                 let correct = test
                     .iter()
                     .filter(|e| ids.get(&e.intent) == Some(&top1(&model, &f, &e.text)))

@@ -43,7 +43,9 @@ impl Default for FeatureConfig {
             hash_bits: 20,
             char_ngram_min: 1,
             char_ngram_max: 5,
-            cjk_char_ngram_max: 0,
+            // Chosen by 5-fold cross-validation on the Chinese retail fixture's
+            // training rows: 78.4% with 2 against 73.0% with 5 (crate README).
+            cjk_char_ngram_max: 2,
             word_ngram_max: 2,
             sublinear_tf: true,
             max_chars: 512,
