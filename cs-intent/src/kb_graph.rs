@@ -11,12 +11,18 @@
 //! it `unwrap`s and `assert!`s on malformed input, calls `process::exit`, and
 //! slices vectors by a dimension it never checks against the bytes present. So
 //! the bytes it reads are never the file's: [`restore`] first validates the
-//! saved graph completely (ids in range, each neighbour present at its layer,
-//! lists within the link bound, one entry point on the top layer, finite
-//! vectors of the KB's dimension), then writes hnswio's dump format itself
-//! from the validated values into a private temporary directory and lets
-//! hnswio read that back. Whatever reaches hnswio is well formed by
-//! construction.
+//! saved graph completely (every point on exactly one level, links naming
+//! existing points, lists within a bound, the entry point on the top layer,
+//! finite vectors of the KB's dimension), then writes hnswio's dump format
+//! itself from the validated values into a private temporary directory
+//! (`tempfile`, under `TMPDIR`) and lets hnswio read that back. Whatever
+//! reaches hnswio is well formed by construction. What remains of hnswio's
+//! hazards: it exits the process if reading the file we have just written
+//! fails with an I/O error.
+//!
+//! Saving needs hnsw_rs's own dump once too: the entry point is private to
+//! hnsw_rs and appears only there. So saving and loading a KB each need a
+//! writable temporary directory with room for about twice the KB file.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
