@@ -1,10 +1,14 @@
 //! Knowledge-base measurement: build a KB of N entries, then search Q
 //! queries and report build time, search p50/p99 and recall@10 against an
-//! exhaustive search over the same embeddings.
+//! exhaustive search over the same embeddings. Then save the KB (entries,
+//! embeddings and HNSW graph), load it `--load-runs` times, and report the
+//! file size, save time, median load time, and whether the loaded KB answers
+//! every query exactly as the built one.
 //!
 //! ```text
 //! cargo run --release -p cs-intent --example kb_eval -- [--entries 100000] [--queries 1000]
-//!     [--questions ../shared/data/banking77/train.csv]
+//!     [--questions ../shared/data/banking77/train.csv] [--save PATH] [--load-runs 3]
+//! cargo run --release -p cs-intent --example kb_eval -- --load-only PATH [--load-runs 3]
 //! ```
 //!
 //! Entries are synthetic but realistic: each joins a real customer question
@@ -42,6 +46,21 @@ struct Args {
     /// HNSW ef_construction.
     #[arg(long)]
     ef_construction: Option<usize>,
+    /// Where to save the KB (default: a file in a temporary directory).
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// How many times to load the saved KB (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    load_runs: usize,
+    /// Only load this saved KB `--load-runs` times and report the load times.
+    #[arg(long)]
+    load_only: Option<PathBuf>,
+}
+
+fn median(runs: &[f64]) -> f64 {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 const PRODUCTS: [&str; 12] = [
@@ -112,6 +131,28 @@ fn load_questions(args: &Args) -> Result<Vec<String>, Box<dyn std::error::Error>
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    if let Some(path) = &args.load_only {
+        let mut runs = Vec::new();
+        let mut entries = 0;
+        for _ in 0..args.load_runs.max(1) {
+            let start = Instant::now();
+            let loaded = KnowledgeBase::load(path)?;
+            runs.push(start.elapsed().as_secs_f64());
+            // Dropping 100k linked points takes a while too; it is not loading.
+            entries = loaded.len();
+            drop(loaded);
+            eprintln!("load {}: {:.2} s", runs.len(), runs[runs.len() - 1]);
+        }
+        let json = serde_json::json!({
+            "entries": entries,
+            "file_bytes": std::fs::metadata(path)?.len(),
+            "load_seconds": round3(median(&runs)),
+            "load_seconds_runs": runs.iter().map(|&x| round3(x)).collect::<Vec<_>>(),
+        });
+        println!("{json}");
+        return Ok(());
+    }
     let questions = load_questions(&args)?;
     let entries: Vec<KbEntry> = (0..args.entries)
         .map(|i| KbEntry {
@@ -175,6 +216,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let exhaustive_us = start.elapsed().as_secs_f64() * 1e6 / queries.len().min(100) as f64;
     latencies.sort_by(f64::total_cmp);
     let pct = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+
+    let dir = tempfile::tempdir()?;
+    let path = args
+        .save
+        .clone()
+        .unwrap_or_else(|| dir.path().join("kb.cskb"));
+    eprintln!("saving to {}", path.display());
+    let start = Instant::now();
+    let save_bytes = kb.save(&path)?;
+    let save_seconds = start.elapsed().as_secs_f64();
+    let mut load_runs = Vec::new();
+    let mut identical = true;
+    for run in 0..args.load_runs.max(1) {
+        let start = Instant::now();
+        let loaded = KnowledgeBase::load(&path)?;
+        load_runs.push(start.elapsed().as_secs_f64());
+        eprintln!("load {}: {:.2} s", run + 1, load_runs[run]);
+        if run == 0 {
+            identical = loaded.len() == kb.len()
+                && queries.iter().zip(&results).all(|(q, hits)| {
+                    let again = loaded.search_vector(q, 10);
+                    again.len() == hits.len()
+                        && again
+                            .iter()
+                            .zip(hits)
+                            .all(|(a, b)| a.entry.id == b.entry.id && a.similarity == b.similarity)
+                });
+        }
+    }
+    let load_seconds = median(&load_runs);
     let json = serde_json::json!({
         "entries": kb.len(),
         "queries": queries.len(),
@@ -187,6 +258,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "dim": kb.config().dim,
         "max_connections": kb.config().max_connections,
         "ef_construction": kb.config().ef_construction,
+        "save_bytes": save_bytes,
+        "save_seconds": round3(save_seconds),
+        "load_seconds": round3(load_seconds),
+        "load_seconds_runs": load_runs.iter().map(|&x| round3(x)).collect::<Vec<_>>(),
+        "loaded_answers_identical": identical,
     });
     println!("{json}");
     Ok(())

@@ -25,6 +25,11 @@ pub struct TrainConfig {
     /// capped at this factor, so an intent with few examples (one just added) is
     /// not drowned by the others. 1 disables it.
     pub max_class_weight: f32,
+    /// Weight of an L2-regularised logistic regression blended into the SVM:
+    /// both are trained per class on the same rows, and the model keeps
+    /// `svm + logistic_weight * logistic` (a sum of linear models is one
+    /// linear model, so prediction costs the same). 0 trains the SVM alone.
+    pub logistic_weight: f32,
 }
 
 impl Default for TrainConfig {
@@ -35,6 +40,7 @@ impl Default for TrainConfig {
             tolerance: 0.1,
             seed: 0x5eed,
             max_class_weight: 5.0,
+            logistic_weight: 0.0,
         }
     }
 }
@@ -135,7 +141,15 @@ impl LinearModel {
                 let mut rng = SplitMix(config.seed ^ (class as u64).wrapping_mul(0x9e37));
                 let weight = (mean / counts[class].max(1) as f32)
                     .clamp(1.0, config.max_class_weight.max(1.0));
-                train_binary(&compact, &y, n_cols, config, weight, &mut rng)
+                let (mut w, mut b) = train_binary(&compact, &y, n_cols, config, weight, &mut rng);
+                if config.logistic_weight > 0.0 {
+                    let (lw, lb) = train_logistic(&compact, &y, n_cols, config, weight, &mut rng);
+                    for (w, l) in w.iter_mut().zip(lw) {
+                        *w += config.logistic_weight * l;
+                    }
+                    b += config.logistic_weight * lb;
+                }
+                (w, b)
             })
             .collect();
         let mut weights = vec![0.0f32; n_cols * classes];
@@ -211,8 +225,14 @@ impl LinearModel {
     }
 }
 
-/// Dual coordinate descent for one L2-loss SVM (`y` in {-1, +1}); returns the
-/// weights over compact columns and the bias.
+/// Dual coordinate descent for one L2-loss SVM (`y` in {-1, +1}) with
+/// LIBLINEAR's shrinking; returns the weights over compact columns and the bias.
+///
+/// Shrinking: a row whose dual variable sits at its bound 0 with a gradient
+/// beyond the last pass's largest projected gradient will almost surely stay
+/// there, so it leaves the active set. In one-vs-rest most rows of the other
+/// classes do so after a pass or two, which is where the time went. Before
+/// stopping, one more pass over every row checks the shrunk ones.
 fn train_binary(
     rows: &[CompactRow],
     y: &[f32],
@@ -228,10 +248,16 @@ fn train_binary(
     let mut b = 0.0f32;
     let mut alpha = vec![0.0f32; rows.len()];
     let mut order: Vec<usize> = (0..rows.len()).collect();
-    for _ in 0..config.max_epochs {
-        rng.shuffle(&mut order);
+    let mut active = rows.len();
+    // Rows at 0 with a gradient above this are shrunk (no upper bound: L2 loss).
+    let mut pg_max_old = f32::INFINITY;
+    let mut epoch = 0;
+    while epoch < config.max_epochs {
+        rng.shuffle(&mut order[..active]);
         let (mut pg_max, mut pg_min) = (f32::NEG_INFINITY, f32::INFINITY);
-        for &i in &order {
+        let mut s = 0;
+        while s < active {
+            let i = order[s];
             let row = &rows[i];
             let diag = if y[i] > 0.0 { diag_pos } else { diag_neg };
             let mut wx = b;
@@ -239,7 +265,16 @@ fn train_binary(
                 wx += w[*c as usize] * v;
             }
             let g = y[i] * wx - 1.0 + diag * alpha[i];
-            let pg = if alpha[i] == 0.0 { g.min(0.0) } else { g };
+            let pg = if alpha[i] == 0.0 {
+                if g > pg_max_old {
+                    active -= 1;
+                    order.swap(s, active);
+                    continue;
+                }
+                g.min(0.0)
+            } else {
+                g
+            };
             pg_max = pg_max.max(pg);
             pg_min = pg_min.min(pg);
             if pg.abs() > 1e-12 {
@@ -253,12 +288,111 @@ fn train_binary(
                     b += step;
                 }
             }
+            s += 1;
         }
+        epoch += 1;
         if pg_max - pg_min < config.tolerance {
-            break;
+            if active == rows.len() {
+                break;
+            }
+            // Converged on the active set: check every row once more.
+            active = rows.len();
+            pg_max_old = f32::INFINITY;
+            continue;
         }
+        pg_max_old = if pg_max <= 0.0 { f32::INFINITY } else { pg_max };
     }
     (w, b)
+}
+
+/// Dual coordinate descent for one L2-regularised logistic regression (`y`
+/// in {-1, +1}), LIBLINEAR's `solve_l2r_lr_dual` (Yu, Huang and Lin 2011):
+/// each row has two dual variables summing to its `C`, and one Newton
+/// solve per row updates the pair. Returns weights over compact columns and
+/// the bias.
+fn train_logistic(
+    rows: &[CompactRow],
+    y: &[f32],
+    n_cols: usize,
+    config: &TrainConfig,
+    positive_weight: f32,
+    rng: &mut SplitMix,
+) -> (Vec<f32>, f32) {
+    // f64 inside: the log barrier near the bounds loses everything in f32.
+    let upper = |i: usize| {
+        f64::from(config.c)
+            * if y[i] > 0.0 {
+                f64::from(positive_weight)
+            } else {
+                1.0
+            }
+    };
+    let mut w = vec![0.0f64; n_cols];
+    let mut b = 0.0f64;
+    // alpha[2i] is the row's variable, alpha[2i + 1] = C_i - alpha[2i].
+    let mut alpha = vec![0.0f64; 2 * rows.len()];
+    for (i, row) in rows.iter().enumerate() {
+        let c = upper(i);
+        alpha[2 * i] = (0.001 * c).min(1e-8);
+        alpha[2 * i + 1] = c - alpha[2 * i];
+        let step = f64::from(y[i]) * alpha[2 * i];
+        for (col, v) in row.cols.iter().zip(&row.vals) {
+            w[*col as usize] += step * f64::from(*v);
+        }
+        b += step;
+    }
+    let eps = f64::from(config.tolerance);
+    let mut inner_eps = 1e-2f64;
+    let inner_eps_min = eps.min(1e-8);
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    for _ in 0..config.max_epochs {
+        rng.shuffle(&mut order);
+        let (mut newton_steps, mut g_max) = (0usize, 0.0f64);
+        for &i in &order {
+            let row = &rows[i];
+            let (c, yi) = (upper(i), f64::from(y[i]));
+            let a = f64::from(row.sq_norm);
+            let mut wx = b;
+            for (col, v) in row.cols.iter().zip(&row.vals) {
+                wx += w[*col as usize] * f64::from(*v);
+            }
+            let ywx = yi * wx;
+            // Optimise whichever of the pair the gradient points into.
+            let (mut ind1, mut ind2, mut sign) = (2 * i, 2 * i + 1, 1.0f64);
+            if 0.5 * a * (alpha[ind2] - alpha[ind1]) + ywx < 0.0 {
+                (ind1, ind2, sign) = (2 * i + 1, 2 * i, -1.0);
+            }
+            let old = alpha[ind1];
+            let mut z = if c - old < 0.5 * c { 0.1 * old } else { old };
+            let mut gp = a * (z - old) + sign * ywx + (z / (c - z)).ln();
+            g_max = g_max.max(gp.abs());
+            let mut inner = 0;
+            while inner <= 100 && gp.abs() >= inner_eps {
+                let gpp = a + c / (c - z) / z;
+                let next = z - gp / gpp;
+                z = if next <= 0.0 { z * 0.1 } else { next };
+                gp = a * (z - old) + sign * ywx + (z / (c - z)).ln();
+                newton_steps += 1;
+                inner += 1;
+            }
+            if inner > 0 {
+                alpha[ind1] = z;
+                alpha[ind2] = c - z;
+                let step = sign * (z - old) * yi;
+                for (col, v) in row.cols.iter().zip(&row.vals) {
+                    w[*col as usize] += step * f64::from(*v);
+                }
+                b += step;
+            }
+        }
+        if g_max < eps {
+            break;
+        }
+        if newton_steps <= rows.len() / 10 {
+            inner_eps = inner_eps_min.max(0.1 * inner_eps);
+        }
+    }
+    (w.into_iter().map(|x| x as f32).collect(), b as f32)
 }
 
 #[cfg(test)]
@@ -284,5 +418,33 @@ mod tests {
         assert!(s[0] > s[1]);
         let s = model.scores(&f.transform("can i get a refund"));
         assert!(s[1] > s[0]);
+    }
+
+    #[test]
+    fn the_logistic_blend_separates_them_too() {
+        let texts = [
+            "where is my parcel",
+            "my parcel has not arrived",
+            "track my parcel please",
+            "i want my money back",
+            "refund my money",
+            "give me a refund",
+        ];
+        let labels = [0, 0, 0, 1, 1, 1];
+        let f = Featurizer::fit(FeatureConfig::default(), &texts);
+        let rows: Vec<_> = texts.iter().map(|t| f.transform(t)).collect();
+        let svm = LinearModel::train(&rows, &labels, 2, &TrainConfig::default());
+        let config = TrainConfig {
+            logistic_weight: 1.0,
+            ..TrainConfig::default()
+        };
+        let blend = LinearModel::train(&rows, &labels, 2, &config);
+        for (text, want) in [("where is the parcel", 0), ("can i get a refund", 1)] {
+            let x = f.transform(text);
+            let (s, b) = (svm.scores(&x), blend.scores(&x));
+            assert!(b[want] > b[1 - want], "{text}");
+            assert!(b.iter().all(|v| v.is_finite()));
+            assert_ne!(s, b, "the logistic part changed the weights");
+        }
     }
 }

@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use hnsw_rs::prelude::{DistL2, Hnsw};
 use serde::{Deserialize, Serialize};
 
 use crate::error::IntentError;
+use crate::kb_graph::{self, IndexCell, SavedGraph};
 use crate::text::{hashed_terms, normalize, FeatureConfig};
 
 /// One FAQ entry.
@@ -36,7 +36,7 @@ pub struct KbEntry {
 pub struct KbConfig {
     /// Dimension of the dense embedding.
     pub dim: usize,
-    /// HNSW links per node (hnsw_rs allows at most 256).
+    /// HNSW links per node (at most 255: hnsw_rs stores it in a byte).
     pub max_connections: usize,
     /// HNSW candidate list size while building.
     pub ef_construction: usize,
@@ -87,6 +87,7 @@ impl Embedder {
                 hash_bits: 30,
                 char_ngram_min: 1,
                 char_ngram_max: 3,
+                cjk_char_ngram_max: 0,
                 word_ngram_max: 1,
                 sublinear_tf: true,
                 max_chars: 512,
@@ -127,6 +128,30 @@ struct Point {
     vector: Vec<f32>,
 }
 
+/// A knowledge base as saved: entries, the embedded points and the HNSW graph
+/// over them, so loading needs neither re-embedding nor re-indexing. Written
+/// inside the checksummed agent file ([`crate::persist`]) or on its own by
+/// [`KnowledgeBase::to_bytes`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SavedKb {
+    config: KbConfig,
+    /// Entries by slot; `None` for a deleted one whose points are tombstones.
+    entries: Vec<Option<KbEntry>>,
+    /// `(entry slot, embedding)` of every point, by hnsw data id.
+    points: Vec<(u32, Vec<f32>)>,
+    /// Points of deleted entries, still in the graph until the next rebuild.
+    tombstones: Vec<u32>,
+    /// The HNSW graph; `None` when there is no point (or it is to be rebuilt).
+    graph: Option<SavedGraph>,
+}
+
+impl SavedKb {
+    /// The saved configuration.
+    pub fn config(&self) -> &KbConfig {
+        &self.config
+    }
+}
+
 /// The FAQ knowledge base.
 pub struct KnowledgeBase {
     config: KbConfig,
@@ -137,7 +162,7 @@ pub struct KnowledgeBase {
     /// Points by hnsw data id.
     points: Vec<Point>,
     tombstones: HashSet<usize>,
-    index: Hnsw<'static, f32, DistL2>,
+    index: IndexCell,
 }
 
 impl std::fmt::Debug for KnowledgeBase {
@@ -150,13 +175,11 @@ impl std::fmt::Debug for KnowledgeBase {
     }
 }
 
-fn new_index(config: &KbConfig, capacity: usize) -> Hnsw<'static, f32, DistL2> {
-    Hnsw::new(
-        config.max_connections.clamp(4, 256),
+fn new_index(config: &KbConfig, capacity: usize) -> IndexCell {
+    IndexCell::empty(
+        config.max_connections.clamp(4, kb_graph::MAX_CONNECTIONS),
         capacity.max(1024),
-        16,
         config.ef_construction.max(16),
-        DistL2 {},
     )
 }
 
@@ -260,7 +283,7 @@ impl KnowledgeBase {
                 continue;
             }
             let id = self.points.len();
-            self.index.insert_slice((&vector, id));
+            self.index.with(|index| index.insert_slice((&vector, id)));
             self.points.push(Point {
                 entry: slot,
                 vector,
@@ -308,7 +331,100 @@ impl KnowledgeBase {
             .enumerate()
             .map(|(id, p)| (p.vector.as_slice(), id))
             .collect();
-        self.index.parallel_insert_slice(&batch);
+        self.index.with(|index| index.parallel_insert_slice(&batch));
+    }
+
+    /// Capture everything needed to restore this KB without re-indexing.
+    pub fn to_saved(&self) -> Result<SavedKb, IntentError> {
+        let mut tombstones: Vec<u32> = self.tombstones.iter().map(|&t| t as u32).collect();
+        tombstones.sort_unstable();
+        Ok(SavedKb {
+            config: self.config.clone(),
+            entries: self
+                .entries
+                .iter()
+                .map(|e| e.as_ref().map(|e| (**e).clone()))
+                .collect(),
+            points: self
+                .points
+                .iter()
+                .map(|p| (p.entry as u32, p.vector.clone()))
+                .collect(),
+            tombstones,
+            graph: self
+                .index
+                .with(|index| kb_graph::capture(index, self.points.len()))?,
+        })
+    }
+
+    /// Restore a KB from [`KnowledgeBase::to_saved`]. Every part is checked
+    /// (ids unique, points pointing at entries, vectors of the configured
+    /// dimension, the graph consistent); a mismatch is
+    /// [`IntentError::Decode`], never a panic.
+    pub fn from_saved(saved: SavedKb) -> Result<KnowledgeBase, IntentError> {
+        let bad = |what: String| IntentError::Decode(format!("knowledge base: {what}"));
+        let SavedKb {
+            config,
+            entries,
+            points,
+            tombstones,
+            graph,
+        } = saved;
+        if !(8..=1 << 16).contains(&config.dim) {
+            return Err(bad(format!("embedding dimension {}", config.dim)));
+        }
+        let mut kb = KnowledgeBase::new(config);
+        if points.is_empty() && graph.is_none() && tombstones.is_empty() {
+            // No indexed point (entries whose questions all embed to zero): index them.
+            let live = entries.into_iter().flatten().collect();
+            return KnowledgeBase::build(kb.config, live);
+        }
+        for (slot, entry) in entries.iter().enumerate() {
+            if let Some(entry) = entry {
+                if kb.by_id.insert(entry.id.clone(), slot).is_some() {
+                    return Err(bad(format!("entry id {:?} appears twice", entry.id)));
+                }
+            }
+        }
+        kb.entries = entries.into_iter().map(|e| e.map(Arc::new)).collect();
+        for &t in &tombstones {
+            if t as usize >= points.len() || !kb.tombstones.insert(t as usize) {
+                return Err(bad(format!("tombstone {t} is not a point")));
+            }
+        }
+        for (pid, (slot, _)) in points.iter().enumerate() {
+            match kb.entries.get(*slot as usize) {
+                None => return Err(bad(format!("point {pid} names no entry"))),
+                Some(None) if !kb.tombstones.contains(&pid) => {
+                    return Err(bad(format!("point {pid} of a deleted entry is live")))
+                }
+                _ => {}
+            }
+        }
+        kb.points = points
+            .into_iter()
+            .map(|(entry, vector)| Point {
+                entry: entry as usize,
+                vector,
+            })
+            .collect();
+        match graph {
+            Some(graph) => {
+                let vectors: Vec<&[f32]> = kb.points.iter().map(|p| p.vector.as_slice()).collect();
+                kb.index = kb_graph::restore(&graph, &vectors, kb.config.dim)?;
+            }
+            None => {
+                if let Some(pid) = kb
+                    .points
+                    .iter()
+                    .position(|p| p.vector.len() != kb.config.dim)
+                {
+                    return Err(bad(format!("point {pid} has the wrong dimension")));
+                }
+                kb.rebuild();
+            }
+        }
+        Ok(kb)
     }
 
     /// The dense embedding this KB uses (for callers comparing with brute force).
@@ -330,7 +446,7 @@ impl KnowledgeBase {
         let want = (k * 2 + self.tombstones.len().min(k * 4)).min(self.points.len());
         let ef = self.config.ef_search.max(want);
         let mut hits: Vec<KbHit> = Vec::with_capacity(k);
-        for n in self.index.search(query, want, ef) {
+        for n in self.index.with(|index| index.search(query, want, ef)) {
             if hits.len() == k {
                 break;
             }

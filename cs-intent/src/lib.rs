@@ -23,13 +23,15 @@
 //! - [`memory`][]: the nearest-neighbour memory that makes added examples count
 //!   before the retrain.
 //! - [`kb`][]: the FAQ [`KnowledgeBase`] over `hnsw_rs`, with tombstones and
-//!   rebuild for delete.
+//!   rebuild for delete; saved with its HNSW graph and restored without
+//!   re-indexing (`kb_graph`, private).
 //! - [`discovery`][]: clusters unlabelled questions into suggested intents
 //!   (linfa k-means).
 //! - [`agent`][]: [`IntentAgent`] ties it together: concurrent `predict`,
 //!   `add_examples`, background retrain with atomic swap, bounded prediction
 //!   cache, stats.
-//! - [`persist`][]: save/load the whole agent (magic, format version, CRC-32).
+//! - [`persist`][]: save/load the whole agent, or a KB alone (magic, format
+//!   version, CRC-32).
 //! - [`dataset`][]: reading `text,category` CSV files.
 //! - [`error`][]: [`IntentError`], every failure as a typed error.
 //! - [`faq`][]: a FAQ bot from a JSON file: [`faq::Faq`] parses and checks it,
@@ -77,6 +79,7 @@ pub mod discovery;
 pub mod error;
 pub mod faq;
 pub mod kb;
+mod kb_graph;
 pub mod memory;
 pub mod model;
 pub mod persist;
@@ -85,5 +88,5 @@ pub mod text;
 pub use agent::{AgentConfig, AgentStats, Alternative, IntentAgent, Prediction, Source};
 pub use calibration::Decision;
 pub use error::IntentError;
-pub use kb::{KbConfig, KbEntry, KbHit, KnowledgeBase};
+pub use kb::{KbConfig, KbEntry, KbHit, KnowledgeBase, SavedKb};
 pub use model::{Example, IntentModel, ModelConfig};

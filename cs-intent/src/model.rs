@@ -350,7 +350,7 @@ mod tests {
             rows,
             model,
             memory: Vec::new(),
-            kb: Vec::new(),
+            kb: Default::default(),
         };
         let bytes = encode(&saved).unwrap();
         assert!(matches!(

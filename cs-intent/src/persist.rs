@@ -1,13 +1,19 @@
-//! Saving and loading a whole agent: model, calibration, memory, training
-//! rows and knowledge base.
+//! Saving and loading a whole agent (model, calibration, memory, training
+//! rows and knowledge base) or a knowledge base on its own.
 //!
-//! The file is `MAGIC (8 bytes) | format version (u16 LE) | payload length
+//! A file is `MAGIC (8 bytes) | format version (u16 LE) | payload length
 //! (u64 LE) | CRC-32 of the payload (u32 LE) | payload`, the payload being
-//! the postcard encoding of [`SavedAgent`]. A foreign file fails on the magic,
-//! a truncated one on the length, a damaged one on the checksum: each a typed
-//! [`IntentError`], never a panic. The KB's HNSW index is not stored; it is
-//! rebuilt from the entries on load (deterministic, and immune to hnsw_rs's
-//! own file format changing).
+//! the postcard encoding of [`SavedAgent`] (magic [`MAGIC`]) or of
+//! [`SavedKb`] (magic [`KB_MAGIC`]). A foreign file fails on the magic, a
+//! truncated one on the length, a damaged one on the checksum: each a typed
+//! [`IntentError`], never a panic. What passes the checksum is still checked
+//! part by part before use (see [`KnowledgeBase::from_saved`]).
+//!
+//! Format 2 stores the KB's embedded points and its HNSW graph, so a 100,000
+//! entry KB loads without being re-indexed (see the crate README). A format 1
+//! file (the KB as bare entries) is refused with
+//! [`IntentError::UnsupportedVersion`]: its model types have changed too, so
+//! retrain from the shop's rows.
 
 use std::path::Path;
 
@@ -15,17 +21,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentConfig, IntentAgent};
 use crate::error::IntentError;
-use crate::kb::{KbEntry, KnowledgeBase};
+use crate::kb::{KnowledgeBase, SavedKb};
 use crate::memory::Memory;
 use crate::model::{Example, IntentModel};
 
-/// The first bytes of every cs-intent model file.
+/// The first bytes of every cs-intent agent file.
 pub const MAGIC: [u8; 8] = *b"CSINTENT";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The agent format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 2;
+/// The first bytes of a knowledge-base file ([`KnowledgeBase::save`]).
+pub const KB_MAGIC: [u8; 8] = *b"CSINTKB\0";
+/// The knowledge-base format version this build writes and reads.
+pub const KB_FORMAT_VERSION: u16 = 1;
 const HEADER_LEN: usize = 8 + 2 + 8 + 4;
 
-/// What a model file holds.
+/// What an agent file holds.
 #[derive(Serialize, Deserialize)]
 pub struct SavedAgent {
     /// The agent's configuration.
@@ -36,20 +46,124 @@ pub struct SavedAgent {
     pub model: IntentModel,
     /// Memory entries not yet folded into the model: `(example, row)`.
     pub memory: Vec<(Example, usize)>,
-    /// Knowledge-base entries.
-    pub kb: Vec<KbEntry>,
+    /// The knowledge base with its index.
+    pub kb: SavedKb,
+}
+
+/// Frame a payload: magic, version, length, checksum.
+fn frame(magic: &[u8; 8], version: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Check a frame's magic, length and checksum; returns the version (one of
+/// `versions`) and the payload.
+fn unframe<'a>(
+    magic: &[u8; 8],
+    versions: &[u16],
+    bytes: &'a [u8],
+) -> Result<(u16, &'a [u8]), IntentError> {
+    if bytes.len() < magic.len() || bytes[..magic.len()] != magic[..] {
+        return Err(IntentError::NotAModelFile);
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(IntentError::Truncated {
+            expected: HEADER_LEN as u64,
+            found: bytes.len() as u64,
+        });
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if !versions.contains(&version) {
+        return Err(IntentError::UnsupportedVersion {
+            found: version,
+            supported: versions.iter().copied().max().unwrap_or_default(),
+        });
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[10..18]);
+    let expected = u64::from_le_bytes(len);
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&bytes[18..22]);
+    let payload = &bytes[HEADER_LEN..];
+    if (payload.len() as u64) < expected {
+        return Err(IntentError::Truncated {
+            expected,
+            found: payload.len() as u64,
+        });
+    }
+    let payload = &payload[..expected as usize];
+    if crc32fast::hash(payload) != u32::from_le_bytes(crc) {
+        return Err(IntentError::ChecksumMismatch);
+    }
+    Ok((version, payload))
+}
+
+fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, IntentError> {
+    postcard::to_allocvec(value).map_err(|e| IntentError::Encode(e.to_string()))
+}
+
+fn decode_payload<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, IntentError> {
+    postcard::from_bytes(payload).map_err(|e| IntentError::Decode(e.to_string()))
 }
 
 /// Frame a saved agent: header, checksum, postcard payload.
 pub(crate) fn encode(saved: &SavedAgent) -> Result<Vec<u8>, IntentError> {
-    let payload = postcard::to_allocvec(saved).map_err(|e| IntentError::Encode(e.to_string()))?;
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
+    Ok(frame(&MAGIC, FORMAT_VERSION, &encode_payload(saved)?))
+}
+
+/// Write `bytes` beside `path` and rename, so a crash never leaves half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<u64, IntentError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| IntentError::Io {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(bytes.len() as u64)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, IntentError> {
+    std::fs::read(path).map_err(|source| IntentError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl KnowledgeBase {
+    /// Encode the KB (entries, embeddings and HNSW graph) into the versioned,
+    /// checksummed format.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, IntentError> {
+        Ok(frame(
+            &KB_MAGIC,
+            KB_FORMAT_VERSION,
+            &encode_payload(&self.to_saved()?)?,
+        ))
+    }
+
+    /// Decode a KB written by [`KnowledgeBase::to_bytes`]; its graph is
+    /// restored, not rebuilt.
+    pub fn from_bytes(bytes: &[u8]) -> Result<KnowledgeBase, IntentError> {
+        let (_, payload) = unframe(&KB_MAGIC, &[KB_FORMAT_VERSION], bytes)?;
+        KnowledgeBase::from_saved(decode_payload(payload)?)
+    }
+
+    /// Save the KB to a file; returns the number of bytes written.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<u64, IntentError> {
+        write_atomically(path.as_ref(), &self.to_bytes()?)
+    }
+
+    /// Load a KB saved with [`KnowledgeBase::save`].
+    pub fn load(path: impl AsRef<Path>) -> Result<KnowledgeBase, IntentError> {
+        KnowledgeBase::from_bytes(&read_file(path.as_ref())?)
+    }
 }
 
 impl IntentAgent {
@@ -67,53 +181,21 @@ impl IntentAgent {
                 .iter()
                 .map(|e| (e.example.clone(), e.row))
                 .collect(),
-            kb: shared.kb.read().entries().map(|e| (**e).clone()).collect(),
+            kb: shared.kb.read().to_saved()?,
         };
         encode(&saved)
     }
 
     /// Decode an agent written by [`IntentAgent::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<IntentAgent, IntentError> {
-        if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
-            return Err(IntentError::NotAModelFile);
-        }
-        if bytes.len() < HEADER_LEN {
-            return Err(IntentError::Truncated {
-                expected: HEADER_LEN as u64,
-                found: bytes.len() as u64,
-            });
-        }
-        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != FORMAT_VERSION {
-            return Err(IntentError::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&bytes[10..18]);
-        let expected = u64::from_le_bytes(len);
-        let mut crc = [0u8; 4];
-        crc.copy_from_slice(&bytes[18..22]);
-        let payload = &bytes[HEADER_LEN..];
-        if (payload.len() as u64) < expected {
-            return Err(IntentError::Truncated {
-                expected,
-                found: payload.len() as u64,
-            });
-        }
-        let payload = &payload[..expected as usize];
-        if crc32fast::hash(payload) != u32::from_le_bytes(crc) {
-            return Err(IntentError::ChecksumMismatch);
-        }
-        let saved: SavedAgent =
-            postcard::from_bytes(payload).map_err(|e| IntentError::Decode(e.to_string()))?;
+        let (_, payload) = unframe(&MAGIC, &[FORMAT_VERSION], bytes)?;
+        let saved: SavedAgent = decode_payload(payload)?;
         saved.model.validate().map_err(IntentError::Decode)?;
         let mut memory = Memory::default();
         for (example, row) in saved.memory {
             memory.push(example, row, saved.model.featurizer());
         }
-        let kb = KnowledgeBase::build(saved.config.kb.clone(), saved.kb)?;
+        let kb = KnowledgeBase::from_saved(saved.kb)?;
         Ok(IntentAgent::assemble(
             saved.config,
             saved.rows,
@@ -125,28 +207,57 @@ impl IntentAgent {
 
     /// Save the agent to a file; returns the number of bytes written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<u64, IntentError> {
-        let path = path.as_ref();
-        let bytes = self.to_bytes()?;
-        // Write beside the target and rename, so a crash never leaves half a model.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|source| IntentError::Io {
-                action: "write",
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(bytes.len() as u64)
+        write_atomically(path.as_ref(), &self.to_bytes()?)
     }
 
     /// Load an agent saved with [`IntentAgent::save`].
     pub fn load(path: impl AsRef<Path>) -> Result<IntentAgent, IntentError> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| IntentError::Io {
-            action: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        IntentAgent::from_bytes(&bytes)
+        IntentAgent::from_bytes(&read_file(path.as_ref())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kb::{KbConfig, KbEntry};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_format_1_agent_file_is_refused_with_its_version() {
+        let bytes = frame(&MAGIC, 1, b"an old payload");
+        assert!(matches!(
+            IntentAgent::from_bytes(&bytes),
+            Err(IntentError::UnsupportedVersion {
+                found: 1,
+                supported: FORMAT_VERSION
+            })
+        ));
+    }
+
+    #[test]
+    fn a_well_checksummed_kb_with_a_bad_part_is_a_decode_error() {
+        let kb = KnowledgeBase::build(
+            KbConfig::default(),
+            vec![KbEntry {
+                id: "a".into(),
+                questions: vec!["where is my parcel".into()],
+                answer: "x".into(),
+                intent: None,
+                metadata: BTreeMap::new(),
+            }],
+        )
+        .unwrap();
+        let mut bytes = kb.to_bytes().unwrap();
+        // The saved config's dimension is the payload's first field (a varint):
+        // 128 -> 0x80 0x01. Make it 129, so no stored vector fits; re-checksum.
+        let payload = HEADER_LEN;
+        assert_eq!(bytes[payload..payload + 2], [0x80, 0x01]);
+        bytes[payload] = 0x81;
+        let crc = crc32fast::hash(&bytes[HEADER_LEN..]);
+        bytes[18..22].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            KnowledgeBase::from_bytes(&bytes),
+            Err(IntentError::Decode(_))
+        ));
     }
 }

@@ -24,6 +24,11 @@ pub struct FeatureConfig {
     pub char_ngram_min: u8,
     /// Largest character n-gram length (0 disables character n-grams).
     pub char_ngram_max: u8,
+    /// Largest character n-gram length for n-grams that contain a CJK
+    /// character (Han, kana, hangul); 0 means `char_ngram_max`. Short Chinese
+    /// queries carry their meaning in one- and two-character words, and longer
+    /// n-grams of a five-character question mostly name the question itself.
+    pub cjk_char_ngram_max: u8,
     /// Largest word n-gram length (0 disables word n-grams; 2 = unigrams and bigrams).
     pub word_ngram_max: u8,
     /// Use `1 + ln(tf)` instead of the raw term count.
@@ -38,6 +43,11 @@ impl Default for FeatureConfig {
             hash_bits: 20,
             char_ngram_min: 1,
             char_ngram_max: 5,
+            // 2 won 5-fold cross-validation on the Chinese retail fixture's
+            // training rows (78.4% against 73.0%, crate README), but it makes
+            // the FAQ bot sure of "换货还是退货", which tests/faq.rs expects it
+            // to ask about; the default waits for the clarify work (issue 15).
+            cjk_char_ngram_max: 0,
             word_ngram_max: 2,
             sublinear_tf: true,
             max_chars: 512,
@@ -165,6 +175,17 @@ fn finish(mut h: u64) -> u64 {
 const NS_CHAR: char = '\u{1}';
 const NS_WORD: char = '\u{2}';
 
+/// True for the CJK scripts, whose text has no spaces between words.
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30ff       // hiragana, katakana
+        | 0x3400..=0x4dbf     // CJK extension A
+        | 0x4e00..=0x9fff     // CJK unified ideographs
+        | 0xac00..=0xd7af     // hangul syllables
+        | 0xf900..=0xfaff     // CJK compatibility ideographs
+        | 0x20000..=0x3134f) // CJK extensions B-G
+}
+
 /// Hash every term of an already-normalised text into `out` (bucket indices,
 /// one per occurrence, unsorted).
 pub fn hashed_terms(normalized: &str, config: &FeatureConfig, out: &mut Vec<u32>) {
@@ -179,6 +200,10 @@ pub fn hashed_terms(normalized: &str, config: &FeatureConfig, out: &mut Vec<u32>
         config.char_ngram_min.max(1) as usize,
         config.char_ngram_max as usize,
     );
+    let cjk_hi = match config.cjk_char_ngram_max {
+        0 => hi,
+        n => usize::from(n).min(hi),
+    };
     if hi >= lo {
         let mut padded: Vec<char> = Vec::new();
         for token in &tokens {
@@ -188,7 +213,14 @@ pub fn hashed_terms(normalized: &str, config: &FeatureConfig, out: &mut Vec<u32>
             padded.push(' ');
             for start in 0..padded.len() {
                 let mut h = fnv_char(FNV_OFFSET, NS_CHAR);
+                let mut limit = hi;
                 for (n, &c) in padded[start..].iter().take(hi).enumerate() {
+                    if is_cjk(c) {
+                        limit = cjk_hi;
+                    }
+                    if n >= limit {
+                        break;
+                    }
                     h = fnv_char(h, c);
                     // A lone padding space says nothing.
                     if n + 1 >= lo && !(n == 0 && c == ' ') {
@@ -366,6 +398,25 @@ mod tests {
             f.transform("ＲＥＦＵＮＤ my order"),
             f.transform("refund my order")
         );
+    }
+
+    #[test]
+    fn cjk_ngrams_stop_at_their_own_length() {
+        let config = |cjk| FeatureConfig {
+            cjk_char_ngram_max: cjk,
+            word_ngram_max: 0,
+            ..FeatureConfig::default()
+        };
+        let count = |text: &str, cjk| {
+            let mut out = Vec::new();
+            hashed_terms(text, &config(cjk), &mut out);
+            out.len()
+        };
+        // " 我要退货 ": " 我", then 1- and 2-grams from each of the 4 characters.
+        assert_eq!(count("我要退货", 2), 9);
+        assert!(count("我要退货", 0) > 9);
+        // Latin text keeps its 1-5-grams.
+        assert_eq!(count("refund", 2), count("refund", 0));
     }
 
     #[test]
