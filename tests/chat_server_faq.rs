@@ -303,16 +303,16 @@ fn agent() -> &'static (IntentAgent, f64) {
         );
         println!(
             "trained in {seconds:.3} s: {} rows, {} intents; calibration held out {} intents \
-             ({} rows) and {} rows of the others; temperature {}, hand-off threshold {:.3}, \
-             clarify ratio {}, held-out in-scope accuracy {:.3}, held-out oos recall {:.3}",
+             ({} rows) and {} rows of the others; temperature {}, answer threshold {:.3}, \
+             clarify mass {:.3}, held-out in-scope accuracy {:.3}, held-out oos recall {:.3}",
             report.rows_used,
             report.intents,
             calibration.report.held_out_intents,
             calibration.report.out_of_scope_rows,
             calibration.report.in_scope_rows,
             calibration.temperature,
-            calibration.handoff_threshold,
-            calibration.clarify_ratio,
+            calibration.answer_threshold,
+            calibration.clarify_mass,
             calibration.report.in_scope_accuracy,
             calibration.report.oos_recall,
         );

@@ -69,7 +69,7 @@ fn unseen_intents_are_handed_off_more_often_than_known_ones() {
     let agent = IntentAgent::train(train, quiet_config()).unwrap();
     let calibration = agent.snapshot().model.calibration().clone();
     assert!(calibration.report.held_out_intents >= 1, "{calibration:?}");
-    assert!(calibration.handoff_threshold > 0.0, "{calibration:?}");
+    assert!(calibration.answer_threshold > 0.0, "{calibration:?}");
     let (mut known, mut known_handoff, mut unknown, mut unknown_handoff) = (0, 0, 0, 0);
     for row in test_rows() {
         let handed_off = agent.predict(&row.text).unwrap().decision == Decision::HandOff;
