@@ -98,6 +98,9 @@ pub struct RuleObjective {
 const VALUE_CLARIFIED_RIGHT: f32 = 0.8;
 const VALUE_CLARIFIED_WRONG: f32 = -0.3;
 const VALUE_ANSWERED_WRONG: f32 = -1.0;
+// An out-of-scope question asked about: the shopper's "none of these" hands
+// it off one step later, so it earns part of a hand-off's credit.
+const VALUE_OOS_CLARIFIED: f32 = 0.5;
 
 impl Calibration {
     /// A calibration that always answers (used when there is too little data to fit one).
@@ -281,21 +284,6 @@ pub fn tally(calibration: &Calibration, questions: &[RankedQuestion]) -> Outcome
     outcomes
 }
 
-fn objective_value(o: &Outcomes, oos_weight: f32) -> f32 {
-    let n_in = o.in_scope().max(1) as f32;
-    let in_scope = (o.answered_right as f32
-        + VALUE_CLARIFIED_RIGHT * o.clarified_right as f32
-        + VALUE_CLARIFIED_WRONG * o.clarified_wrong as f32
-        + VALUE_ANSWERED_WRONG * o.answered_wrong as f32)
-        / n_in;
-    let oos = if o.out_of_scope() == 0 {
-        0.0
-    } else {
-        o.oos_handed_off as f32 / o.out_of_scope() as f32
-    };
-    in_scope + oos_weight * oos
-}
-
 /// One held-out row's raw scores and, for a known intent, its label.
 pub(crate) struct HeldOut {
     pub scores: Vec<f32>,
@@ -360,26 +348,6 @@ pub(crate) fn fit(held: &[HeldOut], objective: RuleObjective, fixed: Fixed) -> C
         })
         .collect();
 
-    let mut tops: Vec<f32> = questions.iter().map(|q| q.top[0]).collect();
-    tops.sort_by(f32::total_cmp);
-    let mut masses: Vec<f32> = questions.iter().map(|q| q.top.iter().sum()).collect();
-    masses.sort_by(f32::total_cmp);
-    let answer_candidates = match fixed.answer_threshold {
-        Some(a) => vec![a],
-        None => {
-            let mut c = quantiles(&tops, 120);
-            c.push(f32::INFINITY);
-            c
-        }
-    };
-    let mass_candidates = match fixed.clarify_mass {
-        Some(m) => vec![m],
-        None => {
-            let mut c = quantiles(&masses, 80);
-            c.push(f32::INFINITY);
-            c
-        }
-    };
     let mut calibration = Calibration {
         temperature,
         answer_threshold: f32::INFINITY,
@@ -387,31 +355,7 @@ pub(crate) fn fit(held: &[HeldOut], objective: RuleObjective, fixed: Fixed) -> C
         max_options,
         report: CalibrationReport::default(),
     };
-    // (objective, hand-offs, answer threshold, clarify mass); ties go to fewer hand-offs.
-    let mut chosen: Option<(f32, usize, f32, f32)> = None;
-    for &a in &answer_candidates {
-        for &m in &mass_candidates {
-            calibration.answer_threshold = a;
-            calibration.clarify_mass = m;
-            let o = tally(&calibration, &questions);
-            let within_budget = o.answered_wrong as f32
-                <= objective.max_wrong_answer_rate * o.in_scope() as f32;
-            if !within_budget && fixed.answer_threshold.is_none() {
-                continue;
-            }
-            let value = objective_value(&o, objective.oos_weight);
-            let handed = o.handed_off + o.oos_handed_off;
-            let better = match chosen {
-                None => true,
-                Some((v, h, _, _)) => value > v || (value == v && handed < h),
-            };
-            if better {
-                chosen = Some((value, handed, a, m));
-            }
-        }
-    }
-    // Never answering is always within budget, so something was chosen.
-    let (_, _, a, m) = chosen.unwrap_or((0.0, 0, f32::INFINITY, f32::INFINITY));
+    let (a, m) = choose_thresholds(&questions, &mut calibration, objective, fixed);
     calibration.answer_threshold = a;
     calibration.clarify_mass = m;
     let o = tally(&calibration, &questions);
@@ -425,6 +369,115 @@ pub(crate) fn fit(held: &[HeldOut], objective: RuleObjective, fixed: Fixed) -> C
         oos_recall: o.share_of_out_of_scope(o.oos_handed_off) as f32,
     };
     calibration
+}
+
+/// The pair of thresholds with the best objective (ties: fewer hand-offs).
+///
+/// Exact over every answer threshold the rows suggest: sorted by top
+/// probability, a threshold answers a suffix of the rows, so for each
+/// candidate clarify mass one pass of prefix sums (rows below, asked or
+/// handed off) and suffix sums (rows above, answered) scores every split.
+/// A grid search, not an optimiser: the objective is a step function.
+fn choose_thresholds(
+    questions: &[RankedQuestion],
+    scratch: &mut Calibration,
+    objective: RuleObjective,
+    fixed: Fixed,
+) -> (f32, f32) {
+    let n = questions.len();
+    let n_in = questions.iter().filter(|q| q.right_rank.is_some()).count().max(1) as f32;
+    let n_oos = questions.iter().filter(|q| q.right_rank.is_none()).count();
+    let oos_credit = if n_oos == 0 {
+        0.0
+    } else {
+        objective.oos_weight / n_oos as f32
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| questions[a].top[0].total_cmp(&questions[b].top[0]));
+    let top = |i: usize| questions[order[i]].top[0];
+
+    // Answered: value and wrong answers of the rows from index i on.
+    let mut answered_value = vec![0.0f32; n + 1];
+    let mut answered_wrong = vec![0usize; n + 1];
+    for i in (0..n).rev() {
+        let (value, wrong) = match questions[order[i]].right_rank {
+            Some(0) => (1.0 / n_in, 0),
+            Some(_) => (VALUE_ANSWERED_WRONG / n_in, 1),
+            None => (0.0, 0),
+        };
+        answered_value[i] = answered_value[i + 1] + value;
+        answered_wrong[i] = answered_wrong[i + 1] + wrong;
+    }
+    // The splits: every place where the top probability changes, and "never answer".
+    let split_of = |a: f32| order.partition_point(|&q| questions[q].top[0] < a);
+    let splits: Vec<usize> = match fixed.answer_threshold {
+        Some(a) => vec![split_of(a)],
+        None => (0..=n)
+            .filter(|&i| i == 0 || i == n || top(i - 1) < top(i))
+            .collect(),
+    };
+    let threshold_at = |i: usize| match fixed.answer_threshold {
+        Some(a) => a,
+        None if i == n => f32::INFINITY,
+        None if i == 0 => 0.0,
+        None => top(i),
+    };
+    let masses = match fixed.clarify_mass {
+        Some(m) => vec![m],
+        None => {
+            let mut masses: Vec<f32> = questions.iter().map(|q| q.top.iter().sum()).collect();
+            masses.sort_by(f32::total_cmp);
+            let mut candidates = quantiles(&masses, 80);
+            candidates.push(f32::INFINITY);
+            candidates
+        }
+    };
+    let budget = objective.max_wrong_answer_rate * n_in;
+    // (objective, hand-offs, answer threshold, clarify mass)
+    let mut chosen: Option<(f32, usize, f32, f32)> = None;
+    for &m in &masses {
+        scratch.answer_threshold = f32::INFINITY;
+        scratch.clarify_mass = m;
+        // Below the split: value and hand-offs of the rows before index i.
+        let (mut below_value, mut below_handed) = (0.0f32, 0usize);
+        let mut next_split = splits.iter().peekable();
+        for i in 0..=n {
+            while let Some(&&split) = next_split.peek() {
+                if split != i {
+                    break;
+                }
+                next_split.next();
+                let within = (answered_wrong[i] as f32) <= budget;
+                if !within && fixed.answer_threshold.is_none() {
+                    continue;
+                }
+                let value = below_value + answered_value[i];
+                let better = match chosen {
+                    None => true,
+                    Some((v, h, _, _)) => value > v || (value == v && below_handed < h),
+                };
+                if better {
+                    chosen = Some((value, below_handed, threshold_at(i), m));
+                }
+            }
+            if i == n {
+                break;
+            }
+            let q = &questions[order[i]];
+            let verdict = scratch.decide(&q.top);
+            below_value += match (verdict.decision, q.right_rank) {
+                (Decision::Clarify, Some(r)) if r < verdict.options => VALUE_CLARIFIED_RIGHT / n_in,
+                (Decision::Clarify, Some(_)) => VALUE_CLARIFIED_WRONG / n_in,
+                (Decision::Clarify, None) => VALUE_OOS_CLARIFIED * oos_credit,
+                (_, None) => oos_credit,
+                (_, Some(_)) => 0.0,
+            };
+            below_handed += usize::from(verdict.decision == Decision::HandOff);
+        }
+    }
+    // Never answering is always within budget, so something was chosen.
+    let (_, _, a, m) = chosen.unwrap_or((0.0, 0, f32::INFINITY, f32::INFINITY));
+    (a, m)
 }
 
 #[cfg(test)]
