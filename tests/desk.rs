@@ -456,8 +456,9 @@ async fn a_clarification_carries_quick_replies_and_a_pick_gets_that_answer_and_i
         })
         .await
         .unwrap();
+    let tab_id = tab.id;
     let say = |text: &str| Command::Send {
-        origin: Origin::Connection(tab.id),
+        origin: Origin::Connection(tab_id),
         message: NewMessage::text(chat.id, Party::Visitor(ann.clone()), text),
     };
     let from_bot = |frame: &Value| {
