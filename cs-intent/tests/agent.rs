@@ -390,7 +390,11 @@ fn handed_off_questions_are_kept_for_discovery() {
         .into_iter()
         .filter(|e| !held.contains(&e.intent.as_str()))
         .collect();
-    let agent = IntentAgent::train(train, quiet_config()).unwrap();
+    // Asking switched off: discovery reads the hand-off log, and with the
+    // default rule most of these unseen questions are asked about instead.
+    let mut config = quiet_config();
+    config.model.clarify_mass = Some(f32::INFINITY);
+    let agent = IntentAgent::train(train, config).unwrap();
     let mut handed_off = 0;
     for row in train_rows()
         .iter()
