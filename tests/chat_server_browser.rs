@@ -367,8 +367,11 @@ fn intent_labelled(label: &str) -> String {
     faq["intents"]
         .as_array()
         .and_then(|all| {
-            all.iter()
-                .find(|i| i["examples"].as_array().is_some_and(|e| e.iter().any(|x| x == label)))
+            all.iter().find(|i| {
+                i["examples"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|x| x == label))
+            })
         })
         .and_then(|i| i["intent"].as_str())
         .unwrap_or_else(|| panic!("no intent of faq.json has the example {label:?}"))

@@ -445,14 +445,20 @@ fn the_bot_recognises_new_phrasings() {
         served_rate * 100.0
     );
     println!("misses (question: want, got):\n{}", misses.join("\n"));
-    println!("not answered (options offered):\n{}", not_answered.join("\n"));
+    println!(
+        "not answered (options offered):\n{}",
+        not_answered.join("\n")
+    );
     assert!(accuracy >= 0.90, "top-1 accuracy {accuracy:.3} < 0.90");
     // The product's promise: few wrong answers, and most questions either
     // answered right or asked about with the right intent among the buttons.
     // Measured 0.6% wrong and 98.1% served; the thresholds move with every
     // edit of the FAQ, so the floors leave room for that.
     assert!(wrong_rate <= 0.03, "answered wrong {wrong_rate:.3} > 0.03");
-    assert!(served_rate >= 0.90, "answered right or rightly asked {served_rate:.3} < 0.90");
+    assert!(
+        served_rate >= 0.90,
+        "answered right or rightly asked {served_rate:.3} < 0.90"
+    );
 }
 
 #[test]
@@ -493,10 +499,7 @@ fn out_of_scope_questions_are_not_answered() {
     // ask, 68.8% were handed off and the rest answered. The answered ones
     // share character n-grams with shop words ("sing" in "missing", "war" in
     // "warranty"); a server that wants more hand-offs raises oos_weight.
-    assert!(
-        answered_rate <= 0.10,
-        "answered {answered_rate:.3} > 0.10"
-    );
+    assert!(answered_rate <= 0.10, "answered {answered_rate:.3} > 0.10");
     assert!(
         handoff_rate >= 0.20,
         "hand-off rate {handoff_rate:.3} < 0.20"

@@ -468,7 +468,10 @@ async fn a_clarification_carries_quick_replies_and_a_pick_gets_that_answer_and_i
     };
 
     let question = "where is my parcel";
-    desk.dispatcher().submit_and_wait(say(question)).await.unwrap();
+    desk.dispatcher()
+        .submit_and_wait(say(question))
+        .await
+        .unwrap();
     let asked = tab
         .expect("the bot's clarification", |f| {
             from_bot(f) && f["message"]["body"]["quick_replies"].is_array()
@@ -515,10 +518,18 @@ async fn a_clarification_carries_quick_replies_and_a_pick_gets_that_answer_and_i
 
     let decision = bot.decisions(chat.id).pop().unwrap();
     assert_eq!(
-        (decision.intent.as_str(), decision.confidence, decision.question.as_str()),
+        (
+            decision.intent.as_str(),
+            decision.confidence,
+            decision.question.as_str()
+        ),
         (picked.intent.as_str(), 1.0, question)
     );
-    assert_eq!(bot.training_rows(), rows_before + 1, "the pick is a training row");
+    assert_eq!(
+        bot.training_rows(),
+        rows_before + 1,
+        "the pick is a training row"
+    );
     assert_eq!(bot.counters.snapshot().chosen, 1);
     desk.shutdown().await;
 }

@@ -88,7 +88,10 @@ impl Body {
     ) -> Self {
         Body::Text {
             text: text.into(),
-            quick_replies: labels.into_iter().map(|label| QuickReply { label }).collect(),
+            quick_replies: labels
+                .into_iter()
+                .map(|label| QuickReply { label })
+                .collect(),
         }
     }
 

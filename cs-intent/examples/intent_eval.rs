@@ -285,7 +285,9 @@ fn ranked_questions(
     let keep = model.calibration().max_options;
     test.iter()
         .map(|row| {
-            let ranked = model.score_normalized(&normalize(&row.text, max_chars)).ranked;
+            let ranked = model
+                .score_normalized(&normalize(&row.text, max_chars))
+                .ranked;
             let is_oos = unknown == Some(row.intent.as_str());
             let right_rank = (!is_oos).then(|| {
                 ranked
@@ -321,15 +323,46 @@ fn print_curve(fitted: &Calibration, questions: &[RankedQuestion]) {
     };
     println!(
         "{:<28} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} | {:>6} {:>6} {:>6}",
-        "rule (% of in-scope rows)", "ans_ok", "clr_ok", "ok", "clr_no", "hand", "ans_no",
-        "oos_an", "oos_cl", "oos_ho"
+        "rule (% of in-scope rows)",
+        "ans_ok",
+        "clr_ok",
+        "ok",
+        "clr_no",
+        "hand",
+        "ans_no",
+        "oos_an",
+        "oos_cl",
+        "oos_ho"
     );
-    let fmt = |x: f32| if x.is_finite() { format!("{x:.3}") } else { "never".to_string() };
+    let fmt = |x: f32| {
+        if x.is_finite() {
+            format!("{x:.3}")
+        } else {
+            "never".to_string()
+        }
+    };
     line(
-        format!("fitted a={} m={}", fmt(fitted.answer_threshold), fmt(fitted.clarify_mass)),
+        format!(
+            "fitted a={} m={}",
+            fmt(fitted.answer_threshold),
+            fmt(fitted.clarify_mass)
+        ),
         fitted,
     );
-    for a in [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, f32::INFINITY] {
+    for a in [
+        0.0,
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.7,
+        0.8,
+        0.9,
+        0.95,
+        f32::INFINITY,
+    ] {
         let c = Calibration {
             answer_threshold: a,
             ..fitted.clone()

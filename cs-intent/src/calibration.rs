@@ -385,7 +385,11 @@ fn choose_thresholds(
     fixed: Fixed,
 ) -> (f32, f32) {
     let n = questions.len();
-    let n_in = questions.iter().filter(|q| q.right_rank.is_some()).count().max(1) as f32;
+    let n_in = questions
+        .iter()
+        .filter(|q| q.right_rank.is_some())
+        .count()
+        .max(1) as f32;
     let n_oos = questions.iter().filter(|q| q.right_rank.is_none()).count();
     let oos_credit = if n_oos == 0 {
         0.0
@@ -591,7 +595,10 @@ mod tests {
         let c = fit(&held_rows(), objective, Fixed::default());
         assert!(c.report.in_scope_answered_wrong <= 0.03, "{c:?}");
         assert!(c.report.in_scope_accuracy > 0.49, "the clear half: {c:?}");
-        assert!(c.report.in_scope_clarified_right > 0.49, "the torn half: {c:?}");
+        assert!(
+            c.report.in_scope_clarified_right > 0.49,
+            "the torn half: {c:?}"
+        );
         assert!(c.report.oos_recall > 0.99, "{c:?}");
 
         let mut clear = vec![-1.0, 0.8, -1.0, -1.0, -1.0, -1.0];

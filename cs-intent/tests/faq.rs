@@ -172,7 +172,10 @@ fn a_close_call_asks_which_was_meant_and_the_click_is_learned() {
         );
     }
 
-    assert_eq!(&reply.decision.options, options, "the log keeps the options");
+    assert_eq!(
+        &reply.decision.options, options,
+        "the log keeps the options"
+    );
 
     // A tap sends the option's label as the next message: that is the pick.
     let Some(missing) = options.iter().find(|o| o.intent == "missing_item") else {
@@ -181,7 +184,10 @@ fn a_close_call_asks_which_was_meant_and_the_click_is_learned() {
     let chosen = ask(&bot, conversation, 2, &format!(" {} ", missing.label));
     assert_eq!(chosen.decision.intent, "missing_item");
     assert_eq!(chosen.decision.outcome, Outcome::Answer);
-    assert_eq!(chosen.decision.question, question, "logged against the question asked about");
+    assert_eq!(
+        chosen.decision.question, question,
+        "logged against the question asked about"
+    );
     assert_eq!(
         chosen.learned,
         Some(Example::new(question, "missing_item")),
@@ -408,7 +414,10 @@ fn decisions_and_actions_have_the_wire_shape_the_console_reads() {
     let json = serde_json::to_value(&decision).unwrap_or_default();
     assert_eq!(json["outcome"], "handoff");
     assert_eq!(json["question_seq"], 4);
-    assert!(json.get("options").is_none(), "no options, no field: {json}");
+    assert!(
+        json.get("options").is_none(),
+        "no options, no field: {json}"
+    );
     for (outcome, wire) in [(Outcome::Answer, "answer"), (Outcome::Clarify, "clarify")] {
         assert_eq!(serde_json::to_value(outcome).unwrap_or_default(), wire);
     }

@@ -350,7 +350,9 @@ impl Hook for EchoBot {
             Body::Text { text, .. } if text.contains("human") => Ok(vec![HookAction::HandOff {
                 reason: "asked for a human".into(),
             }]),
-            Body::Text { text, .. } => Ok(vec![HookAction::Reply(Body::text(format!("bot: {text}")))]),
+            Body::Text { text, .. } => {
+                Ok(vec![HookAction::Reply(Body::text(format!("bot: {text}")))])
+            }
             _ => Ok(Vec::new()),
         }
     }

@@ -457,7 +457,9 @@ impl FaqBot {
         let mut options: Vec<ClarifyOption> = Vec::new();
         for offered in &prediction.options {
             let option = self.option(&offered.intent, language);
-            let same_label = |o: &ClarifyOption| o.label.trim().to_lowercase() == option.label.trim().to_lowercase();
+            let same_label = |o: &ClarifyOption| {
+                o.label.trim().to_lowercase() == option.label.trim().to_lowercase()
+            };
             if !options.iter().any(same_label) {
                 options.push(option);
             }
