@@ -5,6 +5,9 @@
 //!
 //! `SWEEP_GRID="bits,char_min,char_max,word_max;..."` replaces the default grid;
 //! the optional third argument lists SVM `C` values to try (default 1).
+//!
+//! The other sweep, of the answer / ask / hand-off rule's thresholds on a
+//! trained agent, is `intent_eval --sweep`.
 
 use std::collections::HashMap;
 use std::time::Instant;
