@@ -494,8 +494,8 @@ fn out_of_scope_questions_are_not_answered() {
     let answered = lines.iter().filter(|l| l.contains(": Answer ")).count();
     let answered_rate = answered as f64 / n;
     // Measured with the default oos_weight (0.2): none answered, 28.1%
-    // handed off, the rest asked about (the shopper's "none of these" then
-    // reaches a person), 78.1% handed off or below 0.5. Before the bot could
+    // handed off, the rest asked about (offered nothing that fits, the
+    // shopper rephrases or asks for a person), 78.1% handed off or below 0.5. Before the bot could
     // ask, 68.8% were handed off and the rest answered. The answered ones
     // share character n-grams with shop words ("sing" in "missing", "war" in
     // "warranty"); a server that wants more hand-offs raises oos_weight.

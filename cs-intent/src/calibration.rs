@@ -77,10 +77,11 @@ pub struct CalibrationReport {
 }
 
 /// What the threshold fit optimises. On the held-out rows of known intents
-/// each decision earns a value (a right answer 1, a hand-off 0); on the rows
-/// of held-out intents a hand-off earns `oos_weight` (as a share of those
-/// rows). The best pair whose wrong answers stay within
-/// `max_wrong_answer_rate` of the known-intent rows wins.
+/// each decision earns a value (a right answer 1, a right clarification 0.8,
+/// a wrong one -0.3, a hand-off 0, a wrong answer -1); on the rows of
+/// held-out intents a hand-off earns `oos_weight` (as a share of those rows)
+/// and a clarification half of that. The best pair whose wrong answers stay
+/// within `max_wrong_answer_rate` of the known-intent rows wins.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RuleObjective {
     /// Weight of out-of-scope recall against the known-intent value.
@@ -93,13 +94,14 @@ pub struct RuleObjective {
 
 // The values of the in-scope outcomes. A right clarification is worth less
 // than a right answer (the shopper had to click), so the fit answers when it
-// can; a wrong clarification costs a little (a click on "none of these"), a
-// wrong answer more than a hand-off (the shopper was misled).
+// can; a wrong clarification costs a little (the shopper has to say it
+// again), a wrong answer more than a hand-off (the shopper was misled).
 const VALUE_CLARIFIED_RIGHT: f32 = 0.8;
 const VALUE_CLARIFIED_WRONG: f32 = -0.3;
 const VALUE_ANSWERED_WRONG: f32 = -1.0;
-// An out-of-scope question asked about: the shopper's "none of these" hands
-// it off one step later, so it earns part of a hand-off's credit.
+// An out-of-scope question asked about: offered nothing that fits, the
+// shopper rephrases or asks for a person and reaches one a step later, so it
+// earns part of a hand-off's credit.
 const VALUE_OOS_CLARIFIED: f32 = 0.5;
 
 impl Calibration {
