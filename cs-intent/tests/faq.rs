@@ -110,7 +110,7 @@ fn the_demo_faq_answers_in_the_questions_language_and_hands_off() {
 
     // Out-of-scope questions tests/chat_server_faq.rs shows are handed off.
     let mut seq = 9;
-    for question in ["what is the capital of France", "tell me a joke"] {
+    for question in ["explain photosynthesis to me", "明天股票会涨吗"] {
         let reply = ask(&bot, conversation, seq, question);
         seq += 2;
         let reason = hand_off_reason(&reply);

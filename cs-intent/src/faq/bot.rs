@@ -260,7 +260,7 @@ impl FaqBot {
     /// which was meant: `(the question asked about, the option's intent)`.
     /// A label matches ignoring case and surrounding space.
     fn picked_option(&self, conversation: ConversationId, text: &str) -> Option<(String, String)> {
-        let last = self.log.decisions(conversation).pop()?;
+        let last = self.log.last(conversation)?;
         if last.outcome != Outcome::Clarify {
             return None;
         }
