@@ -356,3 +356,82 @@ async fn markup_in_a_message_is_shown_as_text_in_the_widget_and_the_console() {
     agent.close().await;
     visitor.close().await;
 }
+
+/// The intent of faq.json whose examples include `label` (a clarification
+/// button is labelled with the intent's first example in the question's
+/// language, the bundled FAQ having no labels of its own).
+fn intent_labelled(label: &str) -> String {
+    let faq: serde_json::Value =
+        serde_json::from_str(include_str!("../examples/chat_server/faq.json"))
+            .expect("faq.json is JSON");
+    faq["intents"]
+        .as_array()
+        .and_then(|all| {
+            all.iter().find(|i| {
+                i["examples"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|x| x == label))
+            })
+        })
+        .and_then(|i| i["intent"].as_str())
+        .unwrap_or_else(|| panic!("no intent of faq.json has the example {label:?}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_quick_reply_tap_picks_the_intent_and_the_bot_answers_it() {
+    if !browser_installed() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // The bot never answers outright and always asks rather than hands off,
+    // so the question below is a clarification whatever the fit chose.
+    let server = Server::start(&["--bot-answer-threshold", "2", "--bot-clarify-mass", "0"]).await;
+    let mut browsers = Browsers::start().await;
+    let visitor = visitor_page(&mut browsers, &server).await;
+
+    let (_, asked) = ask_the_bot(&visitor, "where is my order").await;
+    let buttons = format!(
+        "#messages .msg[data-seq=\"{}\"] .quick-replies button.quick-reply",
+        asked.seq
+    );
+    let labels = visitor
+        .wait_js(
+            "the clarification's quick-reply buttons",
+            "return [...document.querySelectorAll(arguments[0])] \
+               .filter((b) => !b.disabled && b.offsetParent !== null).map((b) => b.textContent);",
+            vec![json!(buttons)],
+        )
+        .await;
+    let labels: Vec<String> = serde_json::from_value(labels).expect("labels are strings");
+    assert!((2..=3).contains(&labels.len()), "{labels:?}");
+
+    // Tap the second option: the bot's runner-up, not its first guess.
+    let picked = &labels[1];
+    visitor.click(&format!("{buttons}:nth-of-type(2)")).await;
+    let rows = visitor
+        .wait_rows("the picked option's answer", |rows| {
+            let pick = rows.iter().find(|r| r.seq > asked.seq && r.is("mine"));
+            pick.is_some_and(|p| rows.iter().any(|r| r.seq > p.seq && r.is("from-bot")))
+        })
+        .await;
+    let pick = rows
+        .iter()
+        .find(|r| r.seq > asked.seq && r.is("mine"))
+        .expect("the pick is shown");
+    assert_eq!(&pick.text, picked, "the tap sends the label");
+    let answer = rows
+        .iter()
+        .find(|r| r.seq > pick.seq && r.is("from-bot"))
+        .expect("the answer is shown");
+    assert_eq!(answer.text, faq_answer(&intent_labelled(picked), "en"));
+    // The answered clarification's buttons are spent.
+    let live = visitor
+        .js(
+            "return [...document.querySelectorAll(arguments[0])].filter((b) => !b.disabled).length;",
+            vec![json!(buttons)],
+        )
+        .await;
+    assert_eq!(live, json!(0), "{}", browsers.log());
+    visitor.close().await;
+}

@@ -416,3 +416,55 @@ async fn a_correction_made_on_one_node_teaches_the_bot_on_every_node() {
     let after = decisions(&http_one, &carol, &conversation).await;
     assert_eq!(after[1]["intent"], right, "{after}");
 }
+
+/// A bot message of `conversation` (frames of other conversations skipped).
+fn is_bot_message_in(frame: &Value, conversation: &str) -> bool {
+    is_message_from(frame, "bot") && frame["message"]["conversation"] == conversation
+}
+
+#[tokio::test]
+async fn a_clarification_pick_on_one_node_teaches_the_bot_on_every_node() {
+    let Some((redis, postgres)) = cluster_services() else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Every bot asks which was meant (never answers outright, never hands
+    // off), so the only way a node answers the question below is by having
+    // learned the pick.
+    let always_ask = ["--bot-answer-threshold", "2", "--bot-clarify-mass", "0"];
+    let cluster = Cluster::start(&redis, &postgres, 2, &always_ask).await;
+    cluster.router(&[0, 1]).await;
+    let (one, two) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let question = "are there gift vouchers i can buy for my sister";
+
+    // On node 1: the clarification's second option is picked and answered.
+    let (_, first, mut visitor) = visitor_on(one).await;
+    visitor.say(&first, question).await;
+    let asked = visitor.expect(|f| is_bot_message_in(f, &first)).await;
+    let label = asked["message"]["body"]["quick_replies"][1]["label"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a clarification with two options: {asked}"))
+        .to_owned();
+    visitor.say(&first, &label).await;
+    let answer = visitor.expect(|f| is_bot_message_in(f, &first)).await;
+    assert!(
+        answer["message"]["body"].get("quick_replies").is_none(),
+        "the pick is answered: {answer}"
+    );
+    let answer = text_of(&answer).to_owned();
+
+    // On node 2 the same question is answered with that answer, once the
+    // pick has come over the bus; until then it asks.
+    let (_, second, mut other) = visitor_on(two).await;
+    eventually("node 2 to answer with node 1's pick", WAIT, async || {
+        other.say(&second, question).await;
+        let reply = other.expect(|f| is_bot_message_in(f, &second)).await;
+        if reply["message"]["body"].get("quick_replies").is_none() && text_of(&reply) == answer {
+            Ok(())
+        } else {
+            // Not a pick: the next question is the question again, not a label.
+            Err(reply.to_string())
+        }
+    })
+    .await;
+}

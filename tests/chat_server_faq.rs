@@ -303,16 +303,16 @@ fn agent() -> &'static (IntentAgent, f64) {
         );
         println!(
             "trained in {seconds:.3} s: {} rows, {} intents; calibration held out {} intents \
-             ({} rows) and {} rows of the others; temperature {}, hand-off threshold {:.3}, \
-             clarify ratio {}, held-out in-scope accuracy {:.3}, held-out oos recall {:.3}",
+             ({} rows) and {} rows of the others; temperature {}, answer threshold {:.3}, \
+             clarify mass {:.3}, held-out in-scope accuracy {:.3}, held-out oos recall {:.3}",
             report.rows_used,
             report.intents,
             calibration.report.held_out_intents,
             calibration.report.out_of_scope_rows,
             calibration.report.in_scope_rows,
             calibration.temperature,
-            calibration.handoff_threshold,
-            calibration.clarify_ratio,
+            calibration.answer_threshold,
+            calibration.clarify_mass,
             calibration.report.in_scope_accuracy,
             calibration.report.oos_recall,
         );
@@ -402,8 +402,7 @@ fn faq_has_the_intents_the_demo_needs() {
 #[test]
 fn the_bot_recognises_new_phrasings() {
     let (_, seconds) = agent();
-    let mut right = 0;
-    let mut answered = 0;
+    let (mut right, mut answered, mut answered_wrong, mut served) = (0, 0, 0, 0);
     let mut misses = Vec::new();
     let mut not_answered = Vec::new();
     for &(text, want) in HELD_OUT {
@@ -416,30 +415,50 @@ fn the_bot_recognises_new_phrasings() {
                 p.intent, p.confidence, p.decision
             ));
         }
-        if p.decision == Decision::Answer {
-            answered += 1;
-        } else {
+        let offered = p.options.iter().any(|o| &*o.intent == want);
+        match p.decision {
+            Decision::Answer => {
+                answered += 1;
+                answered_wrong += usize::from(&*p.intent != want);
+                served += usize::from(&*p.intent == want);
+            }
+            Decision::Clarify => served += usize::from(offered),
+            Decision::HandOff => {}
+        }
+        if p.decision != Decision::Answer {
+            let options: Vec<&str> = p.options.iter().map(|o| &*o.intent).collect();
             not_answered.push(format!(
-                "  {text:?}: {:?} {} ({:.2})",
+                "  {text:?}: {:?} {} ({:.2}) {options:?}",
                 p.decision, p.intent, p.confidence
             ));
         }
     }
     let n = HELD_OUT.len() as f64;
     let accuracy = right as f64 / n;
-    let answer_rate = answered as f64 / n;
+    let served_rate = served as f64 / n;
+    let wrong_rate = answered_wrong as f64 / n;
     println!(
-        "held-out: {right}/{} right (top-1 accuracy {:.1}%), {answered} answered ({:.1}%); trained in {seconds:.3} s",
+        "held-out: {right}/{} right (top-1 accuracy {:.1}%), {answered} answered ({answered_wrong} wrongly), \
+         {served} answered right or asked about with the right option ({:.1}%); trained in {seconds:.3} s",
         HELD_OUT.len(),
         accuracy * 100.0,
-        answer_rate * 100.0
+        served_rate * 100.0
     );
     println!("misses (question: want, got):\n{}", misses.join("\n"));
-    println!("not answered:\n{}", not_answered.join("\n"));
+    println!(
+        "not answered (options offered):\n{}",
+        not_answered.join("\n")
+    );
     assert!(accuracy >= 0.90, "top-1 accuracy {accuracy:.3} < 0.90");
-    // Measured 98.8%. The hand-off threshold moves with every edit of the FAQ
-    // (0.19-0.46 over training seeds), so the floor leaves room for that.
-    assert!(answer_rate >= 0.90, "answer rate {answer_rate:.3} < 0.90");
+    // The product's promise: few wrong answers, and most questions either
+    // answered right or asked about with the right intent among the buttons.
+    // Measured 0.6% wrong and 98.1% served; the thresholds move with every
+    // edit of the FAQ, so the floors leave room for that.
+    assert!(wrong_rate <= 0.03, "answered wrong {wrong_rate:.3} > 0.03");
+    assert!(
+        served_rate >= 0.90,
+        "answered right or rightly asked {served_rate:.3} < 0.90"
+    );
 }
 
 #[test]
@@ -472,12 +491,18 @@ fn out_of_scope_questions_are_not_answered() {
         low_rate * 100.0,
         lines.join("\n")
     );
-    // Measured 68.8% and 78.1% with the default oos_weight (0.2). The answered
-    // ones share character n-grams with shop words ("sing" in "missing",
-    // "war" in "warranty"); a server that wants more hand-offs raises oos_weight.
+    let answered = lines.iter().filter(|l| l.contains(": Answer ")).count();
+    let answered_rate = answered as f64 / n;
+    // Measured with the default oos_weight (0.2): none answered, 28.1%
+    // handed off, the rest asked about (offered nothing that fits, the
+    // shopper rephrases or asks for a person), 78.1% handed off or below 0.5. Before the bot could
+    // ask, 68.8% were handed off and the rest answered. The answered ones
+    // share character n-grams with shop words ("sing" in "missing", "war" in
+    // "warranty"); a server that wants more hand-offs raises oos_weight.
+    assert!(answered_rate <= 0.10, "answered {answered_rate:.3} > 0.10");
     assert!(
-        handoff_rate >= 0.60,
-        "hand-off rate {handoff_rate:.3} < 0.60"
+        handoff_rate >= 0.20,
+        "hand-off rate {handoff_rate:.3} < 0.20"
     );
     assert!(
         low_rate >= 0.75,

@@ -400,7 +400,7 @@ async fn a_new_chat_is_greeted_in_the_pages_language() {
         async move {
             let stored = store.recent(id, 10).await.unwrap();
             match &stored.first().expect("a greeting").body {
-                cs::core::Body::Text { text } => text.clone(),
+                cs::core::Body::Text { text, .. } => text.clone(),
                 other => panic!("not text: {other:?}"),
             }
         }
@@ -418,5 +418,118 @@ async fn a_new_chat_is_greeted_in_the_pages_language() {
         .await
         .unwrap();
     assert_eq!(greeting(unknown.id).await, both);
+    desk.shutdown().await;
+}
+
+/// The bot's "did you mean…?" reaches the visitor as a text message with
+/// quick replies; the visitor's pick (the label, sent back as a message) is
+/// answered with that intent's answer and taught to the bot as a labelled
+/// example.
+#[tokio::test]
+async fn a_clarification_carries_quick_replies_and_a_pick_gets_that_answer_and_is_learned() {
+    use cs::core::{NewMessage, Seq};
+    use cs::intent::faq::{Faq, FaqBot, FaqSettings, Outcome};
+    use cs::transport::Origin;
+
+    let faq = Faq::from_json(include_str!("../examples/chat_server/faq.json")).unwrap();
+    // Never answer outright, always ask rather than hand off: every question
+    // is a clarification (the fitted rule is tested in cs-intent).
+    let settings = FaqSettings {
+        answer_threshold: Some(f32::INFINITY),
+        clarify_mass: Some(0.0),
+        ..FaqSettings::default()
+    };
+    let bot = Arc::new(FaqBot::train(faq.clone(), settings).unwrap());
+    let desk = ServiceDesk::builder(TenantId::new("shop").unwrap())
+        .bot(Arc::clone(&bot))
+        .build()
+        .await
+        .unwrap();
+    let ann = visitor("ann");
+    let chat = desk.open_for_visitor(&ann).await.unwrap();
+    let mut tab = Conn::open(&desk, Party::Visitor(ann.clone()));
+    desk.dispatcher()
+        .submit_and_wait(Command::Join {
+            conn: tab.id,
+            conversation: chat.id,
+            last_seq: Seq::new(0),
+        })
+        .await
+        .unwrap();
+    let tab_id = tab.id;
+    let say = |text: &str| Command::Send {
+        origin: Origin::Connection(tab_id),
+        message: NewMessage::text(chat.id, Party::Visitor(ann.clone()), text),
+    };
+    let from_bot = |frame: &Value| {
+        frame["type"] == "message"
+            && frame["message"]["sender"]["kind"] == "bot"
+            && frame["message"]["conversation"] == chat.id.to_string()
+    };
+
+    let question = "where is my parcel";
+    desk.dispatcher()
+        .submit_and_wait(say(question))
+        .await
+        .unwrap();
+    let asked = tab
+        .expect("the bot's clarification", |f| {
+            from_bot(f) && f["message"]["body"]["quick_replies"].is_array()
+        })
+        .await;
+    let body = &asked["message"]["body"];
+    assert_eq!(body["type"], "text");
+    let labels: Vec<String> = body["quick_replies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap().to_owned())
+        .collect();
+    assert!((2..=3).contains(&labels.len()), "{body}");
+    let logged = bot.decisions(chat.id).pop().unwrap();
+    assert_eq!(logged.outcome, Outcome::Clarify);
+    assert_eq!(
+        logged.options.iter().map(|o| &o.label).collect::<Vec<_>>(),
+        labels.iter().collect::<Vec<_>>(),
+        "the buttons are the options the bot logged"
+    );
+    for label in &labels {
+        assert!(
+            body["text"].as_str().unwrap().contains(label.as_str()),
+            "the text names every option for clients without buttons: {body}"
+        );
+    }
+
+    // The visitor picks the second option, not the bot's top guess.
+    let picked = &logged.options[1];
+    let rows_before = bot.training_rows();
+    desk.dispatcher()
+        .submit_and_wait(say(&picked.label))
+        .await
+        .unwrap();
+    let answer = tab
+        .expect("the picked intent's answer", |f| {
+            from_bot(f) && f["message"]["seq"].as_u64() > asked["message"]["seq"].as_u64()
+        })
+        .await;
+    let expected = faq.intent(&picked.intent).unwrap().answer["en"].clone();
+    assert_eq!(answer["message"]["body"]["text"], expected.as_str());
+    assert!(answer["message"]["body"].get("quick_replies").is_none());
+
+    let decision = bot.decisions(chat.id).pop().unwrap();
+    assert_eq!(
+        (
+            decision.intent.as_str(),
+            decision.confidence,
+            decision.question.as_str()
+        ),
+        (picked.intent.as_str(), 1.0, question)
+    );
+    assert_eq!(
+        bot.training_rows(),
+        rows_before + 1,
+        "the pick is a training row"
+    );
+    assert_eq!(bot.counters.snapshot().chosen, 1);
     desk.shutdown().await;
 }

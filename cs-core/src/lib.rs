@@ -86,6 +86,9 @@ pub use error::Error;
 pub use ids::{
     AgentId, ClientMsgId, ConnId, ConversationId, InvalidId, Seq, Skill, TenantId, VisitorId,
 };
-pub use message::{Body, Event, InvalidMessage, Message, MessageLimits, NewMessage, Party};
+pub use message::{
+    Body, Event, InvalidMessage, Message, MessageLimits, NewMessage, Party, QuickReply,
+    MAX_QUICK_REPLIES,
+};
 pub use redact::redact_url;
 pub use timestamp::Timestamp;

@@ -32,6 +32,11 @@ pub enum Body {
     Text {
         /// The text, UTF-8.
         text: String,
+        /// Answers the reader may pick with one tap (the bot's "did you
+        /// mean…?"); a pick is sent back as a text message of the label. Left
+        /// out of the JSON when empty, so a plain text body reads as before.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        quick_replies: Vec<QuickReply>,
     },
     /// An image the host has stored; the message carries its address.
     Image {
@@ -57,10 +62,37 @@ pub enum Body {
     Event(Event),
 }
 
+/// One quick-reply button of a text message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuickReply {
+    /// The button's text, which is also what a tap sends.
+    pub label: String,
+}
+
+/// Most quick replies one message may carry: a choice among a few, not a menu.
+pub const MAX_QUICK_REPLIES: usize = 8;
+
 impl Body {
     /// Plain text.
     pub fn text(text: impl Into<String>) -> Self {
-        Body::Text { text: text.into() }
+        Body::Text {
+            text: text.into(),
+            quick_replies: Vec::new(),
+        }
+    }
+
+    /// Text with quick-reply buttons, one per label.
+    pub fn text_with_quick_replies(
+        text: impl Into<String>,
+        labels: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Body::Text {
+            text: text.into(),
+            quick_replies: labels
+                .into_iter()
+                .map(|label| QuickReply { label })
+                .collect(),
+        }
     }
 
     /// Whether this body only matters to whoever is online right now (typing
@@ -253,7 +285,24 @@ impl NewMessage {
             }
         };
         match &self.body {
-            Body::Text { text } => {
+            Body::Text {
+                text,
+                quick_replies,
+            } => {
+                if quick_replies.len() > MAX_QUICK_REPLIES {
+                    return Err(InvalidMessage::BadField {
+                        field: "quick_replies",
+                        len: quick_replies.len(),
+                        max: MAX_QUICK_REPLIES,
+                    });
+                }
+                for reply in quick_replies {
+                    // A label is sent back as a message, so it obeys the text rules too.
+                    field("quick_replies.label", &reply.label, false)?;
+                    if reply.label.trim().is_empty() {
+                        return Err(InvalidMessage::EmptyText);
+                    }
+                }
                 if text.len() > limits.max_text_bytes {
                     return Err(InvalidMessage::TextTooLong {
                         len: text.len(),
@@ -400,6 +449,47 @@ mod tests {
             serde_json::to_value(Party::Bot).unwrap(),
             serde_json::json!({"kind": "bot"})
         );
+    }
+
+    #[test]
+    fn quick_replies_are_optional_on_the_wire_and_checked() {
+        let plain: Body = serde_json::from_str(r#"{"type":"text","text":"hi"}"#).unwrap();
+        assert_eq!(plain, Body::text("hi"));
+        let asking = Body::text_with_quick_replies("Which?", ["Refund".into(), "Track".into()]);
+        let json = serde_json::to_value(&asking).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "text", "text": "Which?",
+                               "quick_replies": [{"label": "Refund"}, {"label": "Track"}]})
+        );
+        assert_eq!(serde_json::from_value::<Body>(json).unwrap(), asking);
+
+        let conv = ConversationId::new();
+        let limits = MessageLimits::default();
+        let with = |labels: Vec<String>| {
+            NewMessage::new(
+                conv,
+                Party::Bot,
+                Body::text_with_quick_replies("Which?", labels),
+            )
+            .validate(&limits)
+        };
+        assert_eq!(with(vec!["a".into(); 2]), Ok(()));
+        assert!(matches!(
+            with(vec!["a".into(); MAX_QUICK_REPLIES + 1]),
+            Err(InvalidMessage::BadField {
+                field: "quick_replies",
+                ..
+            })
+        ));
+        assert!(matches!(
+            with(vec![String::new()]),
+            Err(InvalidMessage::BadField {
+                field: "quick_replies.label",
+                ..
+            })
+        ));
+        assert_eq!(with(vec!["  ".into()]), Err(InvalidMessage::EmptyText));
     }
 
     #[test]

@@ -8,13 +8,29 @@
 //! Both files have a header row `text,category` (UTF-8, standard CSV quoting).
 //! Progress goes to stderr; the last line on stdout is one JSON object with
 //! `train_rows, test_rows, train_seconds, predict_p50_us, predict_p99_us,
-//! accuracy, in_scope_accuracy, oos_recall, handoff_rate, model_bytes` and a
-//! few more fields.
+//! accuracy, in_scope_accuracy, oos_recall, handoff_rate, clarify_rate,
+//! model_bytes` and a few more fields.
 //!
 //! `accuracy` is the share of test rows handled correctly: an in-scope row
 //! when the agent does not hand off and names the right intent, an
 //! out-of-scope row (category = `--unknown-label`) when it hands off. A
-//! clarifying question counts by its top intent.
+//! clarifying question counts by its top intent there. `handoff_rate` and
+//! `clarify_rate` are shares of all test rows.
+//!
+//! What happened to the in-scope rows, as shares of them:
+//! `answered_right_rate`, `answered_wrong_rate`, `clarified_right_rate` (the
+//! right intent was among the options), `clarified_wrong_rate`,
+//! `in_scope_handoff_rate`, and `right_or_rightly_clarified_rate` (the first
+//! plus the third). Out-of-scope rows: `oos_answered_rate`,
+//! `oos_clarified_rate` and `oos_recall` (handed off).
+//!
+//! `--sweep` first prints the whole curve on the test rows: each answer
+//! threshold with the fitted clarify mass, then each clarify mass with the
+//! fitted answer threshold (and asking switched off), every line giving
+//! answered right / clarified rightly / clarified wrongly / handed off /
+//! answered wrong as shares of in-scope rows, and what out-of-scope rows got.
+//! `--answer-threshold`, `--clarify-mass` and `--max-wrong-answer-rate`
+//! override the rule (`ModelConfig` fields of the same names).
 //!
 //! `--hold-out-intents N` runs the out-of-scope self-test: it removes N
 //! intents (every k-th in sorted order) from TRAIN and relabels their TEST
@@ -27,8 +43,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+use cs_intent::calibration::{tally, Calibration, Outcomes, RankedQuestion, Verdict};
 use cs_intent::dataset::read_labelled_csv;
-use cs_intent::{AgentConfig, Decision, IntentAgent};
+use cs_intent::text::normalize;
+use cs_intent::{AgentConfig, Decision, Example, IntentAgent, IntentModel};
 
 #[derive(Parser)]
 #[command(about = "Train a cs-intent agent on TRAIN and evaluate it on TEST")]
@@ -49,6 +67,18 @@ struct Args {
     /// accuracy when the agent picks its hand-off threshold (0 = never hand off).
     #[arg(long)]
     oos_weight: Option<f32>,
+    /// Wrong answers the threshold fit allows, as a share of its held-out in-scope rows.
+    #[arg(long)]
+    max_wrong_answer_rate: Option<f32>,
+    /// Fix the answer threshold instead of fitting it (above 1: never answer outright).
+    #[arg(long)]
+    answer_threshold: Option<f32>,
+    /// Fix the clarify mass instead of fitting it (0: ask rather than hand off; above 1: never ask).
+    #[arg(long)]
+    clarify_mass: Option<f32>,
+    /// Print the decision curve on the test rows before the JSON line.
+    #[arg(long)]
+    sweep: bool,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -111,20 +141,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(w) = args.oos_weight {
         config.model.oos_weight = w;
     }
+    if let Some(r) = args.max_wrong_answer_rate {
+        config.model.max_wrong_answer_rate = r;
+    }
+    config.model.answer_threshold = args.answer_threshold;
+    config.model.clarify_mass = args.clarify_mass;
     let start = Instant::now();
     let agent = IntentAgent::train(train, config)?;
     let train_seconds = start.elapsed().as_secs_f64();
     let snapshot = agent.snapshot();
     let calibration = snapshot.model.calibration();
     eprintln!(
-        "trained in {train_seconds:.2} s: temperature {:.3}, hand-off below {:.3} \
-         (calibration held out {} intents: in-scope accuracy {:.3}, oos recall {:.3})",
+        "trained in {train_seconds:.2} s: temperature {:.3}, answer from {:.3}, ask when the top \
+         {} reach {:.3} (calibration held out {} intents: in-scope answered right {:.3}, wrong \
+         {:.3}, rightly asked {:.3}; oos recall {:.3})",
         calibration.temperature,
-        calibration.handoff_threshold,
+        calibration.answer_threshold,
+        calibration.max_options,
+        calibration.clarify_mass,
         calibration.report.held_out_intents,
         calibration.report.in_scope_accuracy,
+        calibration.report.in_scope_answered_wrong,
+        calibration.report.in_scope_clarified_right,
         calibration.report.oos_recall,
     );
+    if args.sweep {
+        let questions = ranked_questions(&snapshot.model, &test, unknown.as_deref());
+        print_curve(calibration, &questions);
+    }
 
     eprintln!("predicting {} test rows", test.len());
     let mut latencies = Vec::with_capacity(test.len());
@@ -132,6 +176,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (0usize, 0usize, 0usize, 0usize, 0usize);
     let (mut handoffs, mut clarifies, mut top1_correct, mut empty) =
         (0usize, 0usize, 0usize, 0usize);
+    let mut outcomes = Outcomes::default();
     for (i, row) in test.iter().enumerate() {
         let start = Instant::now();
         let prediction = agent.predict(&row.text);
@@ -140,11 +185,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (handed_off, right_intent) = match &prediction {
             Ok(p) => {
                 clarifies += usize::from(p.decision == Decision::Clarify);
+                let verdict = Verdict {
+                    decision: p.decision,
+                    options: p.options.len(),
+                };
+                // Only "top", "among the options" or "elsewhere" matters to the tally.
+                let right_rank = (!is_oos).then(|| {
+                    if *p.intent == *row.intent {
+                        0
+                    } else {
+                        p.options
+                            .iter()
+                            .position(|o| *o.intent == *row.intent)
+                            .unwrap_or(usize::MAX)
+                    }
+                });
+                outcomes.record(verdict, right_rank);
                 (p.decision == Decision::HandOff, *p.intent == *row.intent)
             }
             // An empty question cannot be answered: the agent hands it off.
             Err(_) => {
                 empty += 1;
+                let verdict = Verdict {
+                    decision: Decision::HandOff,
+                    options: 0,
+                };
+                outcomes.record(verdict, (!is_oos).then_some(usize::MAX));
                 (true, false)
             }
         };
@@ -182,10 +248,132 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "top1_accuracy_in_scope": share(top1_correct, in_scope),
         "oos_rows": oos,
         "empty_test_rows": empty,
-        "handoff_threshold": calibration.handoff_threshold,
+        "answered_right_rate": outcomes.share_of_in_scope(outcomes.answered_right),
+        "answered_wrong_rate": outcomes.share_of_in_scope(outcomes.answered_wrong),
+        "clarified_right_rate": outcomes.share_of_in_scope(outcomes.clarified_right),
+        "clarified_wrong_rate": outcomes.share_of_in_scope(outcomes.clarified_wrong),
+        "in_scope_handoff_rate": outcomes.share_of_in_scope(outcomes.handed_off),
+        "right_or_rightly_clarified_rate":
+            outcomes.share_of_in_scope(outcomes.answered_right + outcomes.clarified_right),
+        "oos_answered_rate": if oos == 0 { None } else { Some(outcomes.share_of_out_of_scope(outcomes.oos_answered)) },
+        "oos_clarified_rate": if oos == 0 { None } else { Some(outcomes.share_of_out_of_scope(outcomes.oos_clarified)) },
+        // Below this top confidence the agent does not answer outright (it asks or hands off).
+        "handoff_threshold": finite(calibration.answer_threshold),
+        "answer_threshold": finite(calibration.answer_threshold),
+        "clarify_mass": finite(calibration.clarify_mass),
+        "max_wrong_answer_rate": agent.config().model.max_wrong_answer_rate,
         "oos_weight": agent.config().model.oos_weight,
         "model_bytes": model_bytes,
     });
     println!("{json}");
     Ok(())
+}
+
+/// JSON has no infinity: a threshold that is never reached is `null`.
+fn finite(x: f32) -> Option<f32> {
+    x.is_finite().then_some(x)
+}
+
+/// Every test row as the decision rule sees it: the model's calibrated
+/// probabilities (no memory: a fresh agent has none) and the right intent's rank.
+fn ranked_questions(
+    model: &IntentModel,
+    test: &[Example],
+    unknown: Option<&str>,
+) -> Vec<RankedQuestion> {
+    let max_chars = model.featurizer().config().max_chars;
+    let keep = model.calibration().max_options;
+    test.iter()
+        .map(|row| {
+            let ranked = model
+                .score_normalized(&normalize(&row.text, max_chars))
+                .ranked;
+            let is_oos = unknown == Some(row.intent.as_str());
+            let right_rank = (!is_oos).then(|| {
+                ranked
+                    .iter()
+                    .position(|&(i, _)| *model.intents()[i] == *row.intent)
+                    .unwrap_or(usize::MAX)
+            });
+            RankedQuestion {
+                top: ranked.iter().take(keep).map(|r| r.1).collect(),
+                right_rank,
+            }
+        })
+        .collect()
+}
+
+fn print_curve(fitted: &Calibration, questions: &[RankedQuestion]) {
+    let pct = |o: &Outcomes, n: usize| 100.0 * o.share_of_in_scope(n);
+    let oos = |o: &Outcomes, n: usize| 100.0 * o.share_of_out_of_scope(n);
+    let line = |what: String, c: &Calibration| {
+        let o = tally(c, questions);
+        println!(
+            "{what:<28} {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2} | {:>6.2} {:>6.2} {:>6.2}",
+            pct(&o, o.answered_right),
+            pct(&o, o.clarified_right),
+            pct(&o, o.answered_right + o.clarified_right),
+            pct(&o, o.clarified_wrong),
+            pct(&o, o.handed_off),
+            pct(&o, o.answered_wrong),
+            oos(&o, o.oos_answered),
+            oos(&o, o.oos_clarified),
+            oos(&o, o.oos_handed_off),
+        );
+    };
+    println!(
+        "{:<28} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} | {:>6} {:>6} {:>6}",
+        "rule (% of in-scope rows)",
+        "ans_ok",
+        "clr_ok",
+        "ok",
+        "clr_no",
+        "hand",
+        "ans_no",
+        "oos_an",
+        "oos_cl",
+        "oos_ho"
+    );
+    let fmt = |x: f32| {
+        if x.is_finite() {
+            format!("{x:.3}")
+        } else {
+            "never".to_string()
+        }
+    };
+    line(
+        format!(
+            "fitted a={} m={}",
+            fmt(fitted.answer_threshold),
+            fmt(fitted.clarify_mass)
+        ),
+        fitted,
+    );
+    for a in [
+        0.0,
+        0.1,
+        0.2,
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.7,
+        0.8,
+        0.9,
+        0.95,
+        f32::INFINITY,
+    ] {
+        let c = Calibration {
+            answer_threshold: a,
+            ..fitted.clone()
+        };
+        line(format!("a={} m=fitted", fmt(a)), &c);
+    }
+    for m in [0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, f32::INFINITY] {
+        let c = Calibration {
+            clarify_mass: m,
+            ..fitted.clone()
+        };
+        line(format!("a=fitted m={}", fmt(m)), &c);
+    }
 }

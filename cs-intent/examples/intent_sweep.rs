@@ -14,6 +14,9 @@
 //! lists SVM `C` values (default 1); `SWEEP_LOGISTIC="0,0.5"` lists weights of
 //! the logistic regression blended into the SVM (default 0); `SWEEP_FOLDS`
 //! sets k (default 5).
+//!
+//! The other sweep, of the answer / ask / hand-off rule's thresholds on a
+//! trained agent, is `intent_eval --sweep`.
 
 use std::collections::HashMap;
 use std::time::Instant;

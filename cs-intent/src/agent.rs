@@ -97,6 +97,10 @@ pub struct Prediction {
     pub decision: Decision,
     /// The next most likely intents, best first.
     pub alternatives: Vec<Alternative>,
+    /// For [`Decision::Clarify`]: the intents to offer, the top one first
+    /// (2 to [`ModelConfig::clarify_options`](crate::ModelConfig::clarify_options));
+    /// empty for the other decisions.
+    pub options: Vec<Alternative>,
     /// The knowledge-base entry answering the intent, if the KB has one.
     pub answer: Option<KbHit>,
     /// Model or memory.
@@ -348,9 +352,16 @@ impl IntentAgent {
         let intents = model.intents();
         let config = &self.shared.config;
         let n_alt = config.alternatives;
+        let probabilities: Vec<f32> = scored
+            .ranked
+            .iter()
+            .take(model.calibration().max_options)
+            .map(|r| r.1)
+            .collect();
+        let verdict = model.calibration().decide(&probabilities);
         // When the model itself would hand off, a weaker memory match is
         // still the better guess: a new intent is what the model is unsure about.
-        let model_unsure = scored.ranked[0].1 < model.calibration().handoff_threshold;
+        let model_unsure = verdict.decision == Decision::HandOff;
         let threshold = if model_unsure {
             config.memory_threshold_when_unsure
         } else {
@@ -376,6 +387,7 @@ impl IntentAgent {
                             confidence: p,
                         })
                         .collect(),
+                    options: Vec::new(),
                     answer: None,
                     source: Source::Memory,
                     truncated,
@@ -384,18 +396,22 @@ impl IntentAgent {
             }
             None => {
                 let (top, p) = scored.ranked[0];
-                let runner_up = scored.ranked.get(1).map(|r| r.1);
+                let alternative = |&(i, p): &(usize, f32)| Alternative {
+                    intent: Arc::clone(&intents[i]),
+                    confidence: p,
+                };
                 Prediction {
                     intent: Arc::clone(&intents[top]),
                     confidence: p,
-                    decision: model.calibration().decide(p, runner_up),
+                    decision: verdict.decision,
+                    options: scored.ranked[..verdict.options.min(scored.ranked.len())]
+                        .iter()
+                        .map(alternative)
+                        .collect(),
                     alternatives: scored.ranked[1..]
                         .iter()
                         .take(n_alt)
-                        .map(|&(i, p)| Alternative {
-                            intent: Arc::clone(&intents[i]),
-                            confidence: p,
-                        })
+                        .map(alternative)
                         .collect(),
                     answer: None,
                     source: Source::Model,

@@ -16,8 +16,10 @@
 //!   dimension, sublinear TF, L2-normalised.
 //! - [`classifier`][]: a sparse one-vs-rest linear SVM trained by dual
 //!   coordinate descent (LIBLINEAR's solver), both cores.
-//! - [`calibration`][]: softmax temperature and the hand-off threshold, fitted by
-//!   holding out whole intents; the answer / clarify / hand-off [`Decision`].
+//! - [`calibration`][]: softmax temperature and the answer / clarify / hand-off
+//!   rule ([`Decision`]): answer when sure of one intent, ask which of the top
+//!   2–3 when torn between them, hand off when sure of nothing; its thresholds
+//!   fitted on held-out intents and rows within a wrong-answer budget.
 //! - [`model`][]: [`IntentModel`], featuriser + classifier + calibration, trained
 //!   in one call from [`Example`] rows (duplicates, conflicts and bad rows handled).
 //! - [`memory`][]: the nearest-neighbour memory that makes added examples count

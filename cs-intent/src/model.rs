@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::calibration::{self, Calibration, HeldOut};
+use crate::calibration::{self, Calibration, Fixed, HeldOut, RuleObjective};
 use crate::classifier::{LinearModel, SplitMix, TrainConfig};
 use crate::error::IntentError;
 use crate::text::{normalize, FeatureConfig, Featurizer, SparseVector};
@@ -43,10 +43,20 @@ pub struct ModelConfig {
     pub calibration_intent_share: f32,
     /// Share of the other intents' rows held out in the calibration fit.
     pub calibration_row_share: f32,
-    /// Weight of out-of-scope recall against in-scope accuracy when choosing the hand-off threshold.
+    /// Weight of out-of-scope recall against in-scope value when choosing
+    /// the thresholds (see [`RuleObjective`]); 0 never hands off what it can ask about.
     pub oos_weight: f32,
-    /// Clarify when the runner-up's probability is at least this share of the top one's.
-    pub clarify_ratio: f32,
+    /// Wrong answers the threshold fit allows, as a share of held-out
+    /// known-intent rows (3% is the product's budget; the fit aims a little
+    /// under it, since the final model meets more intents than the fit's).
+    pub max_wrong_answer_rate: f32,
+    /// At most this many options in a clarifying question (2 or more).
+    pub clarify_options: usize,
+    /// Fix [`Calibration::answer_threshold`] instead of fitting it (above 1: never answer outright).
+    pub answer_threshold: Option<f32>,
+    /// Fix [`Calibration::clarify_mass`] instead of fitting it (0: always ask
+    /// rather than hand off; above 1: never ask).
+    pub clarify_mass: Option<f32>,
 }
 
 impl Default for ModelConfig {
@@ -57,7 +67,10 @@ impl Default for ModelConfig {
             calibration_intent_share: 0.2,
             calibration_row_share: 0.2,
             oos_weight: 0.2,
-            clarify_ratio: 0.9,
+            max_wrong_answer_rate: 0.025,
+            clarify_options: 3,
+            answer_threshold: None,
+            clarify_mass: None,
         }
     }
 }
@@ -169,6 +182,18 @@ fn fit_linear(
     (featurizer, linear)
 }
 
+/// No calibration fit: always answer, unless the host fixed the thresholds.
+fn fixed_only(config: &ModelConfig) -> Calibration {
+    let mut calibration = Calibration::uncalibrated(config.clarify_options);
+    if let Some(a) = config.answer_threshold {
+        calibration.answer_threshold = a;
+    }
+    if let Some(m) = config.clarify_mass {
+        calibration.clarify_mass = m;
+    }
+    calibration
+}
+
 /// The internal calibration fit: hold out some intents and some rows, train on
 /// the rest, and fit the calibration on how the held-out rows score.
 fn calibrate(cleaned: &Cleaned, config: &ModelConfig) -> Calibration {
@@ -176,7 +201,7 @@ fn calibrate(cleaned: &Cleaned, config: &ModelConfig) -> Calibration {
     let mut rng = SplitMix(config.svm.seed ^ 0xca1b);
     // Hold out intents only when at least 2 stay to train on.
     if config.calibration_intent_share <= 0.0 && config.calibration_row_share <= 0.0 {
-        return Calibration::uncalibrated(config.clarify_ratio);
+        return fixed_only(config);
     }
     let held_intents = if k >= 4 && config.calibration_intent_share > 0.0 {
         ((k as f32 * config.calibration_intent_share).round() as usize).clamp(1, k - 2)
@@ -211,7 +236,7 @@ fn calibrate(cleaned: &Cleaned, config: &ModelConfig) -> Calibration {
     }
     let classes = k - held_intents;
     if held_rows.is_empty() || classes < 2 {
-        return Calibration::uncalibrated(config.clarify_ratio);
+        return fixed_only(config);
     }
     let (featurizer, linear) = fit_linear(&fit_texts, &fit_labels, classes, config);
     let held: Vec<HeldOut> = held_rows
@@ -221,7 +246,16 @@ fn calibrate(cleaned: &Cleaned, config: &ModelConfig) -> Calibration {
             label: *label,
         })
         .collect();
-    let mut calibration = calibration::fit(&held, config.clarify_ratio, config.oos_weight);
+    let objective = RuleObjective {
+        oos_weight: config.oos_weight,
+        max_wrong_answer_rate: config.max_wrong_answer_rate,
+        max_options: config.clarify_options,
+    };
+    let fixed = Fixed {
+        answer_threshold: config.answer_threshold,
+        clarify_mass: config.clarify_mass,
+    };
+    let mut calibration = calibration::fit(&held, objective, fixed);
     calibration.report.held_out_intents = held_intents;
     calibration
 }

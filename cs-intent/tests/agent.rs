@@ -69,7 +69,7 @@ fn unseen_intents_are_handed_off_more_often_than_known_ones() {
     let agent = IntentAgent::train(train, quiet_config()).unwrap();
     let calibration = agent.snapshot().model.calibration().clone();
     assert!(calibration.report.held_out_intents >= 1, "{calibration:?}");
-    assert!(calibration.handoff_threshold > 0.0, "{calibration:?}");
+    assert!(calibration.answer_threshold > 0.0, "{calibration:?}");
     let (mut known, mut known_handoff, mut unknown, mut unknown_handoff) = (0, 0, 0, 0);
     for row in test_rows() {
         let handed_off = agent.predict(&row.text).unwrap().decision == Decision::HandOff;
@@ -390,7 +390,11 @@ fn handed_off_questions_are_kept_for_discovery() {
         .into_iter()
         .filter(|e| !held.contains(&e.intent.as_str()))
         .collect();
-    let agent = IntentAgent::train(train, quiet_config()).unwrap();
+    // Asking switched off: discovery reads the hand-off log, and with the
+    // default rule most of these unseen questions are asked about instead.
+    let mut config = quiet_config();
+    config.model.clarify_mass = Some(f32::INFINITY);
+    let agent = IntentAgent::train(train, config).unwrap();
     let mut handed_off = 0;
     for row in train_rows()
         .iter()

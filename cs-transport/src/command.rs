@@ -184,7 +184,7 @@ impl Command {
             return OVERHEAD;
         };
         let body = match &message.body {
-            Body::Text { text } => text.len(),
+            Body::Text { text, .. } => text.len(),
             Body::Image { url, mime, .. } => url.len() + mime.len(),
             Body::File {
                 url, name, mime, ..

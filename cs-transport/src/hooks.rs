@@ -58,7 +58,7 @@ pub enum HookAction {
 ///     }
 ///
 ///     async fn on_message(&self, context: HookContext) -> Result<Vec<HookAction>, HookError> {
-///         let asks_hours = matches!(&context.message.body, Body::Text { text } if text.contains("hours"));
+///         let asks_hours = matches!(&context.message.body, Body::Text { text, .. } if text.contains("hours"));
 ///         Ok(if asks_hours {
 ///             vec![HookAction::Reply(Body::text("We are open 9:00 to 21:00 every day."))]
 ///         } else {

@@ -86,7 +86,7 @@ async fn a_flood_is_degraded_in_order_refused_loudly_and_never_dropped() {
         let texts: Vec<usize> = stored
             .iter()
             .map(|m| match &m.body {
-                Body::Text { text } => text.parse().unwrap(),
+                Body::Text { text, .. } => text.parse().unwrap(),
                 other => panic!("unexpected body {other:?}"),
             })
             .collect();
@@ -232,7 +232,7 @@ async fn past_the_delay_target_typing_then_receipts_are_shed_and_messages_refuse
     let texts: Vec<String> = stored
         .iter()
         .map(|m| match &m.body {
-            Body::Text { text } => text.clone(),
+            Body::Text { text, .. } => text.clone(),
             other => format!("{other:?}"),
         })
         .collect();

@@ -347,10 +347,12 @@ impl Hook for EchoBot {
 
     async fn on_message(&self, context: HookContext) -> Result<Vec<HookAction>, HookError> {
         match &context.message.body {
-            Body::Text { text } if text.contains("human") => Ok(vec![HookAction::HandOff {
+            Body::Text { text, .. } if text.contains("human") => Ok(vec![HookAction::HandOff {
                 reason: "asked for a human".into(),
             }]),
-            Body::Text { text } => Ok(vec![HookAction::Reply(Body::text(format!("bot: {text}")))]),
+            Body::Text { text, .. } => {
+                Ok(vec![HookAction::Reply(Body::text(format!("bot: {text}")))])
+            }
             _ => Ok(Vec::new()),
         }
     }
@@ -591,7 +593,7 @@ impl Hook for SlowHandOff {
     async fn on_message(&self, context: HookContext) -> Result<Vec<HookAction>, HookError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
         Ok(match &context.message.body {
-            Body::Text { text } if text.contains("human") => vec![HookAction::HandOff {
+            Body::Text { text, .. } if text.contains("human") => vec![HookAction::HandOff {
                 reason: "asked for a human".into(),
             }],
             _ => Vec::new(),

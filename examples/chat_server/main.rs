@@ -86,10 +86,15 @@ struct Args {
     /// answers, and a demo gets poked with off-topic questions.
     #[arg(long, env = "CS_BOT_OOS_WEIGHT", default_value_t = 0.3)]
     bot_oos_weight: f32,
-    /// The bot asks which one was meant when the runner-up intent has at
-    /// least this share of the top one's probability.
-    #[arg(long, env = "CS_BOT_CLARIFY_RATIO")]
-    bot_clarify_ratio: Option<f32>,
+    /// Below its answer threshold, the bot asks which one was meant (quick
+    /// replies) when its top 2 or 3 intents together have at least this
+    /// probability, and hands off otherwise. Default: fitted on the FAQ.
+    #[arg(long, env = "CS_BOT_CLARIFY_MASS")]
+    bot_clarify_mass: Option<f32>,
+    /// The bot answers outright from this probability of its top intent on.
+    /// Default: fitted on the FAQ (wrong answers kept under 3% of held-out questions).
+    #[arg(long, env = "CS_BOT_ANSWER_THRESHOLD")]
+    bot_answer_threshold: Option<f32>,
     /// Key for signing tokens, any length. Default: a random key kept in
     /// DATA_DIR/secret.key, so sessions survive a restart.
     #[arg(long, env = "CS_SECRET", hide_env_values = true)]
@@ -360,7 +365,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
         FaqSettings {
             min_confidence: args.bot_min_confidence,
             oos_weight: args.bot_oos_weight,
-            clarify_ratio: args.bot_clarify_ratio,
+            clarify_mass: args.bot_clarify_mass,
+            answer_threshold: args.bot_answer_threshold,
             ..FaqSettings::default()
         },
     )?;

@@ -16,6 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use cs_core::{Body, Conversation, ConversationId, Message, Party, Seq, StateKind, TenantId};
 use cs_intent::faq::{BotAction, BotDecision, FaqBot};
+use cs_intent::Example;
 use cs_transport::{ConnectionPool, Hook, HookAction, HookContext, HookError};
 
 use super::state::DeskState;
@@ -37,6 +38,8 @@ enum BotWire {
         question: String,
         intent: String,
     },
+    /// A visitor picked a clarification option: a labelled example.
+    Learned { example: Example },
 }
 
 /// The bot on the message path.
@@ -111,6 +114,11 @@ fn apply(bot: &FaqBot, payload: &[u8]) {
                 tracing::warn!(error = %e, "could not apply another node's correction");
             }
         }
+        Ok(BotWire::Learned { example }) => {
+            if let Err(e) = bot.learn_choice(example) {
+                tracing::warn!(error = %e, "could not learn another node's clarification pick");
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "unreadable bot message from another node; are all nodes the same version?");
         }
@@ -145,12 +153,15 @@ pub(crate) fn actions_of(action: BotAction) -> Vec<HookAction> {
     match action {
         BotAction::Answer { text } => vec![HookAction::Reply(Body::text(text))],
         BotAction::Clarify { text, options } => {
-            // Until the widget has buttons, the options are part of the text.
-            let labels: Vec<String> = options.iter().map(|o| format!("“{}”", o.label)).collect();
-            vec![HookAction::Reply(Body::text(format!(
-                "{text} {}",
-                labels.join(" / ")
-            )))]
+            // The labels are in the text too, for a client without buttons
+            // (an older widget, the console, a transcript); a visitor who
+            // types one picks it just as a tap does.
+            let quoted: Vec<String> = options.iter().map(|o| format!("“{}”", o.label)).collect();
+            let labels = options.into_iter().map(|o| o.label);
+            vec![HookAction::Reply(Body::text_with_quick_replies(
+                format!("{text} {}", quoted.join(" / ")),
+                labels,
+            ))]
         }
         BotAction::HandOff { notice, reason } => vec![
             HookAction::Reply(Body::text(notice)),
@@ -175,7 +186,7 @@ impl Hook for BotHook {
     }
 
     async fn on_message(&self, context: HookContext) -> Result<Vec<HookAction>, HookError> {
-        let Body::Text { text } = &context.message.body else {
+        let Body::Text { text, .. } = &context.message.body else {
             return Ok(Vec::new());
         };
         // Prediction is ~15 µs of CPU: cheaper inline than a blocking-pool hop.
@@ -186,6 +197,9 @@ impl Hook for BotHook {
             conversation: context.message.conversation,
             decision: reply.decision,
         });
+        if let Some(example) = reply.learned {
+            self.share(&BotWire::Learned { example });
+        }
         Ok(actions_of(reply.action))
     }
 }

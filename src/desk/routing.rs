@@ -556,7 +556,7 @@ impl DeskState {
     /// A stored message: the consoles' preview follows it.
     pub(crate) fn note_message(&self, message: &Message) {
         let text = match &message.body {
-            Body::Text { text } => shorten(text, 80),
+            Body::Text { text, .. } => shorten(text, 80),
             Body::Image { .. } => "[image]".to_owned(),
             Body::File { name, .. } => format!("[file] {}", shorten(name, 60)),
             Body::Event(_) => return,

@@ -10,7 +10,7 @@ use super::error::FaqError;
 use super::file::{Faq, FaqAction, FaqIntent};
 use super::log::DecisionLog;
 use super::messages::MessageKind;
-use super::reply::{BotAction, BotDecision, BotReply, ClarifyOption};
+use super::reply::{BotAction, BotDecision, BotReply, ClarifyOption, Outcome};
 use crate::agent::{AgentConfig, IntentAgent, Prediction};
 use crate::calibration::Decision;
 use crate::discovery::{DiscoveryConfig, SuggestedIntent};
@@ -41,10 +41,16 @@ pub struct FaqSettings {
     /// [`ModelConfig::oos_weight`](crate::ModelConfig::oos_weight): raise it
     /// to hand off more of the questions the FAQ does not cover.
     pub oos_weight: f32,
-    /// [`ModelConfig::clarify_ratio`](crate::ModelConfig::clarify_ratio), if
-    /// set: ask which was meant when the runner-up has at least this share of
-    /// the top intent's confidence (lower asks more often).
-    pub clarify_ratio: Option<f32>,
+    /// [`ModelConfig::answer_threshold`](crate::ModelConfig::answer_threshold),
+    /// if set: answer outright only from this confidence on (higher asks
+    /// more often; above 1 always asks or hands off). By default the
+    /// calibration fit chooses it.
+    pub answer_threshold: Option<f32>,
+    /// [`ModelConfig::clarify_mass`](crate::ModelConfig::clarify_mass), if
+    /// set: below the answer threshold, ask which was meant when the top
+    /// options' confidences together reach this (lower asks more often, 0
+    /// always asks rather than hands off). By default the fit chooses it.
+    pub clarify_mass: Option<f32>,
     /// At most this many clarification options (at least 2 are offered).
     pub max_clarify_options: usize,
 }
@@ -54,7 +60,8 @@ impl Default for FaqSettings {
         FaqSettings {
             min_confidence: 0.0,
             oos_weight: AgentConfig::default().model.oos_weight,
-            clarify_ratio: None,
+            answer_threshold: None,
+            clarify_mass: None,
             max_clarify_options: 3,
         }
     }
@@ -127,9 +134,9 @@ impl FaqBot {
     pub fn train(faq: Faq, settings: FaqSettings) -> Result<FaqBot, FaqError> {
         let mut config = AgentConfig::default();
         config.model.oos_weight = settings.oos_weight;
-        if let Some(ratio) = settings.clarify_ratio {
-            config.model.clarify_ratio = ratio;
-        }
+        config.model.answer_threshold = settings.answer_threshold;
+        config.model.clarify_mass = settings.clarify_mass;
+        config.model.clarify_options = settings.max_clarify_options.max(2);
         let rows: Vec<Example> = faq
             .intents()
             .iter()
@@ -146,15 +153,23 @@ impl FaqBot {
         })
     }
 
-    /// Reads one visitor question, decides, logs the decision in the
+    /// Reads one visitor message, decides, logs the decision in the
     /// conversation's log and counts it. An empty question is
     /// [`IntentError::EmptyText`].
+    ///
+    /// When the bot's last decision in the conversation asked which was
+    /// meant and the message is one of the options' labels (a quick-reply
+    /// tap, or the label typed), it is that pick: handled as
+    /// [`FaqBot::choose`] for the question that was asked about.
     pub fn reply(
         &self,
         conversation: ConversationId,
         question_seq: Seq,
         question: &str,
     ) -> Result<BotReply, FaqError> {
+        if let Some((asked, intent)) = self.picked_option(conversation, question) {
+            return self.choose(conversation, question_seq, &asked, &intent);
+        }
         let prediction = self.agent.predict(question)?;
         let language = self.language_of(question);
         let intent = self.faq.intent(&prediction.intent);
@@ -174,11 +189,14 @@ impl FaqBot {
                 )
             };
             self.hand_off(language, reason)
-        } else if prediction.decision == Decision::Clarify && !prediction.alternatives.is_empty() {
+        } else if let Some(options) = (prediction.decision == Decision::Clarify)
+            .then(|| self.options(&prediction, language))
+            .filter(|options| options.len() >= 2)
+        {
             FaqCounters::bump(&self.counters.clarified);
             BotAction::Clarify {
                 text: self.message(MessageKind::Clarify, language).to_owned(),
-                options: self.options(&prediction, language),
+                options,
             }
         } else {
             FaqCounters::bump(&self.counters.answered);
@@ -208,8 +226,8 @@ impl FaqBot {
         intent: &str,
     ) -> Result<BotReply, FaqError> {
         let chosen = self.known(intent)?;
-        self.agent
-            .add_examples([Example::new(question, &chosen.name)])?;
+        let learned = Example::new(question, &chosen.name);
+        self.agent.add_examples([learned.clone()])?;
         FaqCounters::bump(&self.counters.chosen);
         let language = self.language_of(question);
         let action = match chosen.action {
@@ -225,7 +243,33 @@ impl FaqBot {
             intent,
             confidence: 1.0,
         };
-        Ok(self.record(conversation, decided, action))
+        let mut reply = self.record(conversation, decided, action);
+        reply.learned = Some(learned);
+        Ok(reply)
+    }
+
+    /// Learns a pick made on another node ([`BotReply::learned`]) without
+    /// logging or counting it there: that node did both.
+    pub fn learn_choice(&self, example: Example) -> Result<u64, FaqError> {
+        let known = self.known(&example.intent)?;
+        let example = Example::new(example.text, &known.name);
+        Ok(self.agent.add_examples([example])?)
+    }
+
+    /// The option `text` picks, if the conversation's last decision asked
+    /// which was meant: `(the question asked about, the option's intent)`.
+    /// A label matches ignoring case and surrounding space.
+    fn picked_option(&self, conversation: ConversationId, text: &str) -> Option<(String, String)> {
+        let last = self.log.last(conversation)?;
+        if last.outcome != Outcome::Clarify {
+            return None;
+        }
+        let text = text.trim().to_lowercase();
+        let picked = last
+            .options
+            .iter()
+            .find(|o| o.label.trim().to_lowercase() == text)?;
+        Some((last.question, picked.intent.clone()))
     }
 
     /// Logs a decision in the conversation's log and pairs it with the action.
@@ -235,6 +279,10 @@ impl FaqBot {
         decided: Decided<'_>,
         action: BotAction,
     ) -> BotReply {
+        let options = match &action {
+            BotAction::Clarify { options, .. } => options.clone(),
+            _ => Vec::new(),
+        };
         let decision = BotDecision {
             question_seq: decided.question_seq,
             question: decided.question.to_owned(),
@@ -242,9 +290,14 @@ impl FaqBot {
             confidence: decided.confidence,
             outcome: action.outcome(),
             corrected_to: None,
+            options,
         };
         self.log.record(conversation, decision.clone());
-        BotReply { decision, action }
+        BotReply {
+            decision,
+            action,
+            learned: None,
+        }
     }
 
     /// An agent says `question` is `intent`: the bot learns it at once
@@ -397,22 +450,18 @@ impl FaqBot {
             .unwrap_or_else(|| self.message(MessageKind::Noted, language).to_owned())
     }
 
-    /// The top intent and the model's close alternatives, labelled in the
-    /// question's language. The first alternative is always offered (it is
-    /// why the model asked); later ones only if they too are within the
-    /// calibration's clarify ratio of the top, so a long tail of unlikely
-    /// intents never becomes buttons.
+    /// The intents the decision rule chose to offer (the top one first),
+    /// labelled in the question's language. Two options that would read the
+    /// same keep only the first, so a tap always names one intent.
     fn options(&self, prediction: &Prediction, language: &str) -> Vec<ClarifyOption> {
-        let max = self.settings.max_clarify_options.max(2);
-        let ratio = self.agent.snapshot().model.calibration().clarify_ratio;
-        let close_enough = ratio * prediction.confidence;
-        let mut options = vec![self.option(&prediction.intent, language)];
-        for (rank, alternative) in prediction.alternatives.iter().enumerate() {
-            if options.len() >= max || (rank > 0 && alternative.confidence < close_enough) {
-                break;
-            }
-            if options.iter().all(|o| *o.intent != *alternative.intent) {
-                options.push(self.option(&alternative.intent, language));
+        let mut options: Vec<ClarifyOption> = Vec::new();
+        for offered in &prediction.options {
+            let option = self.option(&offered.intent, language);
+            let same_label = |o: &ClarifyOption| {
+                o.label.trim().to_lowercase() == option.label.trim().to_lowercase()
+            };
+            if !options.iter().any(same_label) {
+                options.push(option);
             }
         }
         options

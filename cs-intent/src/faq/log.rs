@@ -38,6 +38,14 @@ impl DecisionLog {
             .unwrap_or_default()
     }
 
+    /// The newest decision, without copying the rest.
+    pub(crate) fn last(&self, conversation: ConversationId) -> Option<BotDecision> {
+        self.conversations
+            .lock()
+            .get(&conversation)
+            .and_then(|log| log.back().cloned())
+    }
+
     pub(crate) fn forget(&self, conversation: ConversationId) {
         self.conversations.lock().remove(&conversation);
     }

@@ -4,6 +4,8 @@
 use cs_core::Seq;
 use serde::{Deserialize, Serialize};
 
+use crate::model::Example;
+
 /// The bot's reply to one question: the decision as logged, and what to say.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BotReply {
@@ -11,6 +13,11 @@ pub struct BotReply {
     pub decision: BotDecision,
     /// What the host should say and do.
     pub action: BotAction,
+    /// The labelled example this reply taught the bot: set when the
+    /// visitor picked a clarification option, so a host running several
+    /// nodes can teach the others' bots the same (see [`FaqBot::learn_choice`](super::FaqBot::learn_choice)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned: Option<Example>,
 }
 
 /// What the host should say and do.
@@ -63,6 +70,10 @@ pub struct BotDecision {
     pub outcome: Outcome,
     /// The intent an agent said was right, if one corrected it.
     pub corrected_to: Option<String>,
+    /// For a clarification: the options offered, the top intent first. A
+    /// later visitor message equal to one of their labels is the pick.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<ClarifyOption>,
 }
 
 /// The kind of a decision; on the wire `"answer"`, `"clarify"` or `"handoff"`.

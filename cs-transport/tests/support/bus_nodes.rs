@@ -108,7 +108,7 @@ pub async fn read_until(client: &mut Client, last: Seq, limit: Duration) -> Vec<
         while seen.last().map(|(seq, _)| *seq) != Some(last.get()) {
             if let ServerFrame::Message { message } = client.next().await {
                 let text = match &message.body {
-                    cs_core::Body::Text { text } => text.clone(),
+                    cs_core::Body::Text { text, .. } => text.clone(),
                     other => format!("{other:?}"),
                 };
                 seen.push((message.seq.get(), text));

@@ -2,7 +2,8 @@
 // one WebSocket that reconnects by itself, resumes every followed
 // conversation from the last seq it has (so nothing is missed and nothing is
 // shown twice), resends unacknowledged messages with their client_msg_id
-// (so a retry is stored once), and renders messages as text only.
+// (so a retry is stored once), and renders messages as text only (a bot's
+// "did you mean…?" with quick-reply buttons under it).
 "use strict";
 
 (function () {
@@ -258,7 +259,29 @@
     }
   }
 
-  // One message as a DOM node. `mine` is whether this side sent it.
+  // A message's quick-reply buttons. A tap calls `onPick(label)` (the
+  // widget sends the label as the visitor's message) and retires the row;
+  // without `onPick` (the console) they show what was offered, disabled.
+  function quickReplies(replies, onPick) {
+    const row = el("div", "quick-replies");
+    for (const reply of replies) {
+      const button = el("button", "quick-reply", reply.label);
+      button.type = "button";
+      button.disabled = !onPick;
+      if (onPick) {
+        button.addEventListener("click", () => {
+          for (const b of row.querySelectorAll("button")) b.disabled = true;
+          button.classList.add("picked");
+          onPick(reply.label);
+        });
+      }
+      row.appendChild(button);
+    }
+    return row;
+  }
+
+  // One message as a DOM node. `mine` is whether this side sent it;
+  // `onQuickReply(label)`, if given, makes its quick replies tappable.
   function renderMessage(m, opts) {
     const body = m.body;
     if (body.type === "event") {
@@ -275,6 +298,9 @@
     const bubble = el("div", "bubble");
     if (body.type === "text") {
       bubble.appendChild(el("span", "text", body.text));
+      if (Array.isArray(body.quick_replies) && body.quick_replies.length) {
+        row.appendChild(quickReplies(body.quick_replies, opts.onQuickReply));
+      }
     } else if (body.type === "image" && FILE_URL.test(body.url)) {
       const img = el("img", "attachment");
       img.src = body.url;

@@ -183,9 +183,10 @@
       }
     }
     const mine = m.sender.kind === "visitor" && m.sender.id === visitor;
-    const node = renderMessage(m, { mine, names });
+    const node = renderMessage(m, { mine, names, onQuickReply: pickQuickReply });
     if (node) {
       insertBySeq($("messages"), node);
+      retireQuickReplies();
       $("messages").scrollTop = $("messages").scrollHeight;
     }
     if (!mine && body.type !== "event") {
@@ -226,6 +227,24 @@
     rated = true;
     $("rate").hidden = true;
   });
+
+  // A quick-reply tap: the label goes to the bot as the visitor's message,
+  // which the bot reads as the pick (an older server reads it as a question).
+  function pickQuickReply(label) {
+    if (conversation) connection.send(conversation, { type: "text", text: label });
+  }
+
+  // Only the newest message's quick replies can still be tapped: once
+  // anything follows (the visitor's own words, the answer, a person), the
+  // question they answered has moved on. Also after a reload's replay.
+  function retireQuickReplies() {
+    const rows = $("messages").querySelectorAll(".msg[data-seq]:not(.notice)");
+    const last = rows[rows.length - 1];
+    for (const group of $("messages").querySelectorAll(".quick-replies")) {
+      if (group.closest(".msg") === last) continue;
+      for (const button of group.querySelectorAll("button")) button.disabled = true;
+    }
+  }
 
   // "Read" under the visitor's messages the agent has read.
   function markRead(c) {

@@ -227,7 +227,7 @@ pub async fn correct(
         .next();
     let question = match found {
         Some(message) => match (message.sender, message.body) {
-            (Party::Visitor(_), Body::Text { text }) => text,
+            (Party::Visitor(_), Body::Text { text, .. }) => text,
             _ => {
                 return Err(ApiError::bad_request(format!(
                     "message {seq} is not a visitor's text; correct the question, not the answer"
