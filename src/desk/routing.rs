@@ -149,7 +149,16 @@ impl DeskState {
         // In a cluster another node may have closed it: ask the store.
         if self.cluster.is_none() {
             if let Some(row) = self.visitor_chat(visitor) {
-                return Ok(row);
+                // The shard saves a close before anyone hears of it, but the
+                // desk's own record follows a moment later: a visitor who
+                // saw the close and asks again at once must get a new chat.
+                // A store that does not answer leaves the record as it is.
+                match self.store.conversation(row.id).await {
+                    Ok(stored) if stored.state().kind() == StateKind::Closed => {
+                        self.track(&stored);
+                    }
+                    _ => return Ok(row),
+                }
             }
         }
         // After a restart the store remembers what this process does not.
