@@ -44,6 +44,13 @@ async fn run_loadgen(args: &[&str]) -> Value {
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last line {last:?} is not JSON: {e}"))
 }
 
+/// A number field of loadgen's report.
+fn number(report: &Value, name: &str) -> f64 {
+    report[name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{name} missing from {report}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_product_path_answers_every_question_including_the_agents_share() {
     let server = Server::start(&["--loadgen", "--agent-capacity", "100"]).await;
@@ -60,11 +67,7 @@ async fn the_product_path_answers_every_question_including_the_agents_share() {
         "0.25",
     ])
     .await;
-    let field = |name: &str| {
-        report[name]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{name} missing from {report}"))
-    };
+    let field = |name: &str| number(&report, name);
     assert_eq!(field("visitors"), 8.0);
     assert_eq!(field("handoff_visitors"), 2.0);
     let questions = field("questions");
@@ -98,11 +101,7 @@ async fn the_pairs_path_delivers_what_it_sends() {
         "2",
     ])
     .await;
-    let field = |name: &str| {
-        report[name]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{name} missing from {report}"))
-    };
+    let field = |name: &str| number(&report, name);
     assert_eq!(field("connections"), 20.0);
     let sent = field("sent");
     assert!(sent > 0.0, "nothing was sent: {report}");

@@ -400,8 +400,8 @@ mod tests {
     use super::*;
     use crate::text::{FeatureConfig, Featurizer};
 
-    #[test]
-    fn separates_two_small_intents() {
+    /// Parcels (0) and refunds (1), three questions each, featurised.
+    fn two_small_intents() -> (Featurizer, Vec<SparseVector>, [u32; 6]) {
         let texts = [
             "where is my parcel",
             "my parcel has not arrived",
@@ -410,9 +410,14 @@ mod tests {
             "refund my money",
             "give me a refund",
         ];
-        let labels = [0, 0, 0, 1, 1, 1];
         let f = Featurizer::fit(FeatureConfig::default(), &texts);
-        let rows: Vec<_> = texts.iter().map(|t| f.transform(t)).collect();
+        let rows = texts.iter().map(|t| f.transform(t)).collect();
+        (f, rows, [0, 0, 0, 1, 1, 1])
+    }
+
+    #[test]
+    fn separates_two_small_intents() {
+        let (f, rows, labels) = two_small_intents();
         let model = LinearModel::train(&rows, &labels, 2, &TrainConfig::default());
         let s = model.scores(&f.transform("where is the parcel"));
         assert!(s[0] > s[1]);
@@ -422,17 +427,7 @@ mod tests {
 
     #[test]
     fn the_logistic_blend_separates_them_too() {
-        let texts = [
-            "where is my parcel",
-            "my parcel has not arrived",
-            "track my parcel please",
-            "i want my money back",
-            "refund my money",
-            "give me a refund",
-        ];
-        let labels = [0, 0, 0, 1, 1, 1];
-        let f = Featurizer::fit(FeatureConfig::default(), &texts);
-        let rows: Vec<_> = texts.iter().map(|t| f.transform(t)).collect();
+        let (f, rows, labels) = two_small_intents();
         let svm = LinearModel::train(&rows, &labels, 2, &TrainConfig::default());
         let config = TrainConfig {
             logistic_weight: 1.0,
