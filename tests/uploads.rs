@@ -167,6 +167,28 @@ impl Served {
         )
     }
 
+    /// Twenty uploads of `bytes` at once; their statuses.
+    async fn twenty_at_once(
+        &self,
+        token: &str,
+        conversation: ConversationId,
+        bytes: &[u8],
+    ) -> Vec<u16> {
+        let at_once = (0..20).map(|_| {
+            self.upload(
+                token,
+                conversation,
+                "application/octet-stream",
+                bytes.to_vec(),
+            )
+        });
+        futures::future::join_all(at_once)
+            .await
+            .into_iter()
+            .map(|(status, _, _)| status)
+            .collect()
+    }
+
     /// Uploads `bytes` as a plain file and answers its URL, asserting a 200.
     async fn upload_ok(&self, token: &str, conversation: ConversationId, bytes: Vec<u8>) -> String {
         let (status, body, _) = self
@@ -396,12 +418,7 @@ async fn quotas_per_visitor_per_day_and_per_conversation_answer_429_naming_the_l
 
     // Twenty at once cannot slip past: exactly three of them are kept.
     let (cat, cats) = served.visitor("cat").await;
-    let at_once = (0..20).map(|_| served.upload(&cat, cats, "application/octet-stream", small()));
-    let statuses: Vec<u16> = futures::future::join_all(at_once)
-        .await
-        .into_iter()
-        .map(|(status, _, _)| status)
-        .collect();
+    let statuses = served.twenty_at_once(&cat, cats, &small()).await;
     assert_eq!(
         statuses.iter().filter(|&&s| s == 200).count(),
         3,
@@ -417,12 +434,7 @@ async fn quotas_per_visitor_per_day_and_per_conversation_answer_429_naming_the_l
     // not the conversation's (5); twenty at once again fill it exactly.
     let agent = served.agent();
     let (dan, dans) = served.visitor("dan").await;
-    let at_once = (0..20).map(|_| served.upload(&agent, dans, "application/octet-stream", small()));
-    let statuses: Vec<u16> = futures::future::join_all(at_once)
-        .await
-        .into_iter()
-        .map(|(status, _, _)| status)
-        .collect();
+    let statuses = served.twenty_at_once(&agent, dans, &small()).await;
     assert_eq!(
         statuses.iter().filter(|&&s| s == 200).count(),
         5,

@@ -78,6 +78,16 @@ pub struct WsConfig {
     pub party_rate: Option<Arc<PartyRate>>,
 }
 
+/// The `governor` quota of `burst` at once, refilled evenly over `per`
+/// (a zero burst counts as one), which every budget of the desk uses.
+pub fn burst_quota(burst: u32, per: Duration) -> Quota {
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    let period = (per / burst.get()).max(Duration::from_nanos(1));
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(burst))
+        .allow_burst(burst)
+}
+
 /// Messages per party across all its sockets: a keyed budget that every
 /// socket of the party draws from. Only `send` frames draw; typing, read
 /// receipts and pings are left to the per-socket rate.
@@ -112,15 +122,10 @@ impl std::fmt::Debug for PartyRate {
 impl PartyRate {
     /// `burst` messages at once, refilled evenly over `per`.
     pub fn new(burst: u32, per: Duration) -> Self {
-        let burst_nz = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-        let period = (per / burst_nz.get()).max(Duration::from_nanos(1));
-        let quota = Quota::with_period(period)
-            .unwrap_or_else(|| Quota::per_second(burst_nz))
-            .allow_burst(burst_nz);
         Self {
             burst,
             per,
-            limiter: governor::DefaultKeyedRateLimiter::keyed(quota),
+            limiter: governor::DefaultKeyedRateLimiter::keyed(burst_quota(burst, per)),
         }
     }
 

@@ -15,7 +15,6 @@
 
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,11 +56,7 @@ impl Rate {
     }
 
     fn quota(self) -> Quota {
-        let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
-        let period = (self.per / burst.get()).max(Duration::from_nanos(1));
-        Quota::with_period(period)
-            .unwrap_or_else(|| Quota::per_second(burst))
-            .allow_burst(burst)
+        cs_transport::websocket::burst_quota(self.burst, self.per)
     }
 
     fn describe(self) -> String {
