@@ -771,7 +771,20 @@ async fn run_visitor(
             });
         }
     });
-    start.cancelled().await;
+    // A ping every so often while idle: the server closes a socket silent
+    // for its idle timeout (60 s), and opening 15,000 takes about that long.
+    let mut keepalive = keepalive();
+    loop {
+        tokio::select! {
+            () = start.cancelled() => break,
+            _ = keepalive.tick() => {
+                if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                    reader.abort();
+                    return;
+                }
+            }
+        }
+    }
     // Spread the visitors' ticks over one period, so the load is smooth.
     let offset = Duration::from_nanos(fastrand_u64() % period.as_nanos().max(1) as u64);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
@@ -787,6 +800,12 @@ async fn run_visitor(
                 (format!("{next_id}-{sent_at}"), sent_at, false)
             }
             Some((id, sent_at)) = retries.recv() => (id, sent_at, true),
+            _ = keepalive.tick() => {
+                if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             _ = stop.cancelled() => break,
         };
         let Ok(client_msg_id) = cs::core::ClientMsgId::new(client_msg_id) else {
@@ -818,6 +837,14 @@ fn sent_at_of_id(id: &str) -> Option<u64> {
     id.split_once('-')?.1.parse().ok()
 }
 
+/// Ticks every 20 s, the first one 20 s from now: when an idle client pings.
+fn keepalive() -> tokio::time::Interval {
+    let every = Duration::from_secs(20);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
 /// A cheap per-task random number for tick offsets (not cryptographic).
 fn fastrand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -846,16 +873,26 @@ async fn run_agent(
             return;
         }
     }
+    let mut keepalive = keepalive();
     // A local histogram, merged every so often: no lock per message.
     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
     let mut last_merge = Instant::now();
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
+            _ = keepalive.tick() => {
+                if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             _ = stop.cancelled() => None,
         };
-        let Some(Ok(WsMessage::Text(text))) = next else {
-            break;
+        let text = match next {
+            Some(Ok(WsMessage::Text(text))) => text,
+            // Pongs and the like.
+            Some(Ok(_)) => continue,
+            _ => break,
         };
         if let Some(sent_at) = sent_at_micros(&text) {
             let now = epoch().elapsed().as_micros() as u64;
