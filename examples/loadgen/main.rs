@@ -563,6 +563,7 @@ async fn run_load(
             Arc::clone(&counters),
             start_sending.clone(),
             stop_sending.clone(),
+            stop.clone(),
         )));
         if pair % 1000 == 999 {
             eprintln!("connected {} of {}", (pair + 1) * 2, pairs * 2);
@@ -736,6 +737,7 @@ async fn run_visitor(
     counters: Arc<Counters>,
     start: CancellationToken,
     stop: CancellationToken,
+    hang_up: CancellationToken,
 ) {
     let (mut sink, mut stream) = client.split();
     // Refusals come back as error frames naming the message; each is sent
@@ -829,6 +831,10 @@ async fn run_visitor(
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+    // Open until every count is in: closing a socket with unread acks in
+    // it sends a reset, and the server then drops what it had not read yet
+    // of this client's last messages (up to 0.8% of a 15,000-socket run).
+    hang_up.cancelled().await;
     reader.abort();
 }
 
