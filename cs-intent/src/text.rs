@@ -44,10 +44,8 @@ impl Default for FeatureConfig {
             char_ngram_min: 1,
             char_ngram_max: 5,
             // 2 won 5-fold cross-validation on the Chinese retail fixture's
-            // training rows (78.4% against 73.0%, crate README), but it makes
-            // the FAQ bot sure of "换货还是退货", which tests/faq.rs expects it
-            // to ask about; the default waits for the clarify work (issue 15).
-            cjk_char_ngram_max: 0,
+            // training rows (78.4% against 73.0%, crate README).
+            cjk_char_ngram_max: 2,
             word_ngram_max: 2,
             sublinear_tf: true,
             max_chars: 512,
