@@ -578,6 +578,24 @@ macro_rules! sql_message_store {
                 Ok(())
             }
 
+            /// The rows of a per-day table (`statement` binds tenant, first
+            /// and last day) for `tenant`'s days `from..=to`, from the reader.
+            async fn rows_of_days(
+                &self,
+                statement: &str,
+                tenant: &TenantId,
+                from: i64,
+                to: i64,
+            ) -> Result<Vec<DbRow>, StoreError> {
+                sqlx::query(statement)
+                    .bind(tenant.as_str())
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(&self.reader)
+                    .await
+                    .map_err(|e| common::store_error(&self.backend, e))
+            }
+
             /// Adds report counter deltas, in key order (see `Deltas`), in
             /// the write's own transaction.
             async fn add_counts(
@@ -1183,13 +1201,9 @@ macro_rules! sql_message_store {
                 from: Day,
                 to: Day,
             ) -> Result<Vec<DailyStats>, StoreError> {
-                let rows = sqlx::query(&self.statements.daily_stats)
-                    .bind(tenant.as_str())
-                    .bind(from.0)
-                    .bind(to.0)
-                    .fetch_all(&self.reader)
-                    .await
-                    .map_err(|e| common::store_error(&self.backend, e))?;
+                let rows = self
+                    .rows_of_days(&self.statements.daily_stats, tenant, from.0, to.0)
+                    .await?;
                 let count = |row: &DbRow, i: usize| -> Result<u64, StoreError> {
                     let v: i64 = row
                         .try_get(i)
@@ -1229,13 +1243,9 @@ macro_rules! sql_message_store {
                 from: ReportDay,
                 to: ReportDay,
             ) -> Result<Vec<Count>, StoreError> {
-                let rows = sqlx::query(&self.statements.report_counts)
-                    .bind(tenant.as_str())
-                    .bind(from.0)
-                    .bind(to.0)
-                    .fetch_all(&self.reader)
-                    .await
-                    .map_err(|e| common::store_error(&self.backend, e))?;
+                let rows = self
+                    .rows_of_days(&self.statements.report_counts, tenant, from.0, to.0)
+                    .await?;
                 rows.iter()
                     .map(|row| {
                         let read = || -> Result<(i64, String, String, i64), sqlx::Error> {
