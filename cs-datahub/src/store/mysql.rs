@@ -42,6 +42,7 @@ const DIALECT: Dialect = Dialect {
             .collect();
         format!("ON DUPLICATE KEY UPDATE {}", set.join(", "))
     },
+    retry_keys: sql::RetryKeys::RowList,
 };
 
 /// Conversations and messages in MariaDB (10.5+) or MySQL (8+), InnoDB.
@@ -151,4 +152,13 @@ impl MySqlStore {
 mod imp {
     use super::MySqlStore;
     crate::store::sql::sql_message_store!(MySqlStore, sqlx::MySql);
+}
+
+impl sql::FindRetries for sqlx::MySql {
+    fn find_retries(
+        statements: &Statements,
+        keys: Vec<(Vec<u8>, String)>,
+    ) -> Vec<sqlx::QueryBuilder<'static, Self>> {
+        sql::retries_by_row_list(statements, keys)
+    }
 }

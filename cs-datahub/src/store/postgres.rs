@@ -24,6 +24,7 @@ const DIALECT: Dialect = Dialect {
     open_order: sql::OPEN_BY_STATE.1,
     upsert: sql::on_conflict_update,
     retryable_code: |code| matches!(code, "40001" | "40P01"),
+    retry_keys: sql::RetryKeys::Arrays,
 };
 
 /// Conversations and messages in PostgreSQL.
@@ -136,4 +137,27 @@ impl PostgresStore {
 mod imp {
     use super::PostgresStore;
     crate::store::sql::sql_message_store!(PostgresStore, sqlx::Postgres);
+}
+
+impl sql::FindRetries for sqlx::Postgres {
+    fn find_retries(
+        statements: &Statements,
+        keys: Vec<(Vec<u8>, String)>,
+    ) -> Vec<sqlx::QueryBuilder<'static, Self>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let (conversations, client_ids): (Vec<Vec<u8>>, Vec<String>) = keys.into_iter().unzip();
+        let mut query = sqlx::QueryBuilder::new(&statements.find_client_msgs);
+        query.push_bind(conversations);
+        query.push("::bytea[], ");
+        query.push_bind(client_ids);
+        // Key columns named apart from the message columns, which the
+        // head selects unqualified.
+        query.push(
+            "::text[]) AS batch(batch_conversation, batch_client_id) \
+             ON conversation_id = batch_conversation AND client_msg_id = batch_client_id",
+        );
+        vec![query]
+    }
 }

@@ -27,6 +27,7 @@ const DIALECT: Dialect = Dialect {
     open_order: sql::OPEN_BY_STATE.1,
     upsert: sql::on_conflict_update,
     retryable_code: |code| code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+    retry_keys: sql::RetryKeys::RowList,
 };
 
 /// When an append that returned `Ok` is safe on a SQLite file.
@@ -209,4 +210,13 @@ impl SqliteStore {
 mod imp {
     use super::SqliteStore;
     crate::store::sql::sql_message_store!(SqliteStore, sqlx::Sqlite);
+}
+
+impl sql::FindRetries for sqlx::Sqlite {
+    fn find_retries(
+        statements: &Statements,
+        keys: Vec<(Vec<u8>, String)>,
+    ) -> Vec<sqlx::QueryBuilder<'static, Self>> {
+        sql::retries_by_row_list(statements, keys)
+    }
 }
