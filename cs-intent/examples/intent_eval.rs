@@ -103,6 +103,9 @@ struct Args {
     /// Scale of the sentence embedding next to the unit TF-IDF vector.
     #[arg(long, default_value_t = cs_intent::Embeddings::DEFAULT_WEIGHT)]
     embedding_weight: f32,
+    /// Sentences per forward pass of the encoder (`EncoderConfig::batch_size`).
+    #[arg(long)]
+    embedding_batch_size: Option<usize>,
 }
 
 /// Load the encoder named by `--embedding-model`, if any.
@@ -111,7 +114,11 @@ fn load_encoder(args: &Args) -> Result<Option<Arc<dyn TextEncoder>>, Box<dyn std
     let Some(dir) = &args.embedding_model else {
         return Ok(None);
     };
-    let encoder = cs_intent::bert::SentenceEncoder::load(dir)?;
+    let mut config = cs_intent::bert::EncoderConfig::default();
+    if let Some(n) = args.embedding_batch_size {
+        config.batch_size = n;
+    }
+    let encoder = cs_intent::bert::SentenceEncoder::load_with(dir, config)?;
     eprintln!("sentence encoder: {encoder:?}");
     Ok(Some(Arc::new(encoder)))
 }
@@ -348,6 +355,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "model_bytes": model_bytes,
         "embedding_model": args.embedding_model.as_ref().filter(|_| encoder.is_some()).map(|d| d.display().to_string()),
         "embedding_weight": encoder.as_ref().map(|_| args.embedding_weight),
+        // null: EncoderConfig's default (32).
+        "embedding_batch_size": args.embedding_batch_size,
         "encoder_load_seconds": encoder.as_ref().map(|_| (encoder_load_seconds * 1000.0).round() / 1000.0),
         "sentences_encoded": encoder.as_ref().map(|_| stats.embeddings_encoded),
         "encode_seconds": encoder.as_ref().map(|_| (stats.embeddings_encode_seconds * 1000.0).round() / 1000.0),
