@@ -37,16 +37,33 @@
 //! rows as the unknown label (`--unknown-label`, default `__unknown__`).
 //! `--oos-weight W` overrides the agent's hand-off trade-off
 //! (`ModelConfig::oos_weight`; 0 never hands off).
+//!
+//! `--embedding-model DIR` (feature `embeddings`) loads a local sentence
+//! encoder (a directory with `config.json`, `tokenizer.json`,
+//! `model.safetensors`, e.g. all-MiniLM-L6-v2) and trains with its vectors
+//! appended to the sparse features (`--embedding-weight`, default 2). The
+//! JSON then adds `encode_seconds` and `encode_ms_per_sentence` (first-time
+//! encoding of the training rows, batched), `train_from_stored_seconds` (a
+//! retrain from the stored vectors, nothing encoded: what every later
+//! retrain and a loaded agent cost) and `encoder_load_seconds`;
+//! `train_seconds` is the first training, encoding included, and the
+//! predict latencies include encoding the question.
+//!
+//! ```text
+//! cargo run --release -p cs-intent --features embeddings --example intent_eval -- \
+//!     --train TRAIN.csv --test TEST.csv --embedding-model DIR
+//! ```
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
 use cs_intent::calibration::{tally, Calibration, Outcomes, RankedQuestion, Verdict};
 use cs_intent::dataset::read_labelled_csv;
 use cs_intent::text::normalize;
-use cs_intent::{AgentConfig, Decision, Example, IntentAgent, IntentModel};
+use cs_intent::{AgentConfig, Decision, Example, IntentAgent, IntentModel, TextEncoder};
 
 #[derive(Parser)]
 #[command(about = "Train a cs-intent agent on TRAIN and evaluate it on TEST")]
@@ -79,6 +96,41 @@ struct Args {
     /// Print the decision curve on the test rows before the JSON line.
     #[arg(long)]
     sweep: bool,
+    /// A local sentence-encoder directory (config.json, tokenizer.json,
+    /// model.safetensors) whose vectors join the features (feature `embeddings`).
+    #[arg(long)]
+    embedding_model: Option<PathBuf>,
+    /// Scale of the sentence embedding next to the unit TF-IDF vector.
+    #[arg(long, default_value_t = cs_intent::Embeddings::DEFAULT_WEIGHT)]
+    embedding_weight: f32,
+    /// Sentences per forward pass of the encoder (`EncoderConfig::batch_size`).
+    #[arg(long)]
+    embedding_batch_size: Option<usize>,
+}
+
+/// Load the encoder named by `--embedding-model`, if any.
+#[cfg(feature = "embeddings")]
+fn load_encoder(args: &Args) -> Result<Option<Arc<dyn TextEncoder>>, Box<dyn std::error::Error>> {
+    let Some(dir) = &args.embedding_model else {
+        return Ok(None);
+    };
+    let mut config = cs_intent::bert::EncoderConfig::default();
+    if let Some(n) = args.embedding_batch_size {
+        config.batch_size = n;
+    }
+    let encoder = cs_intent::bert::SentenceEncoder::load_with(dir, config)?;
+    eprintln!("sentence encoder: {encoder:?}");
+    Ok(Some(Arc::new(encoder)))
+}
+
+#[cfg(not(feature = "embeddings"))]
+fn load_encoder(args: &Args) -> Result<Option<Arc<dyn TextEncoder>>, Box<dyn std::error::Error>> {
+    match &args.embedding_model {
+        None => Ok(None),
+        Some(_) => Err("--embedding-model needs the `embeddings` feature: \
+                        cargo run --release -p cs-intent --features embeddings --example intent_eval"
+            .into()),
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -146,9 +198,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     config.model.answer_threshold = args.answer_threshold;
     config.model.clarify_mass = args.clarify_mass;
+    let load_start = Instant::now();
+    let encoder = load_encoder(&args)?;
+    let encoder_load_seconds = load_start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let agent = IntentAgent::train(train, config)?;
+    let agent = match &encoder {
+        None => IntentAgent::train(train, config)?,
+        Some(encoder) => IntentAgent::train_with_embeddings(
+            train,
+            config,
+            cs_intent::Embeddings {
+                encoder: Arc::clone(encoder),
+                weight: args.embedding_weight,
+            },
+        )?,
+    };
     let train_seconds = start.elapsed().as_secs_f64();
+    // A retrain from the stored vectors (nothing is encoded again): the
+    // cost of every later retrain.
+    let train_from_stored_seconds = match &encoder {
+        None => None,
+        Some(_) => {
+            let start = Instant::now();
+            agent.retrain_now()?;
+            Some(start.elapsed().as_secs_f64())
+        }
+    };
+    let stats = agent.stats();
+    if encoder.is_some() {
+        eprintln!(
+            "encoded {} training texts in {:.2} s; retrained from the stored vectors in {:.2} s",
+            stats.embeddings_encoded,
+            stats.embeddings_encode_seconds,
+            train_from_stored_seconds.unwrap_or_default()
+        );
+    }
     let snapshot = agent.snapshot();
     let calibration = snapshot.model.calibration();
     eprintln!(
@@ -166,7 +250,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         calibration.report.oos_recall,
     );
     if args.sweep {
-        let questions = ranked_questions(&snapshot.model, &test, unknown.as_deref());
+        let questions = ranked_questions(
+            &snapshot.model,
+            encoder.as_deref(),
+            &test,
+            unknown.as_deref(),
+        )?;
         print_curve(calibration, &questions);
     }
 
@@ -264,6 +353,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "max_wrong_answer_rate": agent.config().model.max_wrong_answer_rate,
         "oos_weight": agent.config().model.oos_weight,
         "model_bytes": model_bytes,
+        "embedding_model": args.embedding_model.as_ref().filter(|_| encoder.is_some()).map(|d| d.display().to_string()),
+        "embedding_weight": encoder.as_ref().map(|_| args.embedding_weight),
+        // null: EncoderConfig's default (32).
+        "embedding_batch_size": args.embedding_batch_size,
+        "encoder_load_seconds": encoder.as_ref().map(|_| (encoder_load_seconds * 1000.0).round() / 1000.0),
+        "sentences_encoded": encoder.as_ref().map(|_| stats.embeddings_encoded),
+        "encode_seconds": encoder.as_ref().map(|_| (stats.embeddings_encode_seconds * 1000.0).round() / 1000.0),
+        "encode_ms_per_sentence": encoder.as_ref().map(|_| {
+            let ms = 1000.0 * stats.embeddings_encode_seconds / stats.embeddings_encoded.max(1) as f64;
+            (ms * 1000.0).round() / 1000.0
+        }),
+        "train_from_stored_seconds": train_from_stored_seconds.map(|s| (s * 1000.0).round() / 1000.0),
     });
     println!("{json}");
     Ok(())
@@ -278,15 +379,27 @@ fn finite(x: f32) -> Option<f32> {
 /// probabilities (no memory: a fresh agent has none) and the right intent's rank.
 fn ranked_questions(
     model: &IntentModel,
+    encoder: Option<&dyn TextEncoder>,
     test: &[Example],
     unknown: Option<&str>,
-) -> Vec<RankedQuestion> {
+) -> Result<Vec<RankedQuestion>, cs_intent::IntentError> {
     let max_chars = model.featurizer().config().max_chars;
     let keep = model.calibration().max_options;
-    test.iter()
-        .map(|row| {
+    let texts: Vec<String> = test.iter().map(|r| normalize(&r.text, max_chars)).collect();
+    let embeddings = match encoder {
+        Some(encoder) if model.dense_spec().is_some() => {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            Some(encoder.encode_batch(&refs)?)
+        }
+        _ => None,
+    };
+    Ok(test
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let embedding = embeddings.as_ref().map(|e| e[i].as_slice());
             let ranked = model
-                .score_normalized(&normalize(&row.text, max_chars))
+                .score_vector(&model.features(&texts[i], embedding))
                 .ranked;
             let is_oos = unknown == Some(row.intent.as_str());
             let right_rank = (!is_oos).then(|| {
@@ -300,7 +413,7 @@ fn ranked_questions(
                 right_rank,
             }
         })
-        .collect()
+        .collect())
 }
 
 fn print_curve(fitted: &Calibration, questions: &[RankedQuestion]) {

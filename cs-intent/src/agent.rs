@@ -21,11 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::calibration::Decision;
 use crate::discovery::{discover, DiscoveryConfig, SuggestedIntent};
+use crate::encoder::{DenseSpec, EmbeddingStore, TextEncoder};
 use crate::error::IntentError;
 use crate::kb::{KbConfig, KbEntry, KbHit, KnowledgeBase};
 use crate::memory::Memory;
 use crate::model::{Example, IntentModel, ModelConfig};
-use crate::text::normalize_checked;
+use crate::text::{normalize, normalize_checked};
 
 /// How the agent behaves.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,6 +65,37 @@ impl Default for AgentConfig {
             background_retrain: true,
             kb: KbConfig::default(),
             handoff_log_capacity: 10_000,
+        }
+    }
+}
+
+/// A sentence encoder for the agent, and how strongly its vectors count
+/// next to the sparse features.
+#[derive(Clone, Debug)]
+pub struct Embeddings {
+    /// The encoder (feature `embeddings`: [`crate::bert::SentenceEncoder`]).
+    pub encoder: Arc<dyn TextEncoder>,
+    /// Scale of the unit embedding appended to the unit TF-IDF vector.
+    pub weight: f32,
+}
+
+impl Embeddings {
+    /// The weight that won on BANKING77 (see the crate README).
+    pub const DEFAULT_WEIGHT: f32 = 2.0;
+
+    /// This encoder at [`Embeddings::DEFAULT_WEIGHT`].
+    pub fn new(encoder: Arc<dyn TextEncoder>) -> Embeddings {
+        Embeddings {
+            encoder,
+            weight: Embeddings::DEFAULT_WEIGHT,
+        }
+    }
+
+    fn spec(&self) -> DenseSpec {
+        DenseSpec {
+            dim: self.encoder.dim() as u32,
+            fingerprint: self.encoder.fingerprint(),
+            weight: self.weight,
         }
     }
 }
@@ -134,6 +166,13 @@ pub struct AgentStats {
     pub rows: usize,
     /// Examples in memory, waiting for a retrain.
     pub memory_size: usize,
+    /// Stored sentence embeddings (0 without an encoder).
+    pub embeddings_stored: usize,
+    /// Texts the agent has sent to its encoder for training rows since it
+    /// was created or loaded (stored vectors are never encoded again).
+    pub embeddings_encoded: u64,
+    /// Seconds spent encoding them.
+    pub embeddings_encode_seconds: f64,
     /// Live knowledge-base entries.
     pub kb_entries: usize,
 }
@@ -171,6 +210,11 @@ pub(crate) struct Shared {
     /// Serialises publishers (add_examples, retrain swap, KB changes), never readers.
     publish: Mutex<()>,
     pub(crate) kb: RwLock<KnowledgeBase>,
+    /// The sentence encoder, when the agent uses embeddings.
+    pub(crate) encoder: Option<Arc<dyn TextEncoder>>,
+    /// Every training row's embedding; copied on write, so a retrain trains
+    /// from a snapshot while `to_bytes` reads another.
+    pub(crate) embeddings: Mutex<Arc<EmbeddingStore>>,
     handoff_log: Mutex<VecDeque<String>>,
     cache: quick_cache::sync::Cache<(u64, String), Prediction>,
     counters: Counters,
@@ -194,7 +238,14 @@ impl Shared {
         let start = Instant::now();
         let rows = self.rows.lock().clone();
         let folded = rows.len();
-        let model = Arc::new(IntentModel::train(&rows, &self.config.model)?);
+        let model = match &self.encoder {
+            None => IntentModel::train(&rows, &self.config.model)?,
+            Some(encoder) => {
+                let store = self.embed_rows(encoder.as_ref(), &rows)?;
+                IntentModel::train_with_embeddings(&rows, &self.config.model, &store)?
+            }
+        };
+        let model = Arc::new(model);
         {
             let _publisher = self.publish.lock();
             let current = self.snapshot.load();
@@ -205,6 +256,28 @@ impl Shared {
         state.completed += 1;
         state.last_seconds = start.elapsed().as_secs_f64();
         Ok(())
+    }
+
+    /// Encode the rows whose text has no stored embedding yet (only those),
+    /// and return the store with every row's vector.
+    fn embed_rows(
+        &self,
+        encoder: &dyn TextEncoder,
+        rows: &[Example],
+    ) -> Result<Arc<EmbeddingStore>, IntentError> {
+        let max_chars = self.config.model.features.max_chars;
+        let texts: Vec<String> = rows
+            .iter()
+            .map(|r| normalize(&r.text, max_chars))
+            .filter(|t| !t.is_empty())
+            .collect();
+        let mut current = self.embeddings.lock();
+        if texts.iter().any(|t| current.get(t).is_none()) {
+            let mut next = (**current).clone();
+            next.ensure(encoder, &texts)?;
+            *current = Arc::new(next);
+        }
+        Ok(Arc::clone(&current))
     }
 }
 
@@ -266,7 +339,68 @@ impl IntentAgent {
     pub fn train(rows: Vec<Example>, config: AgentConfig) -> Result<IntentAgent, IntentError> {
         let model = IntentModel::train(&rows, &config.model)?;
         let kb = KnowledgeBase::new(config.kb.clone());
-        Ok(Self::assemble(config, rows, model, Memory::default(), kb))
+        Ok(Self::assemble(
+            config,
+            rows,
+            model,
+            Memory::default(),
+            kb,
+            None,
+            EmbeddingStore::default(),
+        ))
+    }
+
+    /// Train a new agent whose classifier and knowledge base also use a
+    /// sentence encoder: every row is encoded once (batched), its vector
+    /// appended to the sparse features and stored with the agent, so
+    /// retrains and saved agents reuse it.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "embeddings")] {
+    /// use std::sync::Arc;
+    /// use cs_intent::bert::SentenceEncoder;
+    /// use cs_intent::{AgentConfig, Embeddings, Example, IntentAgent};
+    ///
+    /// let encoder = Arc::new(SentenceEncoder::load("/models/all-MiniLM-L6-v2")?);
+    /// let rows = vec![
+    ///     Example::new("where is my order", "order_status"),
+    ///     Example::new("my parcel has not arrived", "order_status"),
+    ///     Example::new("i want a refund", "refund"),
+    ///     Example::new("give me my money back", "refund"),
+    /// ];
+    /// let agent =
+    ///     IntentAgent::train_with_embeddings(rows, AgentConfig::default(), Embeddings::new(encoder.clone()))?;
+    /// assert_eq!(&*agent.predict("has my package shipped yet")?.intent, "order_status");
+    /// agent.save("agent.csi")?;
+    /// // Loading needs the same model; the stored vectors are not recomputed.
+    /// let again = IntentAgent::load_with_encoder("agent.csi", encoder)?;
+    /// # }
+    /// # Ok::<(), cs_intent::IntentError>(())
+    /// ```
+    pub fn train_with_embeddings(
+        rows: Vec<Example>,
+        config: AgentConfig,
+        embeddings: Embeddings,
+    ) -> Result<IntentAgent, IntentError> {
+        let mut store = EmbeddingStore::new(embeddings.spec());
+        let max_chars = config.model.features.max_chars;
+        let texts: Vec<String> = rows
+            .iter()
+            .map(|r| normalize(&r.text, max_chars))
+            .filter(|t| !t.is_empty())
+            .collect();
+        store.ensure(embeddings.encoder.as_ref(), &texts)?;
+        let model = IntentModel::train_with_embeddings(&rows, &config.model, &store)?;
+        let kb = KnowledgeBase::with_encoder(config.kb.clone(), Arc::clone(&embeddings.encoder));
+        Ok(Self::assemble(
+            config,
+            rows,
+            model,
+            Memory::default(),
+            kb,
+            Some(embeddings.encoder),
+            store,
+        ))
     }
 
     pub(crate) fn assemble(
@@ -275,6 +409,8 @@ impl IntentAgent {
         model: IntentModel,
         memory: Memory,
         kb: KnowledgeBase,
+        encoder: Option<Arc<dyn TextEncoder>>,
+        embeddings: EmbeddingStore,
     ) -> IntentAgent {
         let shared = Arc::new(Shared {
             cache: quick_cache::sync::Cache::new(config.cache_capacity.max(1)),
@@ -286,6 +422,8 @@ impl IntentAgent {
             rows: Mutex::new(rows),
             publish: Mutex::new(()),
             kb: RwLock::new(kb),
+            encoder,
+            embeddings: Mutex::new(Arc::new(embeddings)),
             handoff_log: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
             retrain: Mutex::new(RetrainState::default()),
@@ -347,8 +485,20 @@ impl IntentAgent {
         }
         let normalized = &key.1;
         let model = &snapshot.model;
+        // The sparse features alone feed the memory; the model also gets the
+        // question's sentence embedding when it was trained with one.
         let x = model.featurizer().transform_normalized(normalized);
-        let scored = model.score_vector(&x);
+        let embedding = match (model.dense_spec(), &self.shared.encoder) {
+            (Some(_), Some(encoder)) => encoder
+                .encode_batch(&[normalized.as_str()])?
+                .into_iter()
+                .next(),
+            _ => None,
+        };
+        let scored = match &embedding {
+            Some(e) => model.score_vector(&model.features(normalized, Some(e))),
+            None => model.score_vector(&x),
+        };
         let intents = model.intents();
         let config = &self.shared.config;
         let n_alt = config.alternatives;
@@ -424,7 +574,8 @@ impl IntentAgent {
         if prediction.decision != Decision::HandOff {
             let kb = self.shared.kb.read();
             if !kb.is_empty() {
-                prediction.answer = kb.answer_for(normalized, &prediction.intent);
+                prediction.answer =
+                    kb.answer_for_embedded(normalized, embedding.as_deref(), &prediction.intent);
             }
         }
         self.shared.cache.insert(key, prediction.clone());
@@ -538,9 +689,16 @@ impl IntentAgent {
         Ok(())
     }
 
-    /// Replace the whole knowledge base (built in parallel).
+    /// Replace the whole knowledge base (built in parallel; with the
+    /// agent's sentence encoder, if it has one).
     pub fn kb_replace(&self, entries: Vec<KbEntry>) -> Result<(), IntentError> {
-        let kb = KnowledgeBase::build(self.shared.config.kb.clone(), entries)?;
+        let config = self.shared.config.kb.clone();
+        let kb = match &self.shared.encoder {
+            Some(encoder) => {
+                KnowledgeBase::build_with_encoder(config, entries, Arc::clone(encoder))?
+            }
+            None => KnowledgeBase::build(config, entries)?,
+        };
         *self.shared.kb.write() = kb;
         self.bump_version();
         Ok(())
@@ -558,6 +716,11 @@ impl IntentAgent {
             .publish(Arc::clone(&current.model), Arc::clone(&current.memory));
     }
 
+    /// The sentence encoder, when the agent uses embeddings.
+    pub fn encoder(&self) -> Option<&Arc<dyn TextEncoder>> {
+        self.shared.encoder.as_ref()
+    }
+
     /// Counters and sizes.
     pub fn stats(&self) -> AgentStats {
         let c = &self.shared.counters;
@@ -565,6 +728,7 @@ impl IntentAgent {
         let cache_hits = c.cache_hits.load(Ordering::Relaxed);
         let snapshot = self.shared.snapshot.load();
         let retrain = self.shared.retrain.lock();
+        let embeddings = Arc::clone(&self.shared.embeddings.lock());
         AgentStats {
             predictions,
             cache_hits,
@@ -580,6 +744,9 @@ impl IntentAgent {
             version: snapshot.version,
             rows: self.shared.rows.lock().len(),
             memory_size: snapshot.memory.len(),
+            embeddings_stored: embeddings.len(),
+            embeddings_encoded: embeddings.encoded(),
+            embeddings_encode_seconds: embeddings.encode_seconds(),
             kb_entries: self.shared.kb.read().len(),
         }
     }

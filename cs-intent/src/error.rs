@@ -87,4 +87,30 @@ pub enum IntentError {
         /// Why it failed.
         reason: String,
     },
+    /// A sentence-encoder model directory could not be loaded.
+    #[error("cannot load the sentence encoder from {path}: {reason} (expected a directory with config.json, tokenizer.json and model.safetensors of a BERT-family model such as all-MiniLM-L6-v2)")]
+    EncoderModel {
+        /// The model directory.
+        path: PathBuf,
+        /// What was missing or wrong.
+        reason: String,
+    },
+    /// The sentence encoder failed on a text.
+    #[error("the sentence encoder failed: {0}")]
+    Encoding(String),
+    /// The agent file holds sentence embeddings, but no encoder was given.
+    #[error("this agent was trained with sentence embeddings: load it with IntentAgent::load_with_encoder and the same model (cs-intent feature `embeddings`)")]
+    EncoderRequired,
+    /// Stored embeddings were computed by another encoder than the one given.
+    #[error("the stored embeddings come from another encoder (fingerprint {stored:08x}, dimension {stored_dim}) than the one given ({given:08x}, dimension {given_dim}); load with the model directory the agent was trained with, or retrain with this one")]
+    EncoderMismatch {
+        /// Fingerprint of the encoder the vectors were stored with.
+        stored: u32,
+        /// Their dimension.
+        stored_dim: usize,
+        /// Fingerprint of the encoder given.
+        given: u32,
+        /// Its dimension.
+        given_dim: usize,
+    },
 }

@@ -5,12 +5,19 @@
 //! so a deleted or replaced entry's points become tombstones that search skips,
 //! and the index is rebuilt from the live points once tombstones pass a share
 //! of the index ([`KbConfig::rebuild_tombstone_share`]).
+//!
+//! A KB built with a sentence encoder ([`KnowledgeBase::with_encoder`],
+//! feature `embeddings`) indexes each question as its hashed n-gram vector
+//! and its sentence embedding side by side, each of norm 1 (so the cosine is
+//! the mean of the two): the n-grams keep exact words and Chinese, which an
+//! English encoder reads poorly; the embedding finds paraphrases.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::encoder::{DenseSpec, TextEncoder};
 use crate::error::IntentError;
 use crate::kb_graph::{self, IndexCell, SavedGraph};
 use crate::text::{hashed_terms, normalize, FeatureConfig};
@@ -143,6 +150,33 @@ pub struct SavedKb {
     tombstones: Vec<u32>,
     /// The HNSW graph; `None` when there is no point (or it is to be rebuilt).
     graph: Option<SavedGraph>,
+    /// The sentence encoder whose vectors follow the hashed part of every
+    /// point, if the KB was built with one.
+    dense: Option<DenseSpec>,
+}
+
+/// [`SavedKb`] as KB format 1 and agent format 2 wrote it (no sentence
+/// embeddings): read, then upgraded.
+#[derive(Deserialize)]
+pub(crate) struct SavedKbV1 {
+    config: KbConfig,
+    entries: Vec<Option<KbEntry>>,
+    points: Vec<(u32, Vec<f32>)>,
+    tombstones: Vec<u32>,
+    graph: Option<SavedGraph>,
+}
+
+impl From<SavedKbV1> for SavedKb {
+    fn from(v1: SavedKbV1) -> SavedKb {
+        SavedKb {
+            config: v1.config,
+            entries: v1.entries,
+            points: v1.points,
+            tombstones: v1.tombstones,
+            graph: v1.graph,
+            dense: None,
+        }
+    }
 }
 
 impl SavedKb {
@@ -163,6 +197,8 @@ pub struct KnowledgeBase {
     points: Vec<Point>,
     tombstones: HashSet<usize>,
     index: IndexCell,
+    /// The sentence encoder whose vector joins each point, if any.
+    encoder: Option<Arc<dyn TextEncoder>>,
 }
 
 impl std::fmt::Debug for KnowledgeBase {
@@ -194,25 +230,103 @@ impl KnowledgeBase {
             by_id: HashMap::new(),
             points: Vec::new(),
             tombstones: HashSet::new(),
+            encoder: None,
         }
+    }
+
+    /// An empty knowledge base whose points also carry `encoder`'s sentence
+    /// embedding (see the module docs).
+    pub fn with_encoder(config: KbConfig, encoder: Arc<dyn TextEncoder>) -> KnowledgeBase {
+        KnowledgeBase {
+            encoder: Some(encoder),
+            ..KnowledgeBase::new(config)
+        }
+    }
+
+    /// The sentence encoder, if the KB uses one.
+    pub fn encoder(&self) -> Option<&Arc<dyn TextEncoder>> {
+        self.encoder.as_ref()
+    }
+
+    /// Length of every point's vector: the hashed part plus the embedding.
+    fn point_dim(&self) -> usize {
+        self.embedder.dim + self.encoder.as_ref().map_or(0, |e| e.dim())
+    }
+
+    /// Sentence embeddings of texts (batched), when the KB has an encoder.
+    fn encode(&self, texts: &[&String]) -> Result<Option<Vec<Vec<f32>>>, IntentError> {
+        let Some(encoder) = &self.encoder else {
+            return Ok(None);
+        };
+        let normalized: Vec<String> = texts
+            .iter()
+            .map(|t| normalize(t, self.embedder.features.max_chars))
+            .collect();
+        let refs: Vec<&str> = normalized.iter().map(String::as_str).collect();
+        encoder.encode_batch(&refs).map(Some)
+    }
+
+    /// A point's vector: the hashed embedding, then the sentence embedding
+    /// (each of norm 1, the whole scaled back to norm 1). All zeros when the
+    /// text has no hashed feature, so such a text is never indexed.
+    fn join(&self, hashed: Vec<f32>, neural: Option<&[f32]>) -> Vec<f32> {
+        let Some(encoder) = &self.encoder else {
+            return hashed;
+        };
+        let mut v = hashed;
+        if v.iter().all(|x| *x == 0.0) {
+            v.resize(self.point_dim(), 0.0);
+            return v;
+        }
+        match neural {
+            Some(n) if n.len() == encoder.dim() => v.extend_from_slice(n),
+            // No embedding (the encoder failed on a query): the hashed part alone.
+            _ => v.resize(self.point_dim(), 0.0),
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        v
     }
 
     /// Build from many entries at once (points inserted in parallel).
     pub fn build(config: KbConfig, entries: Vec<KbEntry>) -> Result<KnowledgeBase, IntentError> {
-        let mut kb = KnowledgeBase::new(config);
+        KnowledgeBase::build_into(KnowledgeBase::new(config), entries)
+    }
+
+    /// Build with a sentence encoder: every question variant is encoded
+    /// (batched) and joins its hashed vector.
+    pub fn build_with_encoder(
+        config: KbConfig,
+        entries: Vec<KbEntry>,
+        encoder: Arc<dyn TextEncoder>,
+    ) -> Result<KnowledgeBase, IntentError> {
+        KnowledgeBase::build_into(KnowledgeBase::with_encoder(config, encoder), entries)
+    }
+
+    fn build_into(
+        mut kb: KnowledgeBase,
+        entries: Vec<KbEntry>,
+    ) -> Result<KnowledgeBase, IntentError> {
         let mut last: HashMap<String, usize> = HashMap::new();
         for (i, e) in entries.iter().enumerate() {
             last.insert(e.id.clone(), i);
         }
-        for (i, entry) in entries.into_iter().enumerate() {
-            if last.get(&entry.id) != Some(&i) {
-                continue; // a later entry with the same id replaces this one
-            }
+        let kept: Vec<KbEntry> = entries
+            .into_iter()
+            .enumerate()
+            // A later entry with the same id replaces this one.
+            .filter(|(i, e)| last.get(&e.id) == Some(i))
+            .map(|(_, e)| e)
+            .collect();
+        let questions: Vec<&String> = kept.iter().flat_map(|e| &e.questions).collect();
+        let mut neural = kb.encode(&questions)?.map(Vec::into_iter);
+        for entry in kept {
             kb.check(&entry)?;
             let slot = kb.entries.len();
             kb.by_id.insert(entry.id.clone(), slot);
             for q in &entry.questions {
-                let vector = kb.embedder.embed(q);
+                let n = neural.as_mut().and_then(Iterator::next);
+                let vector = kb.join(kb.embedder.embed(q), n.as_deref());
                 if vector.iter().any(|x| *x != 0.0) {
                     kb.points.push(Point {
                         entry: slot,
@@ -275,10 +389,13 @@ impl KnowledgeBase {
         if self.by_id.contains_key(&entry.id) {
             self.delete(&entry.id)?;
         }
+        let questions: Vec<&String> = entry.questions.iter().collect();
+        let mut neural = self.encode(&questions)?.map(Vec::into_iter);
         let slot = self.entries.len();
         self.by_id.insert(entry.id.clone(), slot);
         for q in &entry.questions {
-            let vector = self.embedder.embed(q);
+            let n = neural.as_mut().and_then(Iterator::next);
+            let vector = self.join(self.embedder.embed(q), n.as_deref());
             if vector.iter().all(|x| *x == 0.0) {
                 continue;
             }
@@ -354,6 +471,11 @@ impl KnowledgeBase {
             graph: self
                 .index
                 .with(|index| kb_graph::capture(index, self.points.len()))?,
+            dense: self.encoder.as_ref().map(|e| DenseSpec {
+                dim: e.dim() as u32,
+                fingerprint: e.fingerprint(),
+                weight: 1.0,
+            }),
         })
     }
 
@@ -361,7 +483,28 @@ impl KnowledgeBase {
     /// (ids unique, points pointing at entries, vectors of the configured
     /// dimension, the graph consistent); a mismatch is
     /// [`IntentError::Decode`], never a panic.
+    ///
+    /// A KB saved with sentence embeddings is [`IntentError::EncoderRequired`]
+    /// here; use [`KnowledgeBase::from_saved_with_encoder`].
     pub fn from_saved(saved: SavedKb) -> Result<KnowledgeBase, IntentError> {
+        KnowledgeBase::from_saved_with(saved, None)
+    }
+
+    /// Restore a KB from [`KnowledgeBase::to_saved`] with the sentence
+    /// encoder it was built with (checked by fingerprint:
+    /// [`IntentError::EncoderMismatch`] otherwise). A KB saved without
+    /// embeddings loads as it was, without the encoder.
+    pub fn from_saved_with_encoder(
+        saved: SavedKb,
+        encoder: Arc<dyn TextEncoder>,
+    ) -> Result<KnowledgeBase, IntentError> {
+        KnowledgeBase::from_saved_with(saved, Some(encoder))
+    }
+
+    pub(crate) fn from_saved_with(
+        saved: SavedKb,
+        encoder: Option<Arc<dyn TextEncoder>>,
+    ) -> Result<KnowledgeBase, IntentError> {
         let bad = |what: String| IntentError::Decode(format!("knowledge base: {what}"));
         let SavedKb {
             config,
@@ -369,15 +512,28 @@ impl KnowledgeBase {
             points,
             tombstones,
             graph,
+            dense,
         } = saved;
         if !(8..=1 << 16).contains(&config.dim) {
             return Err(bad(format!("embedding dimension {}", config.dim)));
         }
         let mut kb = KnowledgeBase::new(config);
+        if let Some(spec) = dense {
+            let encoder = encoder.ok_or(IntentError::EncoderRequired)?;
+            if spec.fingerprint != encoder.fingerprint() || spec.dim as usize != encoder.dim() {
+                return Err(IntentError::EncoderMismatch {
+                    stored: spec.fingerprint,
+                    stored_dim: spec.dim as usize,
+                    given: encoder.fingerprint(),
+                    given_dim: encoder.dim(),
+                });
+            }
+            kb.encoder = Some(encoder);
+        }
         if points.is_empty() && graph.is_none() && tombstones.is_empty() {
             // No indexed point (entries whose questions all embed to zero): index them.
             let live = entries.into_iter().flatten().collect();
-            return KnowledgeBase::build(kb.config, live);
+            return KnowledgeBase::build_into(kb, live);
         }
         for (slot, entry) in entries.iter().enumerate() {
             if let Some(entry) = entry {
@@ -411,13 +567,13 @@ impl KnowledgeBase {
         match graph {
             Some(graph) => {
                 let vectors: Vec<&[f32]> = kb.points.iter().map(|p| p.vector.as_slice()).collect();
-                kb.index = kb_graph::restore(&graph, &vectors, kb.config.dim)?;
+                kb.index = kb_graph::restore(&graph, &vectors, kb.point_dim())?;
             }
             None => {
                 if let Some(pid) = kb
                     .points
                     .iter()
-                    .position(|p| p.vector.len() != kb.config.dim)
+                    .position(|p| p.vector.len() != kb.point_dim())
                 {
                     return Err(bad(format!("point {pid} has the wrong dimension")));
                 }
@@ -427,14 +583,38 @@ impl KnowledgeBase {
         Ok(kb)
     }
 
-    /// The dense embedding this KB uses (for callers comparing with brute force).
+    /// The dense vector this KB indexes a text as (for callers comparing
+    /// with brute force). With an encoder that fails on the text, its hashed
+    /// part alone.
     pub fn embed(&self, text: &str) -> Vec<f32> {
-        self.embedder.embed(text)
+        self.embed_with(text, None)
+    }
+
+    /// [`KnowledgeBase::embed`] with the text's sentence embedding already
+    /// computed (`neural`), so it is not encoded twice.
+    pub fn embed_with(&self, text: &str, neural: Option<&[f32]>) -> Vec<f32> {
+        let hashed = self.embedder.embed(text);
+        if self.encoder.is_none() {
+            return hashed;
+        }
+        let computed;
+        let neural = match neural {
+            Some(n) => Some(n),
+            None => {
+                computed = self
+                    .encode(&[&text.to_string()])
+                    .ok()
+                    .flatten()
+                    .and_then(|mut v| v.pop());
+                computed.as_deref()
+            }
+        };
+        self.join(hashed, neural)
     }
 
     /// The top `k` entries most similar to `query`, best first (one hit per entry).
     pub fn search(&self, query: &str, k: usize) -> Vec<KbHit> {
-        self.search_vector(&self.embedder.embed(query), k)
+        self.search_vector(&self.embed(query), k)
     }
 
     /// Like [`KnowledgeBase::search`], for an already embedded query.
@@ -498,7 +678,18 @@ impl KnowledgeBase {
 
     /// The best entry tagged with `intent` for this question, if any is tagged.
     pub fn answer_for(&self, query: &str, intent: &str) -> Option<KbHit> {
-        let hits = self.search(query, 10);
+        self.answer_for_embedded(query, None, intent)
+    }
+
+    /// [`KnowledgeBase::answer_for`] with the question's sentence embedding
+    /// already computed (the agent encodes a question once).
+    pub fn answer_for_embedded(
+        &self,
+        query: &str,
+        neural: Option<&[f32]>,
+        intent: &str,
+    ) -> Option<KbHit> {
+        let hits = self.search_vector(&self.embed_with(query, neural), 10);
         hits.into_iter()
             .find(|h| h.entry.intent.as_deref() == Some(intent))
             .or_else(|| {

@@ -24,6 +24,10 @@
 //!   in one call from [`Example`] rows (duplicates, conflicts and bad rows handled).
 //! - [`memory`][]: the nearest-neighbour memory that makes added examples count
 //!   before the retrain.
+//! - [`encoder`][]: the [`TextEncoder`] contract and the store of each
+//!   training row's sentence embedding; `bert` (feature `embeddings`): the
+//!   local BERT-family `SentenceEncoder` on candle, whose
+//!   vectors join the sparse features and the knowledge-base search.
 //! - [`kb`][]: the FAQ [`KnowledgeBase`] over `hnsw_rs`, with tombstones and
 //!   rebuild for delete; saved with its HNSW graph and restored without
 //!   re-indexing (`kb_graph`, private).
@@ -74,10 +78,13 @@
 struct ReadmeDoctests;
 
 pub mod agent;
+#[cfg(feature = "embeddings")]
+pub mod bert;
 pub mod calibration;
 pub mod classifier;
 pub mod dataset;
 pub mod discovery;
+pub mod encoder;
 pub mod error;
 pub mod faq;
 pub mod kb;
@@ -87,8 +94,11 @@ pub mod model;
 pub mod persist;
 pub mod text;
 
-pub use agent::{AgentConfig, AgentStats, Alternative, IntentAgent, Prediction, Source};
+pub use agent::{
+    AgentConfig, AgentStats, Alternative, Embeddings, IntentAgent, Prediction, Source,
+};
 pub use calibration::Decision;
+pub use encoder::TextEncoder;
 pub use error::IntentError;
 pub use kb::{KbConfig, KbEntry, KbHit, KnowledgeBase, SavedKb};
 pub use model::{Example, IntentModel, ModelConfig};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::calibration::{self, Calibration, Fixed, HeldOut, RuleObjective};
 use crate::classifier::{LinearModel, SplitMix, TrainConfig};
+use crate::encoder::{append_dense, DenseSpec, EmbeddingStore};
 use crate::error::IntentError;
 use crate::text::{normalize, FeatureConfig, Featurizer, SparseVector};
 
@@ -102,6 +103,18 @@ pub struct IntentModel {
     linear: LinearModel,
     calibration: Calibration,
     report: TrainReport,
+    /// The sentence embedding appended to the sparse features, when trained
+    /// with one. Saved beside the model (with the vectors, in
+    /// [`crate::persist`]), so files without embeddings keep their layout.
+    #[serde(skip)]
+    dense: Option<DenseSpec>,
+}
+
+/// Per-row sentence vectors for a fit (aligned with its texts), and their weight.
+#[derive(Clone, Copy)]
+struct Dense<'a> {
+    vectors: &'a [&'a [f32]],
+    weight: f32,
 }
 
 /// Rows cleaned for training: normalised texts with compact labels.
@@ -169,6 +182,7 @@ fn clean(rows: &[Example], max_chars: usize) -> Result<(Cleaned, TrainReport), I
 
 fn fit_linear(
     texts: &[&str],
+    dense: Option<Dense<'_>>,
     labels: &[u32],
     classes: usize,
     config: &ModelConfig,
@@ -176,7 +190,14 @@ fn fit_linear(
     let featurizer = Featurizer::fit(config.features.clone(), texts);
     let rows: Vec<SparseVector> = texts
         .iter()
-        .map(|t| featurizer.transform_normalized(t))
+        .enumerate()
+        .map(|(i, t)| {
+            let mut x = featurizer.transform_normalized(t);
+            if let Some(d) = dense {
+                append_dense(&mut x, d.vectors[i], d.weight);
+            }
+            x
+        })
         .collect();
     let linear = LinearModel::train(&rows, labels, classes, &config.svm);
     (featurizer, linear)
@@ -196,7 +217,7 @@ fn fixed_only(config: &ModelConfig) -> Calibration {
 
 /// The internal calibration fit: hold out some intents and some rows, train on
 /// the rest, and fit the calibration on how the held-out rows score.
-fn calibrate(cleaned: &Cleaned, config: &ModelConfig) -> Calibration {
+fn calibrate(cleaned: &Cleaned, dense: Option<Dense<'_>>, config: &ModelConfig) -> Calibration {
     let k = cleaned.intents.len();
     let mut rng = SplitMix(config.svm.seed ^ 0xca1b);
     // Hold out intents only when at least 2 stay to train on.
@@ -215,10 +236,11 @@ fn calibrate(cleaned: &Cleaned, config: &ModelConfig) -> Calibration {
         new_label[intent] = Some(next as u32);
     }
     let (mut fit_texts, mut fit_labels, mut held_rows) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fit_dense: Vec<&[f32]> = Vec::new();
     let mut seen_per_intent = vec![0usize; k];
-    for (text, &label) in cleaned.texts.iter().zip(&cleaned.labels) {
+    for (row, (text, &label)) in cleaned.texts.iter().zip(&cleaned.labels).enumerate() {
         match new_label[label as usize] {
-            None => held_rows.push((text.as_str(), None)),
+            None => held_rows.push((row, None)),
             Some(l) => {
                 // Keep the first row of each intent for training; then hold out by share.
                 let seen = seen_per_intent[label as usize];
@@ -226,10 +248,13 @@ fn calibrate(cleaned: &Cleaned, config: &ModelConfig) -> Calibration {
                 let hold = seen > 0
                     && (rng.next_u64() % 10_000) as f32 / 10_000.0 < config.calibration_row_share;
                 if hold {
-                    held_rows.push((text.as_str(), Some(l as usize)));
+                    held_rows.push((row, Some(l as usize)));
                 } else {
                     fit_texts.push(text.as_str());
                     fit_labels.push(l);
+                    if let Some(d) = dense {
+                        fit_dense.push(d.vectors[row]);
+                    }
                 }
             }
         }
@@ -238,12 +263,22 @@ fn calibrate(cleaned: &Cleaned, config: &ModelConfig) -> Calibration {
     if held_rows.is_empty() || classes < 2 {
         return fixed_only(config);
     }
-    let (featurizer, linear) = fit_linear(&fit_texts, &fit_labels, classes, config);
+    let fit_dense = dense.map(|d| Dense {
+        vectors: &fit_dense,
+        weight: d.weight,
+    });
+    let (featurizer, linear) = fit_linear(&fit_texts, fit_dense, &fit_labels, classes, config);
     let held: Vec<HeldOut> = held_rows
         .iter()
-        .map(|(text, label)| HeldOut {
-            scores: linear.scores(&featurizer.transform_normalized(text)),
-            label: *label,
+        .map(|&(row, label)| {
+            let mut x = featurizer.transform_normalized(&cleaned.texts[row]);
+            if let Some(d) = dense {
+                append_dense(&mut x, d.vectors[row], d.weight);
+            }
+            HeldOut {
+                scores: linear.scores(&x),
+                label,
+            }
         })
         .collect();
     let objective = RuleObjective {
@@ -271,12 +306,56 @@ impl IntentModel {
     /// Train a model (and its calibration) on labelled rows. The calibration
     /// fit and the final fit run side by side on the rayon pool.
     pub fn train(rows: &[Example], config: &ModelConfig) -> Result<IntentModel, IntentError> {
+        IntentModel::train_inner(rows, config, None)
+    }
+
+    /// Train with each row's sentence embedding appended to its sparse
+    /// features (scaled by the store's [`DenseSpec::weight`]). Every row's
+    /// normalised text must have a vector in `embeddings`
+    /// ([`EmbeddingStore::ensure`] computes the missing ones); nothing is
+    /// encoded here.
+    pub fn train_with_embeddings(
+        rows: &[Example],
+        config: &ModelConfig,
+        embeddings: &EmbeddingStore,
+    ) -> Result<IntentModel, IntentError> {
+        IntentModel::train_inner(rows, config, Some(embeddings))
+    }
+
+    fn train_inner(
+        rows: &[Example],
+        config: &ModelConfig,
+        embeddings: Option<&EmbeddingStore>,
+    ) -> Result<IntentModel, IntentError> {
         let (cleaned, mut report) = clean(rows, config.features.max_chars)?;
         let texts: Vec<&str> = cleaned.texts.iter().map(String::as_str).collect();
         let classes = cleaned.intents.len();
+        let (spec, vectors) = match embeddings {
+            None => (None, Vec::new()),
+            Some(store) => {
+                let spec = store.spec().ok_or_else(|| {
+                    IntentError::Encoding("the embedding store has no encoder spec".into())
+                })?;
+                let vectors = texts
+                    .iter()
+                    .map(|t| {
+                        store.get(t).ok_or_else(|| {
+                            IntentError::Encoding(format!(
+                                "no stored embedding for the training text {t:?}"
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<&[f32]>, IntentError>>()?;
+                (Some(spec), vectors)
+            }
+        };
+        let dense = spec.map(|s| Dense {
+            vectors: &vectors,
+            weight: s.weight,
+        });
         let (calibration, (featurizer, linear)) = rayon::join(
-            || calibrate(&cleaned, config),
-            || fit_linear(&texts, &cleaned.labels, classes, config),
+            || calibrate(&cleaned, dense, config),
+            || fit_linear(&texts, dense, &cleaned.labels, classes, config),
         );
         report.feature_columns = linear.columns();
         Ok(IntentModel {
@@ -285,12 +364,43 @@ impl IntentModel {
             linear,
             calibration,
             report,
+            dense: spec,
         })
+    }
+
+    /// The sentence embedding this model expects beside the sparse
+    /// features, if it was trained with one.
+    pub fn dense_spec(&self) -> Option<DenseSpec> {
+        self.dense
+    }
+
+    /// Attach the spec saved beside the model (see [`crate::persist`]).
+    pub(crate) fn set_dense_spec(&mut self, spec: Option<DenseSpec>) {
+        self.dense = spec;
+    }
+
+    /// The feature vector of a normalised question: its sparse features,
+    /// plus its sentence embedding when the model was trained with one
+    /// (`embedding` is then required; without it the dense part counts as zero).
+    pub fn features(&self, normalized: &str, embedding: Option<&[f32]>) -> SparseVector {
+        let mut x = self.featurizer.transform_normalized(normalized);
+        if let (Some(spec), Some(e)) = (self.dense, embedding) {
+            append_dense(&mut x, e, spec.weight);
+        }
+        x
     }
 
     /// Check that the parts of a decoded model fit together.
     pub fn validate(&self) -> Result<(), String> {
         self.featurizer.validate()?;
+        if let Some(spec) = self.dense {
+            if !(1..=1 << 16).contains(&spec.dim) || !spec.weight.is_finite() {
+                return Err(format!(
+                    "embedding dimension {} with weight {}",
+                    spec.dim, spec.weight
+                ));
+            }
+        }
         self.linear.validate()?;
         if self.intents.len() != self.linear.classes() || self.intents.len() < 2 {
             return Err(format!(
@@ -336,7 +446,10 @@ impl IntentModel {
         Scored { ranked }
     }
 
-    /// Calibrated probabilities for a normalised question, best first.
+    /// Calibrated probabilities for a normalised question, best first, from
+    /// its sparse features alone. A model trained with sentence embeddings
+    /// wants [`IntentModel::score_vector`] of [`IntentModel::features`] with
+    /// the question's embedding instead (here its dense part counts as zero).
     pub fn score_normalized(&self, normalized: &str) -> Scored {
         self.score_vector(&self.featurizer.transform_normalized(normalized))
     }
@@ -385,6 +498,7 @@ mod tests {
             model,
             memory: Vec::new(),
             kb: Default::default(),
+            embeddings: None,
         };
         let bytes = encode(&saved).unwrap();
         assert!(matches!(

@@ -10,29 +10,40 @@
 //! part by part before use (see [`KnowledgeBase::from_saved`]).
 //!
 //! Format 2 stores the KB's embedded points and its HNSW graph, so a 100,000
-//! entry KB loads without being re-indexed (see the crate README). A format 1
-//! file (the KB as bare entries) is refused with
-//! [`IntentError::UnsupportedVersion`]: its model types have changed too, so
-//! retrain from the shop's rows.
+//! entry KB loads without being re-indexed (see the crate README). Format 3
+//! adds the sentence embeddings (feature `embeddings`): every training row's
+//! vector with the fingerprint of the encoder that computed it, and the
+//! encoder's spec beside the KB's points, so a loaded agent retrains without
+//! encoding a row again. Format 2 files (and KB format 1 files) still load,
+//! as agents without embeddings. A format 1 file (the KB as bare entries) is
+//! refused with [`IntentError::UnsupportedVersion`]: its model types have
+//! changed too, so retrain from the shop's rows.
+//!
+//! A file with embeddings needs the encoder it was trained with
+//! ([`IntentAgent::load_with_encoder`]); without one it is
+//! [`IntentError::EncoderRequired`], with another
+//! [`IntentError::EncoderMismatch`].
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentConfig, IntentAgent};
+use crate::encoder::{EmbeddingStore, SavedEmbeddings, TextEncoder};
 use crate::error::IntentError;
-use crate::kb::{KnowledgeBase, SavedKb};
+use crate::kb::{KnowledgeBase, SavedKb, SavedKbV1};
 use crate::memory::Memory;
 use crate::model::{Example, IntentModel};
 
 /// The first bytes of every cs-intent agent file.
 pub const MAGIC: [u8; 8] = *b"CSINTENT";
 /// The agent format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// The first bytes of a knowledge-base file ([`KnowledgeBase::save`]).
 pub const KB_MAGIC: [u8; 8] = *b"CSINTKB\0";
 /// The knowledge-base format version this build writes and reads.
-pub const KB_FORMAT_VERSION: u16 = 1;
+pub const KB_FORMAT_VERSION: u16 = 2;
 const HEADER_LEN: usize = 8 + 2 + 8 + 4;
 
 /// What an agent file holds.
@@ -48,6 +59,31 @@ pub struct SavedAgent {
     pub memory: Vec<(Example, usize)>,
     /// The knowledge base with its index.
     pub kb: SavedKb,
+    /// Every training row's sentence embedding, when the agent has an encoder.
+    pub embeddings: Option<SavedEmbeddings>,
+}
+
+/// What a format 2 agent file holds (no sentence embeddings).
+#[derive(Deserialize)]
+struct SavedAgentV2 {
+    config: AgentConfig,
+    rows: Vec<Example>,
+    model: IntentModel,
+    memory: Vec<(Example, usize)>,
+    kb: SavedKbV1,
+}
+
+impl From<SavedAgentV2> for SavedAgent {
+    fn from(v2: SavedAgentV2) -> SavedAgent {
+        SavedAgent {
+            config: v2.config,
+            rows: v2.rows,
+            model: v2.model,
+            memory: v2.memory,
+            kb: v2.kb.into(),
+            embeddings: None,
+        }
+    }
 }
 
 /// Frame a payload: magic, version, length, checksum.
@@ -149,10 +185,19 @@ impl KnowledgeBase {
     }
 
     /// Decode a KB written by [`KnowledgeBase::to_bytes`]; its graph is
-    /// restored, not rebuilt.
+    /// restored, not rebuilt. A KB saved with sentence embeddings needs
+    /// [`KnowledgeBase::from_bytes_with_encoder`].
     pub fn from_bytes(bytes: &[u8]) -> Result<KnowledgeBase, IntentError> {
-        let (_, payload) = unframe(&KB_MAGIC, &[KB_FORMAT_VERSION], bytes)?;
-        KnowledgeBase::from_saved(decode_payload(payload)?)
+        KnowledgeBase::from_saved_with(decode_kb(bytes)?, None)
+    }
+
+    /// Decode a KB saved with sentence embeddings, with the encoder it was
+    /// built with.
+    pub fn from_bytes_with_encoder(
+        bytes: &[u8],
+        encoder: Arc<dyn TextEncoder>,
+    ) -> Result<KnowledgeBase, IntentError> {
+        KnowledgeBase::from_saved_with(decode_kb(bytes)?, Some(encoder))
     }
 
     /// Save the KB to a file; returns the number of bytes written.
@@ -163,6 +208,21 @@ impl KnowledgeBase {
     /// Load a KB saved with [`KnowledgeBase::save`].
     pub fn load(path: impl AsRef<Path>) -> Result<KnowledgeBase, IntentError> {
         KnowledgeBase::from_bytes(&read_file(path.as_ref())?)
+    }
+
+    /// Load a KB saved with sentence embeddings, with its encoder.
+    pub fn load_with_encoder(
+        path: impl AsRef<Path>,
+        encoder: Arc<dyn TextEncoder>,
+    ) -> Result<KnowledgeBase, IntentError> {
+        KnowledgeBase::from_bytes_with_encoder(&read_file(path.as_ref())?, encoder)
+    }
+}
+
+fn decode_kb(bytes: &[u8]) -> Result<SavedKb, IntentError> {
+    match unframe(&KB_MAGIC, &[1, KB_FORMAT_VERSION], bytes)? {
+        (1, payload) => Ok(decode_payload::<SavedKbV1>(payload)?.into()),
+        (_, payload) => decode_payload(payload),
     }
 }
 
@@ -182,26 +242,73 @@ impl IntentAgent {
                 .map(|e| (e.example.clone(), e.row))
                 .collect(),
             kb: shared.kb.read().to_saved()?,
+            embeddings: shared.embeddings.lock().to_saved(),
         };
         encode(&saved)
     }
 
-    /// Decode an agent written by [`IntentAgent::to_bytes`].
+    /// Decode an agent written by [`IntentAgent::to_bytes`]. An agent saved
+    /// with sentence embeddings needs [`IntentAgent::from_bytes_with_encoder`].
     pub fn from_bytes(bytes: &[u8]) -> Result<IntentAgent, IntentError> {
-        let (_, payload) = unframe(&MAGIC, &[FORMAT_VERSION], bytes)?;
-        let saved: SavedAgent = decode_payload(payload)?;
+        IntentAgent::decode(bytes, None)
+    }
+
+    /// Decode an agent saved with sentence embeddings, with the encoder it
+    /// was trained with (checked by fingerprint). Its stored vectors are
+    /// reused: nothing is encoded until new rows arrive. An agent saved
+    /// without embeddings gets the encoder for its next retrain.
+    pub fn from_bytes_with_encoder(
+        bytes: &[u8],
+        encoder: Arc<dyn TextEncoder>,
+    ) -> Result<IntentAgent, IntentError> {
+        IntentAgent::decode(bytes, Some(encoder))
+    }
+
+    fn decode(
+        bytes: &[u8],
+        encoder: Option<Arc<dyn TextEncoder>>,
+    ) -> Result<IntentAgent, IntentError> {
+        let mut saved: SavedAgent = match unframe(&MAGIC, &[2, FORMAT_VERSION], bytes)? {
+            (2, payload) => decode_payload::<SavedAgentV2>(payload)?.into(),
+            (_, payload) => decode_payload(payload)?,
+        };
+        let store = match saved.embeddings {
+            None => None,
+            Some(embeddings) => {
+                let store = EmbeddingStore::from_saved(embeddings)?;
+                let encoder = encoder.as_deref().ok_or(IntentError::EncoderRequired)?;
+                store.check_encoder(encoder)?;
+                Some(store)
+            }
+        };
+        saved
+            .model
+            .set_dense_spec(store.as_ref().and_then(|s| s.spec()));
         saved.model.validate().map_err(IntentError::Decode)?;
         let mut memory = Memory::default();
         for (example, row) in saved.memory {
             memory.push(example, row, saved.model.featurizer());
         }
-        let kb = KnowledgeBase::from_saved(saved.kb)?;
+        let kb = KnowledgeBase::from_saved_with(saved.kb, encoder.clone())?;
+        let store = match (store, &encoder) {
+            (Some(store), _) => store,
+            // Saved without embeddings, loaded with an encoder: the next
+            // retrain encodes the rows and appends their vectors.
+            (None, Some(encoder)) => EmbeddingStore::new(crate::encoder::DenseSpec {
+                dim: encoder.dim() as u32,
+                fingerprint: encoder.fingerprint(),
+                weight: crate::agent::Embeddings::DEFAULT_WEIGHT,
+            }),
+            (None, None) => EmbeddingStore::default(),
+        };
         Ok(IntentAgent::assemble(
             saved.config,
             saved.rows,
             saved.model,
             memory,
             kb,
+            encoder,
+            store,
         ))
     }
 
@@ -213,6 +320,15 @@ impl IntentAgent {
     /// Load an agent saved with [`IntentAgent::save`].
     pub fn load(path: impl AsRef<Path>) -> Result<IntentAgent, IntentError> {
         IntentAgent::from_bytes(&read_file(path.as_ref())?)
+    }
+
+    /// Load an agent saved with sentence embeddings, with its encoder (see
+    /// [`IntentAgent::from_bytes_with_encoder`]).
+    pub fn load_with_encoder(
+        path: impl AsRef<Path>,
+        encoder: Arc<dyn TextEncoder>,
+    ) -> Result<IntentAgent, IntentError> {
+        IntentAgent::from_bytes_with_encoder(&read_file(path.as_ref())?, encoder)
     }
 }
 
@@ -231,6 +347,86 @@ mod tests {
                 found: 1,
                 supported: FORMAT_VERSION
             })
+        ));
+    }
+
+    /// A format 2 agent file (written before sentence embeddings) still
+    /// loads. Without embeddings the format 3 payload is the format 2 one
+    /// plus two `None` tags at its end: the KB's encoder spec (the KB is the
+    /// last but one field) and the stored embeddings.
+    #[test]
+    fn format_2_agent_and_format_1_kb_files_still_load() {
+        let rows = vec![
+            Example::new("where is my parcel", "track"),
+            Example::new("track my order", "track"),
+            Example::new("refund please", "refund"),
+            Example::new("money back", "refund"),
+        ];
+        let agent = IntentAgent::train(
+            rows,
+            AgentConfig {
+                background_retrain: false,
+                ..AgentConfig::default()
+            },
+        )
+        .unwrap();
+        let bytes = agent.to_bytes().unwrap();
+        let payload = &bytes[HEADER_LEN..];
+        assert_eq!(payload[payload.len() - 2..], [0, 0]);
+        let v2 = frame(&MAGIC, 2, &payload[..payload.len() - 2]);
+        let old = IntentAgent::from_bytes(&v2).unwrap();
+        assert_eq!(
+            old.predict("where is my parcel").unwrap().intent,
+            agent.predict("where is my parcel").unwrap().intent
+        );
+        assert_eq!(old.to_bytes().unwrap(), bytes);
+
+        let kb = KnowledgeBase::build(
+            KbConfig::default(),
+            vec![KbEntry {
+                id: "a".into(),
+                questions: vec!["where is my parcel".into()],
+                answer: "x".into(),
+                intent: None,
+                metadata: BTreeMap::new(),
+            }],
+        )
+        .unwrap();
+        let bytes = kb.to_bytes().unwrap();
+        let payload = &bytes[HEADER_LEN..];
+        let v1 = frame(&KB_MAGIC, 1, &payload[..payload.len() - 1]);
+        let old = KnowledgeBase::from_bytes(&v1).unwrap();
+        assert_eq!(old.search("parcel", 1)[0].entry.id, "a");
+    }
+
+    #[test]
+    fn stored_embeddings_of_the_wrong_size_are_a_decode_error() {
+        use crate::encoder::{DenseSpec, EmbeddingStore, SavedEmbeddings};
+        let spec = DenseSpec {
+            dim: 4,
+            fingerprint: 7,
+            weight: 2.0,
+        };
+        let good = SavedEmbeddings {
+            spec,
+            vectors: vec![("hello".into(), vec![0.5; 4])],
+        };
+        assert_eq!(EmbeddingStore::from_saved(good.clone()).unwrap().len(), 1);
+        let short = SavedEmbeddings {
+            vectors: vec![("hello".into(), vec![0.5; 3])],
+            ..good.clone()
+        };
+        assert!(matches!(
+            EmbeddingStore::from_saved(short),
+            Err(IntentError::Decode(_))
+        ));
+        let twice = SavedEmbeddings {
+            vectors: vec![("a".into(), vec![0.5; 4]), ("a".into(), vec![0.5; 4])],
+            ..good
+        };
+        assert!(matches!(
+            EmbeddingStore::from_saved(twice),
+            Err(IntentError::Decode(_))
         ));
     }
 
