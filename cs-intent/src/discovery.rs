@@ -46,7 +46,8 @@ impl Default for DiscoveryConfig {
 /// One suggested intent.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SuggestedIntent {
-    /// Indices (into the input) of every question in the group.
+    /// Indices (into the input) of every question in the group, the
+    /// closest to the group's centre first.
     pub members: Vec<usize>,
     /// The questions closest to the group's centre, most typical first.
     pub examples: Vec<String>,
@@ -75,6 +76,35 @@ fn readable_terms(normalized: &str) -> Vec<String> {
     out
 }
 
+/// Unit-length dense vectors for `texts`: TF-IDF fitted on the texts
+/// themselves (character 1–3-grams and words), folded into `dim` (at least
+/// 16) dimensions by signed hashing. Row `i` is `texts[i]`; the dot product
+/// of two rows is their cosine similarity. Discovery clusters these, and
+/// [`crate::history`] picks an answer medoid with them.
+pub fn embed<S: AsRef<str>>(texts: &[S], dim: usize) -> Array2<f64> {
+    let features = FeatureConfig {
+        char_ngram_max: 3,
+        ..FeatureConfig::default()
+    };
+    let featurizer = Featurizer::fit(features, texts);
+    let dim = dim.max(16);
+    let mut data = Array2::<f64>::zeros((texts.len(), dim));
+    for (i, q) in texts.iter().enumerate() {
+        let x = featurizer.transform(q.as_ref());
+        let mut row = data.row_mut(i);
+        for (index, value) in x.indices.iter().zip(&x.values) {
+            // Signed folding keeps the inner products of the sparse vectors on average.
+            let sign = if index & 0x8_0000 == 0 { 1.0 } else { -1.0 };
+            row[*index as usize % dim] += sign * f64::from(*value);
+        }
+        let norm = row.dot(&row).sqrt();
+        if norm > 0.0 {
+            row.mapv_inplace(|v| v / norm);
+        }
+    }
+    data
+}
+
 /// Group questions into suggested intents, largest group first.
 pub fn discover<S: AsRef<str>>(
     questions: &[S],
@@ -94,26 +124,7 @@ pub fn discover<S: AsRef<str>>(
             "need at least 2 groups and at least as many questions as groups".into(),
         ));
     }
-    let features = FeatureConfig {
-        char_ngram_max: 3,
-        ..FeatureConfig::default()
-    };
-    let featurizer = Featurizer::fit(features, questions);
-    let dim = config.dim.max(16);
-    let mut data = Array2::<f64>::zeros((n, dim));
-    for (i, q) in questions.iter().enumerate() {
-        let x = featurizer.transform(q.as_ref());
-        let mut row = data.row_mut(i);
-        for (index, value) in x.indices.iter().zip(&x.values) {
-            // Signed folding keeps the inner products of the sparse vectors on average.
-            let sign = if index & 0x8_0000 == 0 { 1.0 } else { -1.0 };
-            row[*index as usize % dim] += sign * f64::from(*value);
-        }
-        let norm = row.dot(&row).sqrt();
-        if norm > 0.0 {
-            row.mapv_inplace(|v| v / norm);
-        }
-    }
+    let data = embed(questions, config.dim);
     let dataset = DatasetBase::from(data.clone());
     let model = KMeans::params(k)
         .n_runs(config.runs.max(1))
@@ -178,7 +189,7 @@ pub fn discover<S: AsRef<str>>(
                 .take(config.keywords)
                 .map(|(t, _)| t.to_string())
                 .collect(),
-            members,
+            members: by_closeness.iter().map(|&(i, _)| i).collect(),
             examples,
             cohesion,
         });
