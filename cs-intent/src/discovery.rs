@@ -29,6 +29,10 @@ pub struct DiscoveryConfig {
     pub keywords: usize,
     /// k-means restarts (the best inertia wins).
     pub runs: usize,
+    /// k-means iterations per restart at most: each costs
+    /// `questions × clusters × dim` multiply-adds, so a big history wants
+    /// fewer (see [`crate::history::HistoryConfig`]).
+    pub max_iterations: u64,
 }
 
 impl Default for DiscoveryConfig {
@@ -39,6 +43,7 @@ impl Default for DiscoveryConfig {
             examples: 5,
             keywords: 3,
             runs: 4,
+            max_iterations: 200,
         }
     }
 }
@@ -105,30 +110,57 @@ pub fn embed<S: AsRef<str>>(texts: &[S], dim: usize) -> Array2<f64> {
     data
 }
 
+/// The number of groups for `n` questions, or why there cannot be any.
+fn check_groups(n: usize, config: &DiscoveryConfig) -> Result<usize, IntentError> {
+    let k = config
+        .clusters
+        .unwrap_or_else(|| ((n as f64 / 2.0).sqrt().round() as usize).clamp(2, 50));
+    if k < 2 || k > n {
+        return Err(IntentError::Discovery {
+            questions: n,
+            clusters: k,
+            reason: "need at least 2 groups and at least as many questions as groups".into(),
+        });
+    }
+    Ok(k)
+}
+
 /// Group questions into suggested intents, largest group first.
 pub fn discover<S: AsRef<str>>(
     questions: &[S],
     config: &DiscoveryConfig,
 ) -> Result<Vec<SuggestedIntent>, IntentError> {
+    // The checks run before the (costly) embedding too.
+    check_groups(questions.len(), config)?;
+    discover_embedded(questions, embed(questions, config.dim), config)
+}
+
+/// [`discover`] over vectors the caller made (one unit-length row per
+/// question, such as [`embed`]'s, maybe with more features appended):
+/// `questions` still give the examples and keywords. `config.dim` is
+/// unused here.
+pub fn discover_embedded<S: AsRef<str>>(
+    questions: &[S],
+    data: Array2<f64>,
+    config: &DiscoveryConfig,
+) -> Result<Vec<SuggestedIntent>, IntentError> {
     let n = questions.len();
-    let k = config
-        .clusters
-        .unwrap_or_else(|| ((n as f64 / 2.0).sqrt().round() as usize).clamp(2, 50));
+    let k = check_groups(n, config)?;
     let fail = |reason: String| IntentError::Discovery {
         questions: n,
         clusters: k,
         reason,
     };
-    if k < 2 || k > n {
-        return Err(fail(
-            "need at least 2 groups and at least as many questions as groups".into(),
-        ));
+    if data.nrows() != n {
+        return Err(fail(format!(
+            "{} vectors for {n} questions; give one row per question",
+            data.nrows()
+        )));
     }
-    let data = embed(questions, config.dim);
     let dataset = DatasetBase::from(data.clone());
     let model = KMeans::params(k)
         .n_runs(config.runs.max(1))
-        .max_n_iterations(200)
+        .max_n_iterations(config.max_iterations.max(1))
         .tolerance(1e-5)
         .fit(&dataset)
         .map_err(|e| fail(e.to_string()))?;
