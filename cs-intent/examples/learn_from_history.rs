@@ -18,7 +18,7 @@
 //! ```text
 //! cargo run --release -p cs-intent --example learn_from_history -- \
 //!     --train ../shared/data/banking77/train.csv --test ../shared/data/banking77/test.csv \
-//!     [--clusters 154] [--history-out history.jsonl]
+//!     [--clusters 154] [--answer-weight 1] [--history-out history.jsonl]
 //! ```
 //!
 //! "Right" is the bot's reply being the test row's intent's answer; a
@@ -51,6 +51,10 @@ struct Args {
     /// Groups to suggest (default: two per intent of the training file).
     #[arg(long)]
     clusters: Option<usize>,
+    /// How much the agents' answers count in grouping
+    /// (`HistoryConfig::answer_weight`; 0 groups by the questions alone).
+    #[arg(long)]
+    answer_weight: Option<f64>,
     /// Keep the generated history here (default: a temporary file).
     #[arg(long)]
     history_out: Option<PathBuf>,
@@ -199,9 +203,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let history = History::from_path(&path, &mut show)?;
     let import_time = started.elapsed();
     let clusters = args.clusters.unwrap_or(intents.len() * 2);
+    let defaults = HistoryConfig::default();
     let config = HistoryConfig {
         clusters: Some(clusters),
-        ..HistoryConfig::default()
+        answer_weight: args.answer_weight.unwrap_or(defaults.answer_weight),
+        ..defaults
     };
     let started = Instant::now();
     let suggestions = suggest(&history, &config, &mut show)?;
@@ -278,6 +284,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "test_rows": n,
         "history_questions": history.pairs.len(),
         "clusters": clusters,
+        "answer_weight": config.answer_weight,
         "suggestions": review.accepted().len() + review.rejected() as usize,
         "accepted": accepted,
         "accepted_merged": merged,

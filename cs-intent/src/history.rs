@@ -358,6 +358,13 @@ pub struct HistoryConfig {
     /// `keywords` are taken from the fields above; `dim` is each half's,
     /// question and answer).
     pub discovery: DiscoveryConfig,
+    /// A history of more than this many questions × groups is big: it is
+    /// grouped with `big_discovery`'s knobs instead, since a k-means
+    /// iteration costs that product times the dimension.
+    pub big: usize,
+    /// The knobs for a big history: fewer restarts, iterations and
+    /// dimensions.
+    pub big_discovery: DiscoveryConfig,
 }
 
 impl Default for HistoryConfig {
@@ -369,10 +376,12 @@ impl Default for HistoryConfig {
             min_size: 2,
             max_questions: 500,
             answer_weight: 1.0,
+            discovery: DiscoveryConfig::default(),
+            big: 200_000,
             // Two k-means runs of at most 30 iterations over 128-dimension
             // halves: discovery's defaults (4 × 200 over 512) took over ten
             // minutes on a 10k-question history of 154 groups.
-            discovery: DiscoveryConfig {
+            big_discovery: DiscoveryConfig {
                 dim: 128,
                 runs: 2,
                 max_iterations: 30,
@@ -435,7 +444,11 @@ pub fn suggest(
         clusters: Some(groups),
         examples: config.representatives,
         keywords: config.keywords,
-        ..config.discovery.clone()
+        ..if n.saturating_mul(groups) > config.big {
+            config.big_discovery.clone()
+        } else {
+            config.discovery.clone()
+        }
     };
     let mut vectors = embed(&questions, discovery.dim);
     if config.answer_weight > 0.0 {
@@ -464,7 +477,7 @@ pub fn suggest(
             .iter()
             .map(|&i| history.pairs[i].answer.as_str())
             .collect();
-        let (answer, answer_count) = typical_answer(&answers, config.discovery.dim);
+        let (answer, answer_count) = typical_answer(&answers, discovery.dim);
         let mut seen = std::collections::HashSet::new();
         let learn: Vec<String> = group
             .members

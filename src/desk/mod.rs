@@ -51,6 +51,7 @@ mod builder;
 mod cluster;
 mod consoles;
 pub mod error;
+pub mod history;
 mod hooks;
 mod http;
 pub mod identity;
@@ -81,6 +82,7 @@ pub use attachments::{
 pub use builder::ServiceDeskBuilder;
 pub use cluster::{Cluster, ClusterConfig};
 pub use error::{BuildError, ClusterError, DeskError, ErrorKind, PresenceError, RoutingError};
+pub use history::HistoryDeskError;
 pub use http::{ApiError, AuthAgent, AuthVisitor, ClientIp};
 pub use identity::{Customer, GuestsOnly, Identity, IdentityError};
 pub use limits::{LimitSettings, Limited, Rate};
