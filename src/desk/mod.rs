@@ -34,6 +34,8 @@
 //!   the limits on them (`UploadLimits`).
 //! - `quotas`: files and bytes per visitor per day and per conversation.
 //! - `retention`: the sweep that removes files past their retention.
+//! - [`history`]: suggestions learned from past conversations, reviewed by
+//!   supervisors and taught to the bot; kept in the host's history file.
 //! - [`reports`]: what the desk and the bot achieved per day, from the
 //!   store's counters, and the visitors' ratings.
 //! - `routing`: the message path's events to the router and back.
