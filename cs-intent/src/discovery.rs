@@ -29,6 +29,10 @@ pub struct DiscoveryConfig {
     pub keywords: usize,
     /// k-means restarts (the best inertia wins).
     pub runs: usize,
+    /// k-means iterations per restart at most: each costs
+    /// `questions × clusters × dim` multiply-adds, so a big history wants
+    /// fewer (see [`crate::history::HistoryConfig`]).
+    pub max_iterations: u64,
 }
 
 impl Default for DiscoveryConfig {
@@ -39,6 +43,7 @@ impl Default for DiscoveryConfig {
             examples: 5,
             keywords: 3,
             runs: 4,
+            max_iterations: 200,
         }
     }
 }
@@ -46,7 +51,8 @@ impl Default for DiscoveryConfig {
 /// One suggested intent.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SuggestedIntent {
-    /// Indices (into the input) of every question in the group.
+    /// Indices (into the input) of every question in the group, the
+    /// closest to the group's centre first.
     pub members: Vec<usize>,
     /// The questions closest to the group's centre, most typical first.
     pub examples: Vec<String>,
@@ -75,33 +81,20 @@ fn readable_terms(normalized: &str) -> Vec<String> {
     out
 }
 
-/// Group questions into suggested intents, largest group first.
-pub fn discover<S: AsRef<str>>(
-    questions: &[S],
-    config: &DiscoveryConfig,
-) -> Result<Vec<SuggestedIntent>, IntentError> {
-    let n = questions.len();
-    let k = config
-        .clusters
-        .unwrap_or_else(|| ((n as f64 / 2.0).sqrt().round() as usize).clamp(2, 50));
-    let fail = |reason: String| IntentError::Discovery {
-        questions: n,
-        clusters: k,
-        reason,
-    };
-    if k < 2 || k > n {
-        return Err(fail(
-            "need at least 2 groups and at least as many questions as groups".into(),
-        ));
-    }
+/// Unit-length dense vectors for `texts`: TF-IDF fitted on the texts
+/// themselves (character 1–3-grams and words), folded into `dim` (at least
+/// 16) dimensions by signed hashing. Row `i` is `texts[i]`; the dot product
+/// of two rows is their cosine similarity. Discovery clusters these, and
+/// [`crate::history`] picks an answer medoid with them.
+pub fn embed<S: AsRef<str>>(texts: &[S], dim: usize) -> Array2<f64> {
     let features = FeatureConfig {
         char_ngram_max: 3,
         ..FeatureConfig::default()
     };
-    let featurizer = Featurizer::fit(features, questions);
-    let dim = config.dim.max(16);
-    let mut data = Array2::<f64>::zeros((n, dim));
-    for (i, q) in questions.iter().enumerate() {
+    let featurizer = Featurizer::fit(features, texts);
+    let dim = dim.max(16);
+    let mut data = Array2::<f64>::zeros((texts.len(), dim));
+    for (i, q) in texts.iter().enumerate() {
         let x = featurizer.transform(q.as_ref());
         let mut row = data.row_mut(i);
         for (index, value) in x.indices.iter().zip(&x.values) {
@@ -114,10 +107,60 @@ pub fn discover<S: AsRef<str>>(
             row.mapv_inplace(|v| v / norm);
         }
     }
+    data
+}
+
+/// The number of groups for `n` questions, or why there cannot be any.
+fn check_groups(n: usize, config: &DiscoveryConfig) -> Result<usize, IntentError> {
+    let k = config
+        .clusters
+        .unwrap_or_else(|| ((n as f64 / 2.0).sqrt().round() as usize).clamp(2, 50));
+    if k < 2 || k > n {
+        return Err(IntentError::Discovery {
+            questions: n,
+            clusters: k,
+            reason: "need at least 2 groups and at least as many questions as groups".into(),
+        });
+    }
+    Ok(k)
+}
+
+/// Group questions into suggested intents, largest group first.
+pub fn discover<S: AsRef<str>>(
+    questions: &[S],
+    config: &DiscoveryConfig,
+) -> Result<Vec<SuggestedIntent>, IntentError> {
+    // The checks run before the (costly) embedding too.
+    check_groups(questions.len(), config)?;
+    discover_embedded(questions, embed(questions, config.dim), config)
+}
+
+/// [`discover`] over vectors the caller made (one unit-length row per
+/// question, such as [`embed`]'s, maybe with more features appended):
+/// `questions` still give the examples and keywords. `config.dim` is
+/// unused here.
+pub fn discover_embedded<S: AsRef<str>>(
+    questions: &[S],
+    data: Array2<f64>,
+    config: &DiscoveryConfig,
+) -> Result<Vec<SuggestedIntent>, IntentError> {
+    let n = questions.len();
+    let k = check_groups(n, config)?;
+    let fail = |reason: String| IntentError::Discovery {
+        questions: n,
+        clusters: k,
+        reason,
+    };
+    if data.nrows() != n {
+        return Err(fail(format!(
+            "{} vectors for {n} questions; give one row per question",
+            data.nrows()
+        )));
+    }
     let dataset = DatasetBase::from(data.clone());
     let model = KMeans::params(k)
         .n_runs(config.runs.max(1))
-        .max_n_iterations(200)
+        .max_n_iterations(config.max_iterations.max(1))
         .tolerance(1e-5)
         .fit(&dataset)
         .map_err(|e| fail(e.to_string()))?;
@@ -178,7 +221,7 @@ pub fn discover<S: AsRef<str>>(
                 .take(config.keywords)
                 .map(|(t, _)| t.to_string())
                 .collect(),
-            members,
+            members: by_closeness.iter().map(|&(i, _)| i).collect(),
             examples,
             cohesion,
         });

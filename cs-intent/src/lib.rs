@@ -38,6 +38,10 @@
 //!   cache, stats.
 //! - [`persist`][]: save/load the whole agent, or a KB alone (magic, format
 //!   version, CRC-32).
+//! - [`history`][]: learning from past conversations: a JSONL file of
+//!   visitor and agent turns becomes suggested FAQ entries (questions
+//!   grouped by discovery, the agents' typical answer); a [`history::Review`]
+//!   accepts, edits or rejects each, teaching the [`faq::FaqBot`] at once.
 //! - [`dataset`][]: reading `text,category` CSV files.
 //! - [`error`][]: [`IntentError`], every failure as a typed error.
 //! - [`faq`][]: a FAQ bot from a JSON file: [`faq::Faq`] parses and checks it,
@@ -87,6 +91,7 @@ pub mod discovery;
 pub mod encoder;
 pub mod error;
 pub mod faq;
+pub mod history;
 pub mod kb;
 mod kb_graph;
 pub mod memory;

@@ -433,6 +433,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
         .bot(Arc::new(bot))
         .data_hub(Arc::clone(&shop.hub))
         .attachments(FsAttachments::new(args.data_dir.join("uploads"))?)
+        // The review of suggestions from uploaded history, and what the bot learned from it.
+        .history_file(args.data_dir.join("history-review.json"))
         .settings(settings);
     let (desk, store) = storage::open(args.database.as_deref(), &args.data_dir, desk).await?;
     tracing::info!(%store, "store ready");

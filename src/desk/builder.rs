@@ -23,6 +23,7 @@ use super::attachments::Attachments;
 use super::cluster::ClusterConfig;
 use super::consoles::Consoles;
 use super::error::BuildError;
+use super::history::HistoryReview;
 use super::hooks::{BotHook, PreviewHook};
 use super::identity::{GuestsOnly, Identity};
 use super::limits::Limits;
@@ -58,6 +59,7 @@ pub struct ServiceDeskBuilder {
     settings: DeskSettings,
     cluster: Option<ClusterConfig>,
     node: Option<NodeId>,
+    history_file: Option<std::path::PathBuf>,
 }
 
 impl ServiceDeskBuilder {
@@ -75,6 +77,7 @@ impl ServiceDeskBuilder {
             settings: DeskSettings::default(),
             cluster: None,
             node: None,
+            history_file: None,
         }
     }
 
@@ -118,6 +121,16 @@ impl ServiceDeskBuilder {
     /// The shop's systems, for the console's profile and orders panel.
     pub fn data_hub(mut self, hub: Arc<DataHub>) -> Self {
         self.hub = Some(hub);
+        self
+    }
+
+    /// Where the review of suggestions learned from past conversations is
+    /// kept ([`crate::desk::history`]): a JSON file, rewritten after every
+    /// upload, acceptance and rejection, and read back at build, its
+    /// accepted suggestions taught again to the bot. Default: none, the
+    /// review is in memory only.
+    pub fn history_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.history_file = Some(path.into());
         self
     }
 
@@ -174,7 +187,16 @@ impl ServiceDeskBuilder {
             settings,
             cluster: cluster_config,
             node,
+            history_file,
         } = self;
+        // Before the first visitor: the bot learns again what was accepted.
+        let history = match &bot {
+            Some(bot) => Some(Arc::new(HistoryReview::open(
+                Arc::clone(bot),
+                history_file,
+            )?)),
+            None => None,
+        };
         let (store, queries, reports) = store.unwrap_or_else(|| {
             let memory = Arc::new(MemoryStore::new());
             (
@@ -290,6 +312,7 @@ impl ServiceDeskBuilder {
             revocations: Revocations::default(),
             limits,
             bot,
+            history,
             hub,
             attachments,
             uploads,

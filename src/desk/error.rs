@@ -236,4 +236,7 @@ pub enum BuildError {
     /// The cluster could not be joined.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The history review file could not be loaded or replayed.
+    #[error(transparent)]
+    History(#[from] super::history::HistoryDeskError),
 }

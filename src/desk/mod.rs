@@ -34,6 +34,8 @@
 //!   the limits on them (`UploadLimits`).
 //! - `quotas`: files and bytes per visitor per day and per conversation.
 //! - `retention`: the sweep that removes files past their retention.
+//! - [`history`]: suggestions learned from past conversations, reviewed by
+//!   supervisors and taught to the bot; kept in the host's history file.
 //! - [`reports`]: what the desk and the bot achieved per day, from the
 //!   store's counters, and the visitors' ratings.
 //! - `routing`: the message path's events to the router and back.
@@ -51,6 +53,7 @@ mod builder;
 mod cluster;
 mod consoles;
 pub mod error;
+pub mod history;
 mod hooks;
 mod http;
 pub mod identity;
@@ -81,6 +84,7 @@ pub use attachments::{
 pub use builder::ServiceDeskBuilder;
 pub use cluster::{Cluster, ClusterConfig};
 pub use error::{BuildError, ClusterError, DeskError, ErrorKind, PresenceError, RoutingError};
+pub use history::HistoryDeskError;
 pub use http::{ApiError, AuthAgent, AuthVisitor, ClientIp};
 pub use identity::{Customer, GuestsOnly, Identity, IdentityError};
 pub use limits::{LimitSettings, Limited, Rate};

@@ -35,6 +35,10 @@ pub struct DeskSettings {
     pub ws: WsConfig,
     /// Largest upload. Default 10 MiB.
     pub max_upload_bytes: u64,
+    /// Largest history JSONL a supervisor may upload to learn from
+    /// (`POST api/agent/history`; see [`cs_intent::history`]). Default
+    /// 64 MiB, about 200,000 short conversations.
+    pub max_history_bytes: u64,
     /// Upload quotas per visitor and per conversation, and how long files
     /// are kept (see [`UploadLimits`] for the defaults).
     pub uploads: UploadLimits,
@@ -91,6 +95,7 @@ impl Default for DeskSettings {
             queue_delay_target: cs_transport::DispatcherConfig::default().queue_delay_target,
             ws: WsConfig::default(),
             max_upload_bytes: 10 * 1024 * 1024,
+            max_history_bytes: 64 * 1024 * 1024,
             uploads: UploadLimits::default(),
             console_interval: Duration::from_millis(250),
             queue_head: 20,

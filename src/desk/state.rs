@@ -19,6 +19,7 @@ use cs_transport::{ConnectionPool, Dispatcher, Metrics};
 use super::attachments::Attachments;
 use super::cluster::Cluster;
 use super::consoles::Consoles;
+use super::history::HistoryReview;
 use super::identity::Identity;
 use super::limits::Limits;
 use super::presence::AgentPresence;
@@ -48,6 +49,8 @@ pub(crate) struct DeskState {
     /// What one visitor, address or account may ask for.
     pub limits: Limits,
     pub bot: Option<Arc<FaqBot>>,
+    /// Suggestions from past conversations under review; with the bot.
+    pub history: Option<Arc<HistoryReview>>,
     pub hub: Option<Arc<DataHub>>,
     pub attachments: Option<Arc<dyn Attachments>>,
     /// What each visitor and conversation has uploaded (`settings.uploads`).

@@ -1,7 +1,10 @@
 //! [`FaqBot`]: an [`IntentAgent`] trained on a [`Faq`], deciding for each
 //! question whether to answer, ask which intent was meant, or hand off.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+use parking_lot::RwLock;
 
 use cs_core::{ConversationId, Seq};
 
@@ -113,9 +116,25 @@ pub struct FaqBot {
     faq: Faq,
     settings: FaqSettings,
     log: DecisionLog,
+    /// Intents taught after training ([`FaqBot::learn_intent`]), by name:
+    /// their answers and labels; their examples live in the agent's rows.
+    learned: RwLock<BTreeMap<String, FaqIntent>>,
     /// For a host's metrics.
     pub counters: FaqCounters,
 }
+
+/// What [`FaqBot::learn_intent`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LearnedIntent {
+    /// The agent's model version after the examples were added.
+    pub version: u64,
+    /// `true` when the name was already an intent (of the FAQ or learned
+    /// before): the examples were added to it and its answer kept.
+    pub merged: bool,
+}
+
+/// Examples kept with a learned intent for its clarification button label.
+const LABEL_EXAMPLES: usize = 3;
 
 impl std::fmt::Debug for FaqBot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,6 +168,7 @@ impl FaqBot {
             faq,
             settings,
             log: DecisionLog::default(),
+            learned: RwLock::new(BTreeMap::new()),
             counters: FaqCounters::default(),
         })
     }
@@ -172,7 +192,7 @@ impl FaqBot {
         }
         let prediction = self.agent.predict(question)?;
         let language = self.language_of(question);
-        let intent = self.faq.intent(&prediction.intent);
+        let intent = self.intent(&prediction.intent);
         let asked_for_person = intent.is_some_and(|i| i.action == FaqAction::Handoff);
         let unsure = prediction.decision == Decision::HandOff
             || prediction.confidence < self.settings.min_confidence;
@@ -371,9 +391,83 @@ impl FaqBot {
         self.faq.languages()
     }
 
-    /// Every intent of the FAQ, sorted.
+    /// Every intent, the FAQ's and those learned since, sorted.
     pub fn intent_names(&self) -> Vec<String> {
-        self.faq.intent_names()
+        let mut names = self.faq.intent_names();
+        names.extend(self.learned.read().keys().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Teaches the bot an intent it was not trained on, such as an accepted
+    /// suggestion from past conversations ([`crate::history`]): `examples`
+    /// are learned at once ([`IntentAgent::add_examples`]), `answer` is what
+    /// the bot says for it (in the answer's own language) and it joins the
+    /// knowledge base. When `name` is already an intent, of the FAQ or
+    /// learned before, the examples are added to that intent and its answer
+    /// is kept (`merged`).
+    ///
+    /// Learned intents are in memory: a host that restarts teaches them
+    /// again (the desk does, from its history file).
+    pub fn learn_intent(
+        &self,
+        name: &str,
+        answer: &str,
+        examples: &[String],
+    ) -> Result<LearnedIntent, FaqError> {
+        let name = name.trim();
+        let answer = answer.trim();
+        let examples: Vec<String> = examples
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if name.is_empty() {
+            return Err(FaqError::Invalid(
+                "a learned intent needs a name; give it one such as \"delivery_time\"".to_owned(),
+            ));
+        }
+        if examples.is_empty() {
+            return Err(FaqError::Invalid(format!(
+                "intent {name:?} needs at least one example question to learn from"
+            )));
+        }
+        let merged = self.intent(name).is_some();
+        if !merged && answer.is_empty() {
+            return Err(FaqError::Invalid(format!(
+                "the new intent {name:?} needs an answer text"
+            )));
+        }
+        let rows: Vec<Example> = examples.iter().map(|e| Example::new(e, name)).collect();
+        let version = self.agent.add_examples(rows)?;
+        if !merged {
+            let language = self.language_of(answer).to_owned();
+            let questions: Vec<String> = examples
+                .iter()
+                .filter(|e| self.language_of(e) == language)
+                .cloned()
+                .collect();
+            if !questions.is_empty() {
+                self.agent.kb_upsert(KbEntry {
+                    id: format!("{name}.{language}"),
+                    questions,
+                    answer: answer.to_owned(),
+                    intent: Some(name.to_owned()),
+                    metadata: BTreeMap::from([(LANGUAGE_KEY.to_owned(), language.clone())]),
+                })?;
+            }
+            let intent = FaqIntent {
+                name: name.to_owned(),
+                action: FaqAction::Answer,
+                answer: BTreeMap::from([(language, answer.to_owned())]),
+                examples: examples.into_iter().take(LABEL_EXAMPLES).collect(),
+                label: BTreeMap::new(),
+            };
+            self.learned.write().insert(name.to_owned(), intent);
+        }
+        Ok(LearnedIntent { version, merged })
     }
 
     /// Training rows: the FAQ's examples and everything learned since.
@@ -407,10 +501,18 @@ impl FaqBot {
         &self.agent
     }
 
-    fn known(&self, intent: &str) -> Result<&FaqIntent, FaqError> {
-        self.faq
-            .intent(intent)
+    fn known(&self, intent: &str) -> Result<Cow<'_, FaqIntent>, FaqError> {
+        self.intent(intent)
             .ok_or_else(|| FaqError::UnknownIntent(intent.to_owned()))
+    }
+
+    /// The FAQ's intent, else a learned one (a cheap copy: it keeps only a
+    /// few examples).
+    fn intent(&self, name: &str) -> Option<Cow<'_, FaqIntent>> {
+        match self.faq.intent(name) {
+            Some(intent) => Some(Cow::Borrowed(intent)),
+            None => self.learned.read().get(name).cloned().map(Cow::Owned),
+        }
     }
 
     fn message(&self, kind: MessageKind, language: &str) -> &str {
@@ -439,9 +541,11 @@ impl FaqBot {
         }) {
             return hit.entry.answer.clone();
         }
-        let texts = self.faq.intent(intent).map(|i| &i.answer);
-        texts
-            .and_then(|t| {
+        let found = self.intent(intent);
+        found
+            .as_ref()
+            .and_then(|i| {
+                let t = &i.answer;
                 t.get(language)
                     .or_else(|| t.get(self.faq.first_language()))
                     .or_else(|| t.values().next())
@@ -470,7 +574,7 @@ impl FaqBot {
     /// A button for `intent`: the FAQ's label in the language, else the
     /// intent's first example in it, else its name with spaces.
     fn option(&self, intent: &str, language: &str) -> ClarifyOption {
-        let faq_intent = self.faq.intent(intent);
+        let faq_intent = self.intent(intent);
         let label = faq_intent
             .and_then(|i| {
                 i.label.get(language).cloned().or_else(|| {

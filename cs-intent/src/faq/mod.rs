@@ -65,7 +65,7 @@ mod log;
 pub mod messages;
 pub mod reply;
 
-pub use bot::{FaqBot, FaqSettings};
+pub use bot::{FaqBot, FaqSettings, LearnedIntent};
 pub use counters::{FaqCounters, FaqCountersSnapshot};
 pub use error::FaqError;
 pub use file::{Faq, FaqAction, FaqIntent};

@@ -20,6 +20,9 @@ const DESK_CSS: &str = include_str!("../assets/desk.css");
 const REPORTS_HTML: &str = include_str!("../assets/reports.html");
 const REPORTS_JS: &str = include_str!("../assets/reports.js");
 const REPORTS_CSS: &str = include_str!("../assets/reports.css");
+const HISTORY_HTML: &str = include_str!("../assets/history.html");
+const HISTORY_JS: &str = include_str!("../assets/history.js");
+const HISTORY_CSS: &str = include_str!("../assets/history.css");
 
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -70,6 +73,22 @@ pub async fn reports_css() -> impl IntoResponse {
 /// charts are SVG its own script draws; nothing loads from elsewhere).
 pub async fn reports() -> impl IntoResponse {
     page(REPORTS_HTML)
+}
+
+/// `GET agent/history`: the page where a supervisor uploads past
+/// conversations and reviews the FAQ entries suggested from them.
+pub async fn history() -> impl IntoResponse {
+    page(HISTORY_HTML)
+}
+
+/// `GET assets/history.js`.
+pub async fn history_js() -> impl IntoResponse {
+    asset(HISTORY_JS, JS)
+}
+
+/// `GET assets/history.css`.
+pub async fn history_css() -> impl IntoResponse {
+    asset(HISTORY_CSS, CSS)
 }
 
 /// `GET agent`: the console page. It loads only its own scripts and

@@ -11,6 +11,7 @@ mod assets;
 mod auth;
 mod error;
 mod files;
+mod history;
 mod ops;
 mod visitor;
 
@@ -37,6 +38,9 @@ where
         .route("/agent/reports", get(assets::reports))
         .route("/assets/reports.js", get(assets::reports_js))
         .route("/assets/reports.css", get(assets::reports_css))
+        .route("/agent/history", get(assets::history))
+        .route("/assets/history.js", get(assets::history_js))
+        .route("/assets/history.css", get(assets::history_css))
         // Visitors.
         .route("/api/visitor/session", post(visitor::session))
         .route("/api/visitor/conversation", post(visitor::conversation))
@@ -64,6 +68,18 @@ where
         .route("/api/agent/intents", get(agent::intents))
         .route("/api/agent/suggestions", get(agent::suggestions))
         .route("/api/agent/reports", get(agent::reports))
+        // Learning from past conversations (supervisors).
+        // No body limit layer: the handler stops at DeskSettings::max_history_bytes.
+        .route("/api/agent/history", post(history::upload))
+        .route("/api/agent/history/suggestions", get(history::suggestions))
+        .route(
+            "/api/agent/history/suggestions/{id}/accept",
+            post(history::accept),
+        )
+        .route(
+            "/api/agent/history/suggestions/{id}/reject",
+            post(history::reject),
+        )
         .route("/ws/agent", get(agent::socket))
         // Files.
         // No body limit layer: the handler streams the body to the
