@@ -15,7 +15,7 @@ use support::{is_event, is_message_from, metric, Client, Http, Server};
 
 /// `from`..`to` around today in `zone`: yesterday to tomorrow, so a run
 /// across midnight still finds everything.
-fn around_today(zone: ReportZone) -> (String, String) {
+fn around_today(zone: &ReportZone) -> (String, String) {
     let today = zone.day_of(Timestamp::now());
     (
         cs::core::store::ReportDay(today.0 - 1).to_string(),
@@ -130,7 +130,7 @@ async fn a_scripted_conversation_is_counted_exactly_and_shown_to_whom_it_belongs
     assert_eq!(status, 404, "another visitor rated it");
     let elapsed_ms = started.elapsed().as_millis() as u64;
 
-    let (from, to) = around_today(zone);
+    let (from, to) = around_today(&zone);
     let range = format!("from={from}&to={to}");
     // The supervisor sees the desk and every agent.
     // The bot's decisions reach the counters within about a second (the
