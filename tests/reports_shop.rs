@@ -116,9 +116,7 @@ async fn the_shop_serves_reports_ratings_and_the_reports_page() {
         .await;
     assert_eq!(status, 200, "{body}");
     let rating = json!({ "conversation": conversation, "score": 5, "comment": "fast" });
-    let (status, body) = http
-        .post("/api/visitor/rating", Some(&token), rating)
-        .await;
+    let (status, body) = http.post("/api/visitor/rating", Some(&token), rating).await;
     assert_eq!(status, 200, "{body}");
 
     let today = ReportZone::UTC.day_of(Timestamp::now());
@@ -138,7 +136,10 @@ async fn the_shop_serves_reports_ratings_and_the_reports_page() {
     assert_eq!(desk["ratings"]["mean"], 5.0);
     // The bot's greeting is a message of the bot's.
     assert!(desk["messages"]["bot"].as_u64() >= Some(1), "{desk}");
-    assert_eq!(report["desk"]["bot"]["suggestions"], "api/agent/suggestions");
+    assert_eq!(
+        report["desk"]["bot"]["suggestions"],
+        "api/agent/suggestions"
+    );
 
     // Alice is an agent: her own figures, no desk.
     let (status, hers) = http
@@ -150,16 +151,22 @@ async fn the_shop_serves_reports_ratings_and_the_reports_page() {
     // CSV, with the desk's day.
     let csv = http
         .client
-        .get(format!("{}/api/agent/reports?{range}&format=csv", http.base))
+        .get(format!(
+            "{}/api/agent/reports?{range}&format=csv",
+            http.base
+        ))
         .bearer_auth(&bob)
         .send()
         .await
         .expect("the shop answers");
     assert_eq!(csv.status(), 200);
     let csv = csv.text().await.expect("a CSV body");
-    let day = report["desk"]["days"][0]["day"].as_str().unwrap_or_default();
+    let day = report["desk"]["days"][0]["day"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
-        csv.lines().any(|l| l.starts_with(&format!("{day},,1,1,1,"))),
+        csv.lines()
+            .any(|l| l.starts_with(&format!("{day},,1,1,1,"))),
         "{csv}"
     );
 
