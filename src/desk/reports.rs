@@ -1,7 +1,8 @@
 //! Reports: what the desk and the bot achieved, per day of the shop's zone,
 //! read from the counters the store keeps with every write
-//! (`cs_core::store::reports`), and the satisfaction ratings visitors give
-//! at close.
+//! (`cs_core::store::reports`), the bot's decisions the desk counts itself
+//! ([`BotTally`]: its top intents and handed-off questions), and the
+//! satisfaction ratings visitors give at close.
 //!
 //! A report reads one row per counter per day, whatever the traffic: the
 //! figures are sums, exact means, and medians and 90th percentiles given as
