@@ -1,5 +1,5 @@
 //! The storage benchmark: bulk-load N messages, then time the reads a chat
-//! server makes and the per-day report a manager opens.
+//! server makes and the reports a manager opens.
 //!
 //! ```sh
 //! cargo run --release --example store_bench -- --store sqlite --messages 1000000
@@ -8,23 +8,38 @@
 //!
 //! What it does, in order (progress on stderr, results on stdout):
 //!
-//! 1. creates N/100 conversations of one tenant, spread over the last 30 days;
+//! 1. creates N/100 conversations of one tenant, spread over the last 90 days;
 //! 2. loads 100 messages into each, 1,000 messages per `append_all`
-//!    (10 conversations × 100), reporting the load rate;
+//!    (10 conversations × 100), reporting the load rate. Four in ten of the
+//!    conversations are handed off by the bot after nine messages (a
+//!    `Handoff` event, then an `Assigned` one after a wait of 20 s to 10 min)
+//!    and go on with one of ten agents; one in twenty is transferred to
+//!    another agent halfway; the rest stay with the bot;
 //! 3. times `recent(50)` of a random conversation, a page of 50 by seq
 //!    (`range`), a resume (`after` a random seq, up to 100) and the 30-day
 //!    `daily_stats` report, with hdrhistogram percentiles;
-//! 4. times batched appends to a loaded store: batches of 1,000 messages to
+//! 4. the day measures (`cs_core::store::reports`): closes every
+//!    conversation (`save_conversation`, 16 at once), which folds its log
+//!    into the report counters of its close day, and rates one in three
+//!    (an `Event::Rating` each, appended in batches of 1,000); then times
+//!    the 90-day report a supervisor opens: the store's counters of 90 days
+//!    (`report_counts`), summed into the desk's and each agent's figures
+//!    (`cs::desk::reports::build_report`) and written as JSON, as
+//!    `GET api/agent/reports` does. It checks the totals against what was
+//!    generated;
+//! 5. times batched appends to a loaded store: batches of 1,000 messages to
 //!    50 random conversations (20 each);
-//! 5. times single appends, as a chat server makes them: first one caller
+//! 6. times single appends, as a chat server makes them: first one caller
 //!    appending one message at a time, then 64 callers at once (one per
 //!    conversation), which the SQL stores commit together (group commit).
 //!
 //! The last line of stdout is one JSON object with at least `store, messages,
 //! load_msgs_per_sec, recent50_p50_ms, recent50_p99_ms, resume_p99_ms,
-//! stats30d_ms, append_msgs_per_sec` (other tooling reads it: keep the names).
-//! With `--cache`, it also has `cache` (`"redis"`) and the cache's counters
-//! `cache_hits, cache_misses, cache_redis_errors`.
+//! stats30d_ms, append_msgs_per_sec, report90d_p50_ms, report90d_p99_ms`
+//! (other tooling reads it: keep the names), and `report_counters` (whether
+//! the store kept them). With `--cache`, it also has `cache` (`"redis"`) and
+//! the cache's counters `cache_hits, cache_misses, cache_redis_errors`. The
+//! Redis store alone keeps no report counters: its line has no `report90d_*`.
 //!
 //! Flags: `--store`, `--messages` (default 100,000), `--url` (server stores;
 //! default the CS_TEST_* variable, then the local default), `--path` (SQLite
@@ -33,7 +48,11 @@
 //! (SQLite's [`Durability`]: `full`, the default, syncs every commit; `normal`
 //! survives a process crash but not a power cut), `--cache redis://…` (put a
 //! [`TieredStore`] with that Redis in front of the SQL store; its windows
-//! live under the key prefix `cs_bench_<unix seconds>:hot:`).
+//! live under the key prefix `cs_bench_<unix seconds>:hot:`),
+//! `--no-report-counters` (the SQL store keeps no report counters
+//! (`set_report_counters(false)`), the baseline that shows what keeping them
+//! costs every write; step 4 still closes and rates, but there is no report
+//! to time).
 //!
 //! Every run writes into a fresh SQLite file, PostgreSQL schema, MariaDB
 //! database or Redis key prefix named `cs_bench_<unix seconds>`, removed at
@@ -42,13 +61,17 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use cs::core::store::{ReportDay, ReportStore, ReportZone};
 use cs::core::{
-    Conversation, ConversationId, NewMessage, Party, Seq, TenantId, Timestamp, VisitorId,
+    AgentId, Body, Conversation, ConversationId, Event, Message, NewMessage, Party, Seq, TenantId,
+    Timestamp, VisitorId,
 };
 use cs::datahub::store::{
     Day, Durability, MessageStoreExt, MySqlStore, PostgresStore, RedisStore, SqliteStore,
     TieredConfig, TieredStore,
 };
+use cs::desk::reports::{build_report, ReportScope};
+use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 
 const MESSAGES_PER_CONVERSATION: u64 = 100;
@@ -57,6 +80,20 @@ const APPEND_BATCH: usize = 1_000;
 const APPEND_BATCH_CONVERSATIONS: usize = 50;
 /// Callers appending at once in step 5: a chat server's dispatcher shards.
 const CONCURRENT_APPENDERS: usize = 64;
+/// Days the conversations are spread over, and the report's range.
+const DAYS: u64 = 90;
+/// Agents who take the handed-off conversations.
+const AGENTS: u64 = 10;
+/// The message after which the bot hands a conversation off.
+const HANDOFF_AT: u64 = 9;
+/// Where a transferred conversation changes agents.
+const TRANSFER_AT: u64 = 50;
+/// Seconds between two messages of a conversation.
+const MESSAGE_GAP_SECS: u64 = 20;
+/// Closes saved at once in step 4.
+const CONCURRENT_CLOSES: usize = 16;
+/// 90-day reports timed in step 4.
+const REPORT_SAMPLES: usize = 200;
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -68,6 +105,7 @@ struct Args {
     keep: bool,
     durability: Durability,
     cache: Option<String>,
+    report_counters: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -80,6 +118,7 @@ fn parse_args() -> Result<Args, String> {
         keep: false,
         durability: Durability::PowerLoss,
         cache: None,
+        report_counters: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -105,6 +144,7 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--cache" => args.cache = Some(value()?),
+            "--no-report-counters" => args.report_counters = false,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -118,6 +158,9 @@ fn parse_args() -> Result<Args, String> {
                 .into(),
         );
     }
+    if !args.report_counters && args.store == "redis" {
+        return Err("--no-report-counters is for the SQL stores (Redis keeps none)".into());
+    }
     if args.messages < MESSAGES_PER_CONVERSATION || args.samples == 0 {
         return Err(format!(
             "--messages must be at least {MESSAGES_PER_CONVERSATION}, --samples at least 1"
@@ -126,7 +169,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-const USAGE: &str = "usage: store_bench --store sqlite|postgres|mysql|redis [--messages N] [--url URL] [--path FILE] [--samples N] [--keep] [--sqlite-sync full|normal] [--cache redis://HOST:PORT]";
+const USAGE: &str = "usage: store_bench --store sqlite|postgres|mysql|redis [--messages N] [--url URL] [--path FILE] [--samples N] [--keep] [--sqlite-sync full|normal] [--cache redis://HOST:PORT] [--no-report-counters]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -174,6 +217,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 .unwrap_or_else(|| std::env::temp_dir().join(format!("{name}.db")));
             eprintln!("sqlite file: {} ({:?})", path.display(), args.durability);
             let store = SqliteStore::open_with(&path, args.durability).await?;
+            store.set_report_counters(args.report_counters);
             let result = bench_sql(&args, &store, &name).await;
             store.close().await;
             if !args.keep {
@@ -191,6 +235,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             );
             eprintln!("postgres: {}, schema {name}", cs::datahub::redact_url(&url));
             let store = PostgresStore::connect_in_schema(&url, &name).await?;
+            store.set_report_counters(args.report_counters);
             let result = bench_sql(&args, &store, &name).await;
             store.close().await;
             if !args.keep {
@@ -210,6 +255,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             );
             eprintln!("mysql: {}, database {name}", cs::datahub::redact_url(&url));
             let store = MySqlStore::connect_in_database(&url, &name).await?;
+            store.set_report_counters(args.report_counters);
             let result = bench_sql(&args, &store, &name).await;
             store.close().await;
             if !args.keep {
@@ -238,7 +284,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
 
 /// Benchmarks a SQL store, with the Redis cache in front if `--cache`, and
 /// prints the summary.
-async fn bench_sql<S: MessageStoreExt + Clone>(
+async fn bench_sql<S: MessageStoreExt + ReportStore + Clone>(
     args: &Args,
     store: &S,
     name: &str,
@@ -343,6 +389,120 @@ fn message(conversation: ConversationId, i: u64, at: Timestamp) -> NewMessage {
     m
 }
 
+/// What happens in conversation `i` of the run: the same for every run.
+#[derive(Clone, Debug)]
+struct Script {
+    /// Handed off after [`HANDOFF_AT`] messages: why, to whom, and how
+    /// much longer than one message gap the visitor waits for them.
+    handoff: Option<(&'static str, AgentId, Duration)>,
+    /// Transferred at [`TRANSFER_AT`] to this agent.
+    transfer: Option<AgentId>,
+    /// The visitor's rating at the close.
+    rating: Option<u8>,
+}
+
+const RATING_SCORES: [u8; 10] = [5, 4, 5, 3, 4, 5, 2, 5, 4, 1];
+
+fn agent(n: u64) -> AgentId {
+    AgentId::new(format!("agent-{}", n % AGENTS)).expect("a valid id")
+}
+
+impl Script {
+    fn of(i: u64) -> Script {
+        let handoff = (i % 10 >= 6).then(|| {
+            let reason = if i % 2 == 0 {
+                "asked for a person"
+            } else {
+                "low confidence"
+            };
+            // Waits from 20 s to 10 min, spread by a multiplicative hash.
+            let extra = Duration::from_secs(i.wrapping_mul(7_919) % 580);
+            (reason, agent(i / 10), extra)
+        });
+        let transfer = (i % 20 == 6).then(|| agent(i / 10 + 1));
+        let rating = (i % 3 == 0).then(|| RATING_SCORES[((i / 3) % 10) as usize]);
+        Script {
+            handoff,
+            transfer,
+            rating,
+        }
+    }
+
+    /// When message `k` of a conversation that opened at `start` is sent.
+    fn time(&self, start: Timestamp, k: u64) -> Timestamp {
+        let mut at = start.saturating_add(Duration::from_secs(k * MESSAGE_GAP_SECS));
+        if let Some((_, _, extra)) = &self.handoff {
+            if k > HANDOFF_AT {
+                at = at.saturating_add(*extra);
+            }
+        }
+        at
+    }
+
+    /// Message `k` of the conversation.
+    fn message(&self, conversation: ConversationId, start: Timestamp, k: u64) -> NewMessage {
+        let at = self.time(start, k);
+        let Some((reason, first, _)) = &self.handoff else {
+            return message(conversation, k, at);
+        };
+        let holder = match &self.transfer {
+            Some(to) if k > TRANSFER_AT => to.clone(),
+            _ => first.clone(),
+        };
+        let (sender, body) = match k {
+            k if k < HANDOFF_AT => return message(conversation, k, at),
+            HANDOFF_AT => (
+                Party::Bot,
+                Body::Event(Event::Handoff {
+                    reason: (*reason).to_owned(),
+                }),
+            ),
+            k if k == HANDOFF_AT + 1 => (
+                Party::System,
+                Body::Event(Event::Assigned {
+                    agent: first.clone(),
+                }),
+            ),
+            TRANSFER_AT if self.transfer.is_some() => (
+                Party::System,
+                Body::Event(Event::Transfer {
+                    from: first.clone(),
+                    to: holder,
+                }),
+            ),
+            k if k % 2 == 0 => return message(conversation, k, at),
+            k => (
+                Party::Agent(holder),
+                Body::text(TEXTS[(k % TEXTS.len() as u64) as usize]),
+            ),
+        };
+        let mut m = NewMessage::new(conversation, sender, body);
+        m.created_at = at;
+        m
+    }
+
+    /// `opened` moved through the states its messages tell, and closed a
+    /// minute after its last message.
+    fn closed(&self, mut opened: Conversation) -> Result<Conversation, BoxError> {
+        let start = opened.created_at();
+        opened.start_bot()?;
+        if let Some((_, first, _)) = &self.handoff {
+            opened.enqueue(self.time(start, HANDOFF_AT))?;
+            opened.assign(first.clone())?;
+            let k = HANDOFF_AT + 2;
+            let answer = Message::from_new(self.message(opened.id(), start, k), Seq::new(k + 1));
+            opened.record_message(&answer);
+            if let Some(to) = &self.transfer {
+                opened.transfer(to.clone())?;
+            }
+        }
+        opened.observe_seq(Seq::new(MESSAGES_PER_CONVERSATION));
+        let last = self.time(start, MESSAGES_PER_CONVERSATION - 1);
+        opened.close(last.saturating_add(Duration::from_secs(60)))?;
+        Ok(opened)
+    }
+}
+
 struct Latency(Histogram<u64>);
 
 impl Latency {
@@ -364,25 +524,30 @@ impl Latency {
 
 /// Runs the benchmark, prints the results, and returns the JSON summary for
 /// the caller to complete and print last.
-async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json::Value, BoxError> {
+async fn bench<S: MessageStoreExt + ReportStore>(
+    args: &Args,
+    store: &S,
+) -> Result<serde_json::Value, BoxError> {
     let tenant = TenantId::new("bench-shop")?;
     let conversations = (args.messages / MESSAGES_PER_CONVERSATION) as usize;
     let messages = conversations as u64 * MESSAGES_PER_CONVERSATION;
     let today = Day::today();
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
 
-    // 1. Conversations, one per visitor, spread over the last 30 days.
-    eprintln!("creating {conversations} conversations");
+    // 1. Conversations, one per visitor, spread over the last 90 days.
+    eprintln!("creating {conversations} conversations over {DAYS} days");
     let started = Instant::now();
     let mut ids = Vec::with_capacity(conversations);
+    let mut opened = Vec::with_capacity(conversations);
     for i in 0..conversations {
-        let day = today.minus((i % 30) as i64);
+        let day = today.minus((i as u64 % DAYS) as i64);
         let at = day
             .start()
             .saturating_add(Duration::from_secs(i as u64 % 80_000));
         let c = Conversation::open(tenant.clone(), VisitorId::new(format!("visitor-{i}"))?, at);
         store.create_conversation(&c).await?;
         ids.push((c.id(), at));
+        opened.push(c);
         if (i + 1) % (conversations / 10).max(1) == 0 {
             eprintln!("  {} / {conversations} conversations", i + 1);
         }
@@ -397,15 +562,12 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json:
     let started = Instant::now();
     let mut loaded = 0u64;
     let mut next_report = messages / 20;
-    for group in ids.chunks(LOAD_BATCH_CONVERSATIONS) {
+    for (g, group) in ids.chunks(LOAD_BATCH_CONVERSATIONS).enumerate() {
         let mut batch = Vec::with_capacity(group.len() * MESSAGES_PER_CONVERSATION as usize);
-        for &(id, at) in group {
-            for i in 0..MESSAGES_PER_CONVERSATION {
-                batch.push(message(
-                    id,
-                    i,
-                    at.saturating_add(Duration::from_secs(i * 20)),
-                ));
+        for (j, &(id, at)) in group.iter().enumerate() {
+            let script = Script::of((g * LOAD_BATCH_CONVERSATIONS + j) as u64);
+            for k in 0..MESSAGES_PER_CONVERSATION {
+                batch.push(script.message(id, at, k));
             }
         }
         loaded += batch.len() as u64;
@@ -468,12 +630,19 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json:
         stats.record(t.elapsed());
         counted = days.iter().map(|d| d.messages).sum::<u64>();
     }
+    // Every message and event of the conversations of the last 30 days.
+    let expected_30d = (0..conversations as u64).filter(|i| i % DAYS < 30).count() as u64
+        * MESSAGES_PER_CONVERSATION;
     check(
-        counted == messages,
-        "the 30-day report does not add up to the messages loaded",
+        counted == expected_30d,
+        &format!("the 30-day report counts {counted} messages, not the {expected_30d} loaded"),
     )?;
 
-    // 4. Batched appends into the loaded store.
+    // 4. The day measures: every conversation closed, one in three rated,
+    //    then the 90-day report.
+    let report = day_measures(args, store, &tenant, opened).await?;
+
+    // 5. Batched appends into the loaded store.
     let append_total = (messages / 10).clamp(10_000, 200_000) as usize;
     eprintln!("appending {append_total} more messages in batches of {APPEND_BATCH}");
     let started = Instant::now();
@@ -490,7 +659,7 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json:
     }
     let append_rate = appended as f64 / started.elapsed().as_secs_f64();
 
-    // 5. Single appends: one caller, then many at once.
+    // 6. Single appends: one caller, then many at once.
     let single_total = (append_total / 20).clamp(500, 5_000);
     eprintln!("appending {single_total} messages one at a time");
     let target = pick(&mut rng);
@@ -545,6 +714,19 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json:
         stats.ms(0.5),
         stats.ms(0.99)
     );
+    println!(
+        "close            {:.0} conversations/s ({CONCURRENT_CLOSES} at once, each folding its log)",
+        report.closes_per_sec
+    );
+    if let Some(r) = &report.timed {
+        println!(
+            "90-day report    p50 {:.3} ms  p99 {:.3} ms ({} counters, {} KiB of JSON)",
+            r.latency.ms(0.5),
+            r.latency.ms(0.99),
+            r.counters,
+            r.json_bytes / 1024
+        );
+    }
     println!("batched append   {append_rate:.0} msgs/s (batches of {APPEND_BATCH} over {APPEND_BATCH_CONVERSATIONS} conversations)");
     println!("single append    {single_rate:.0} msgs/s (one caller)");
     println!(
@@ -570,8 +752,15 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json:
         "concurrent_append_msgs_per_sec": round(concurrent_rate),
         "concurrent_appenders": CONCURRENT_APPENDERS,
         "samples": args.samples,
+        "report_counters": args.report_counters,
+        "close_convs_per_sec": round(report.closes_per_sec),
     });
     let mut json = json;
+    if let Some(r) = &report.timed {
+        json["report90d_p50_ms"] = r.latency.ms(0.5).into();
+        json["report90d_p99_ms"] = r.latency.ms(0.99).into();
+        json["report90d_counters"] = r.counters.into();
+    }
     if args.store == "sqlite" {
         json["sqlite_sync"] = match args.durability {
             Durability::PowerLoss => "full",
@@ -580,6 +769,140 @@ async fn bench<S: MessageStoreExt>(args: &Args, store: &S) -> Result<serde_json:
         .into();
     }
     Ok(json)
+}
+
+/// What step 4 measured.
+struct DayMeasures {
+    closes_per_sec: f64,
+    /// `None` when the store keeps no counters.
+    timed: Option<TimedReport>,
+}
+
+struct TimedReport {
+    latency: Latency,
+    counters: usize,
+    json_bytes: usize,
+}
+
+/// Step 4: closes every conversation (16 at once), rates one in three,
+/// then times the 90-day report and checks it against the scripts.
+async fn day_measures<S: MessageStoreExt + ReportStore>(
+    args: &Args,
+    store: &S,
+    tenant: &TenantId,
+    opened: Vec<Conversation>,
+) -> Result<DayMeasures, BoxError> {
+    let conversations = opened.len();
+    eprintln!("closing {conversations} conversations, {CONCURRENT_CLOSES} at once");
+    let started = Instant::now();
+    let mut ratings = Vec::new();
+    let mut closes = futures::stream::iter(opened.into_iter().enumerate().map(|(i, c)| {
+        let script = Script::of(i as u64);
+        async move {
+            let closed = script.closed(c)?;
+            store.save_conversation(&closed).await?;
+            Ok::<_, BoxError>((script, closed))
+        }
+    }))
+    .buffer_unordered(CONCURRENT_CLOSES);
+    let mut done = 0;
+    while let Some(closed) = closes.next().await {
+        let (script, closed) = closed?;
+        if let (Some(score), Some(at)) = (script.rating, closed.closed_at()) {
+            let mut rating = NewMessage::new(
+                closed.id(),
+                Party::Visitor(closed.visitor().clone()),
+                Body::Event(Event::Rating {
+                    score,
+                    comment: None,
+                    agent: closed.last_agent().cloned(),
+                }),
+            );
+            rating.created_at = at.saturating_add(Duration::from_secs(30));
+            ratings.push(rating);
+        }
+        done += 1;
+        if done % (conversations / 10).max(1) == 0 {
+            eprintln!("  {done} / {conversations} closed");
+        }
+    }
+    drop(closes);
+    let closes_per_sec = conversations as f64 / started.elapsed().as_secs_f64();
+    let rated = ratings.len() as u64;
+    eprintln!("rating {rated} of them");
+    while !ratings.is_empty() {
+        let rest = ratings.split_off(ratings.len().saturating_sub(APPEND_BATCH));
+        store.append_all(rest).await?;
+    }
+    if !args.report_counters {
+        return Ok(DayMeasures {
+            closes_per_sec,
+            timed: None,
+        });
+    }
+
+    let to = ReportZone::UTC.day_of(Timestamp::now());
+    let from = ReportDay(to.0 - (DAYS as i64 - 1));
+    if let Err(e) = store.report_counts(tenant, from, to).await {
+        eprintln!("no 90-day report: {e}");
+        return Ok(DayMeasures {
+            closes_per_sec,
+            timed: None,
+        });
+    }
+    eprintln!("timing {REPORT_SAMPLES} reports of {DAYS} days");
+    let mut latency = Latency::new();
+    let mut last = None;
+    for _ in 0..REPORT_SAMPLES {
+        let t = Instant::now();
+        let counts = store.report_counts(tenant, from, to).await?;
+        let counters = counts.len();
+        let report = build_report(
+            counts,
+            from,
+            to,
+            &ReportZone::UTC,
+            &ReportScope::Everyone,
+            |a| a.to_string(),
+        );
+        let json = serde_json::to_vec(&report)?;
+        latency.record(t.elapsed());
+        last = Some((report, counters, json.len()));
+    }
+    let (report, counters, json_bytes) = last.ok_or("no report was timed")?;
+
+    // The figures are the scripts', exactly.
+    let scripts: Vec<Script> = (0..conversations as u64).map(Script::of).collect();
+    let handed = scripts.iter().filter(|s| s.handoff.is_some()).count() as u64;
+    let transferred = scripts.iter().filter(|s| s.transfer.is_some()).count() as u64;
+    let total = &report.desk.as_ref().ok_or("no desk figures")?.total;
+    check(
+        total.opened == conversations as u64 && total.closed == conversations as u64,
+        &format!(
+            "the report opened {} and closed {}, not {conversations}",
+            total.opened, total.closed
+        ),
+    )?;
+    check(
+        total.contained == conversations as u64 - handed && total.handoffs == handed,
+        "the report's containment and hand-offs differ from the scripts",
+    )?;
+    check(
+        total.wait.count == handed && total.transfers == transferred,
+        "the report's waits or transfers differ from the scripts",
+    )?;
+    check(
+        total.ratings.count == rated && report.agents.len() as u64 == AGENTS.min(handed),
+        "the report's ratings or agents differ from the scripts",
+    )?;
+    Ok(DayMeasures {
+        closes_per_sec,
+        timed: Some(TimedReport {
+            latency,
+            counters,
+            json_bytes,
+        }),
+    })
 }
 
 fn round(x: f64) -> f64 {

@@ -15,7 +15,7 @@ use support::{is_event, is_message_from, metric, Client, Http, Server};
 
 /// `from`..`to` around today in `zone`: yesterday to tomorrow, so a run
 /// across midnight still finds everything.
-fn around_today(zone: ReportZone) -> (String, String) {
+fn around_today(zone: &ReportZone) -> (String, String) {
     let today = zone.day_of(Timestamp::now());
     (
         cs::core::store::ReportDay(today.0 - 1).to_string(),
@@ -130,12 +130,50 @@ async fn a_scripted_conversation_is_counted_exactly_and_shown_to_whom_it_belongs
     assert_eq!(status, 404, "another visitor rated it");
     let elapsed_ms = started.elapsed().as_millis() as u64;
 
-    let (from, to) = around_today(zone);
+    let (from, to) = around_today(&zone);
     let range = format!("from={from}&to={to}");
     // The supervisor sees the desk and every agent.
-    let (status, everyone) = report(&http, &carol_token, &range).await;
-    assert_eq!(status, 200, "{everyone}");
+    // The bot's decisions reach the counters within about a second (the
+    // desk adds them in one write a second): wait for them.
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let everyone = loop {
+        let (status, everyone) = report(&http, &carol_token, &range).await;
+        assert_eq!(status, 200, "{everyone}");
+        let bot = &everyone["desk"]["bot"];
+        if bot["answers"] == 1 && bot["handed_off"] == 1 {
+            break everyone;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bot's decisions never counted: {bot}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(everyone["zone_offset_minutes"], 330);
+    assert_eq!(everyone["zone"], "+05:30");
+    // Its top intent is the one it answered; its top handed-off question
+    // is the visitor's, as counted, linked to the suggestions.
+    let bot = &everyone["desk"]["bot"];
+    assert_eq!(
+        bot["top_intents"].as_array().map(Vec::len),
+        Some(1),
+        "{bot}"
+    );
+    assert_eq!(bot["top_intents"][0]["count"], 1);
+    assert_eq!(
+        bot["top_handed_off"],
+        json!([{ "name": "i want to talk to a real person", "count": 1 }]),
+        "{bot}"
+    );
+    assert_eq!(bot["handed_off_other"], 0);
+    assert_eq!(bot["suggestions"], "api/agent/suggestions");
+    let (status, _) = http
+        .get(
+            &format!("/{}", bot["suggestions"].as_str().unwrap()),
+            Some(&carol_token),
+        )
+        .await;
+    assert_eq!(status, 200, "the suggestions link does not lead anywhere");
     let desk = &everyone["desk"]["total"];
     // Two visitors opened a conversation; one closed, after a person had it.
     assert_eq!(desk["opened"], 2, "{desk}");
@@ -244,6 +282,27 @@ async fn a_scripted_conversation_is_counted_exactly_and_shown_to_whom_it_belongs
     let desk_days = everyone["desk"]["days"].as_array().unwrap().len();
     assert_eq!(lines.len(), 1 + desk_days + agent_days, "{csv}");
 
+    // The bot's top lists as CSV.
+    let top = http
+        .client
+        .get(format!(
+            "{}/api/agent/reports?{range}&format=csv&table=top",
+            http.base
+        ))
+        .bearer_auth(&carol_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(top.status(), 200);
+    let top = top.text().await.unwrap();
+    let intent = bot["top_intents"][0]["name"].as_str().unwrap();
+    assert_eq!(
+        top,
+        format!(
+            "list,rank,name,count\nintent,1,{intent},1\nhanded_off,1,i want to talk to a real person,1\n"
+        )
+    );
+
     // /metrics: today's gauges are today's report.
     let today = zone.day_of(Timestamp::now());
     let (_, today_report) = report(&http, &carol_token, &format!("from={today}&to={today}")).await;
@@ -282,6 +341,10 @@ async fn bad_dates_and_ranges_get_a_400_that_says_why() {
         ("from=2026-03-02&to=2026-03-01", "after"),
         ("from=2025-01-01&to=2026-03-01", "at most 366 days"),
         ("from=2026-03-01&to=2026-03-01&format=xml", "format"),
+        (
+            "from=2026-03-01&to=2026-03-01&format=csv&table=all",
+            "table",
+        ),
     ] {
         let (status, body) = report(&http, &carol, query).await;
         assert_eq!(status, 400, "{query}: {body}");
@@ -301,4 +364,28 @@ async fn bad_dates_and_ranges_get_a_400_that_says_why() {
     assert_eq!(status, 401);
     let (status, _) = report(&http, &carol, "from=2026-03-01&to=2026-03-01&agent=nobody").await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_named_time_zone_decides_the_days() {
+    let server = Server::start(&["--report-time-zone", "Europe/Berlin"]).await;
+    let http = Http::new(&server);
+    let carol = http.agent("carol").await;
+    let (token, _visitor, conversation) = http.visitor().await;
+    let mut visitor = Client::connect(&server, "/ws/visitor", &token).await;
+    visitor.resume(&conversation, 0).await;
+    visitor.expect(|f| f["type"] == "replayed").await;
+    let zone = ReportZone::named("Europe/Berlin").unwrap();
+    let today = zone.day_of(Timestamp::now());
+    let (status, body) = report(&http, &carol, &format!("from={today}&to={today}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["zone"], "Europe/Berlin");
+    let offset = zone.offset_minutes_at(Timestamp::now());
+    assert!(offset == 60 || offset == 120, "Berlin at {offset} minutes");
+    assert_eq!(body["zone_offset_minutes"], offset);
+    // The conversation opened just now falls on Berlin's today (or, for a
+    // run across Berlin's midnight, on the day before: both are asked for).
+    let yesterday = cs::core::store::ReportDay(today.0 - 1);
+    let (_, both) = report(&http, &carol, &format!("from={yesterday}&to={today}")).await;
+    assert_eq!(both["desk"]["total"]["opened"], 1, "{both}");
 }

@@ -1,8 +1,9 @@
 //! Ratings and reports in a real browser (headless Chromium over WebDriver,
 //! as `chat_server_browser.rs`): the visitor is handed to Carol, ends the
 //! chat, picks four stars, adds a comment and sends it; Carol (a supervisor)
-//! opens the Reports page and sees it in the tiles, the SVG charts and the
-//! agents' table. Skips with a notice without Chromium, unless
+//! opens the Reports page and sees it in the tiles, the SVG charts, the
+//! agents' table and the bot's handed-off questions, and today's figures
+//! follow a new conversation without a reload. Skips with a notice without Chromium, unless
 //! `CS_REQUIRE_SERVICES=1`. With `CS_SCREENSHOTS=1` it rewrites
 //! `docs/screenshots/reports.png`.
 #![cfg(unix)]
@@ -139,6 +140,45 @@ async fn a_rating_at_the_close_shows_on_the_supervisors_reports_page() {
         )
         .await;
     assert!(csv.as_str().unwrap().ends_with("&format=csv"), "{csv}");
+    let csv_top = carol
+        .js(
+            "return document.getElementById('csv-top').getAttribute('href');",
+            vec![],
+        )
+        .await;
+    assert!(
+        csv_top.as_str().unwrap().ends_with("&format=csv&table=top"),
+        "{csv_top}"
+    );
+
+    // The bot's lists: the question it handed off, once (its decisions
+    // reach the counters about once a second: the page, read again every
+    // 10 s while it shows today, catches up).
+    carol
+        .wait_js(
+            "the handed-off question in the bot's list",
+            "const rows = [...document.querySelectorAll('#top-handed-off tbody tr')]               .map(tr => [...tr.children].map(td => td.textContent));             return rows.some(r => r[0] === 'i want to talk to a real person' && r[1] === '1');",
+            vec![],
+        )
+        .await;
+    // Today's figures: one conversation opened; a second visitor's chat
+    // shows without a reload.
+    let opened_today = |n: u64| {
+        format!(
+            "const tile = [...document.querySelectorAll('#today .tile')]\
+               .find(t => t.querySelector('.tile-label').textContent === 'opened today');\
+             return !!tile && Number(tile.querySelector('.tile-value').textContent) === {n};"
+        )
+    };
+    assert_eq!(carol.js(&opened_today(1), vec![]).await, json!(true));
+    let _second = http.visitor().await;
+    carol
+        .wait_js(
+            "today's tile to count the second conversation",
+            &opened_today(2),
+            vec![],
+        )
+        .await;
     if std::env::var("CS_SCREENSHOTS").is_ok_and(|v| v.trim() == "1") {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("docs")

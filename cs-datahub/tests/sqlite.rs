@@ -119,6 +119,40 @@ async fn report_counters_survive_a_reopen() {
     assert_eq!(counters_on(&again, &tenant, day).await, doubled);
 }
 
+/// With the counters off (`set_report_counters(false)`, store_bench's
+/// baseline) a scripted day adds nothing; back on, counts added on their
+/// own (the bot's decisions) land as any other.
+#[tokio::test]
+async fn report_counters_can_be_switched_off_and_added_on_their_own() {
+    use cs_core::store::contract::{counters_on, play_scripted_day, SCRIPTED_DAY_START_MS};
+    use cs_core::store::reports::{measure, Deltas};
+    use cs_core::store::{ReportStore, ReportZone};
+    let (_dir, path) = temp_db();
+    let tenant = TenantId::new("off").unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let day = ReportZone::UTC.day_of(Timestamp::from_millis(SCRIPTED_DAY_START_MS));
+    store.set_report_counters(false);
+    play_scripted_day(&store, &tenant).await;
+    assert!(counters_on(&store, &tenant, day).await.is_empty());
+
+    store.set_report_counters(true);
+    let mut deltas = Deltas::default();
+    deltas.add(day, None, &measure::bot_answer("order_status"), 2);
+    deltas.add(day, None, &measure::bot_answer("order_status"), 1);
+    store.add_report_counts(&tenant, &deltas).await.unwrap();
+    store.add_report_counts(&tenant, &deltas).await.unwrap();
+    let counts = store.report_counts(&tenant, day, day).await.unwrap();
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_eq!(
+        (
+            counts[0].measure.as_str(),
+            counts[0].value,
+            &counts[0].agent
+        ),
+        ("bot_answer:order_status", 6, &None)
+    );
+}
+
 #[tokio::test]
 async fn a_schema_from_a_newer_version_is_refused() {
     let (_dir, path) = temp_db();

@@ -181,6 +181,11 @@ struct Args {
         allow_negative_numbers = true
     )]
     report_utc_offset_minutes: i32,
+    /// The shop's time zone for reports by name: an IANA zone
+    /// (`Europe/Berlin`, `Asia/Shanghai`; daylight saving followed), `UTC`
+    /// or an offset (`+05:30`). Overrides `--report-utc-offset-minutes`.
+    #[arg(long, env = "CS_REPORT_TIME_ZONE")]
+    report_time_zone: Option<String>,
     /// Serve the load generator's unauthenticated endpoints (`/pair/{n}`,
     /// `/ws?pair=…`) and lift the rate limits. Never in production.
     #[arg(long)]
@@ -421,7 +426,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
         metrics_token: args.metrics_token.clone(),
         idle_bot_close: (args.idle_bot_close_secs > 0)
             .then(|| Duration::from_secs(args.idle_bot_close_secs)),
-        report_zone: cs::core::store::ReportZone::fixed(args.report_utc_offset_minutes)?,
+        report_zone: match &args.report_time_zone {
+            Some(name) => name.parse()?,
+            None => cs::core::store::ReportZone::fixed(args.report_utc_offset_minutes)?,
+        },
         ..DeskSettings::default()
     };
     let shop = Arc::new(shop::Shop::new());

@@ -29,6 +29,7 @@ use super::identity::{GuestsOnly, Identity};
 use super::limits::Limits;
 use super::presence::AgentPresence;
 use super::quotas::UploadQuotas;
+use super::reports::BotTally;
 use super::routing::{fresh_router, Routing};
 use super::settings::DeskSettings;
 use super::state::DeskState;
@@ -207,7 +208,7 @@ impl ServiceDeskBuilder {
         });
         // Before anything is written: every event from now on falls on a
         // day of the shop's zone.
-        reports.set_report_zone(&tenant, settings.report_zone);
+        reports.set_report_zone(&tenant, settings.report_zone.clone());
         let directory = directory.unwrap_or_else(|| Arc::new(MemoryDirectory::default()));
         let signer = match signer {
             Some(signer) => signer,
@@ -248,10 +249,15 @@ impl ServiceDeskBuilder {
         #[cfg(not(feature = "redis"))]
         let pool = ConnectionPool::new(pool_config, Arc::clone(&metrics));
 
+        let bot_tally = Arc::new(BotTally::new(settings.report_zone.clone()));
         let preview = Arc::new(PreviewHook::new(tenant.clone()));
-        let bot_hook = bot
-            .as_ref()
-            .map(|bot| Arc::new(BotHook::new(Arc::clone(bot), tenant.clone())));
+        let bot_hook = bot.as_ref().map(|bot| {
+            Arc::new(BotHook::new(
+                Arc::clone(bot),
+                tenant.clone(),
+                Arc::clone(&bot_tally),
+            ))
+        });
         let mut hooks: Vec<Arc<dyn Hook>> = Vec::new();
         if let Some(bot_hook) = &bot_hook {
             hooks.push(Arc::clone(bot_hook) as Arc<dyn Hook>);
@@ -306,6 +312,7 @@ impl ServiceDeskBuilder {
             store,
             queries,
             reports,
+            bot_tally,
             directory: Arc::clone(&directory),
             identity,
             signer,
@@ -343,6 +350,9 @@ impl ServiceDeskBuilder {
         state.keep(tokio::spawn(Arc::clone(&state).run_consoles()));
         state.keep(tokio::spawn(follow_directory(Arc::clone(&state))));
         state.keep(tokio::spawn(prune_limits(Arc::clone(&state))));
+        if state.bot.is_some() {
+            state.keep(tokio::spawn(flush_bot_tally(Arc::clone(&state))));
+        }
         if let Some(idle) = state.settings.idle_bot_close {
             state.keep(tokio::spawn(close_idle_bot_chats(Arc::clone(&state), idle)));
         }
@@ -367,6 +377,20 @@ impl ServiceDeskBuilder {
             }
         }
         Ok(ServiceDesk { state })
+    }
+}
+
+/// Adds the bot's counted decisions to the store's report counters every
+/// second (and `ServiceDesk::shutdown` once more, after the message path
+/// drained).
+async fn flush_bot_tally(state: Arc<DeskState>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            _ = every.tick() => state.flush_bot_tally().await,
+        }
     }
 }
 

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
 use cs_core::{Body, Conversation, ConversationId, Message, Party, Seq, StateKind, TenantId};
-use cs_intent::faq::{BotAction, BotDecision, FaqBot};
+use cs_intent::faq::{BotAction, BotDecision, FaqBot, Outcome};
+
+use super::reports::BotTally;
 use cs_intent::Example;
 use cs_transport::{ConnectionPool, Hook, HookAction, HookContext, HookError};
 
@@ -48,14 +50,17 @@ pub(crate) struct BotHook {
     tenant: TenantId,
     /// In a cluster: where decisions are shared.
     shared_through: OnceLock<Arc<ConnectionPool>>,
+    /// Counts this node's decisions for the reports.
+    tally: Arc<BotTally>,
 }
 
 impl BotHook {
-    pub fn new(bot: Arc<FaqBot>, tenant: TenantId) -> Self {
+    pub fn new(bot: Arc<FaqBot>, tenant: TenantId, tally: Arc<BotTally>) -> Self {
         Self {
             bot,
             tenant,
             shared_through: OnceLock::new(),
+            tally,
         }
     }
 
@@ -193,6 +198,12 @@ impl Hook for BotHook {
         let reply = self
             .bot
             .reply(context.message.conversation, context.message.seq, text)?;
+        let (decision, at) = (&reply.decision, context.message.created_at);
+        match decision.outcome {
+            Outcome::Answer => self.tally.answered(&decision.intent, at),
+            Outcome::Handoff => self.tally.handed_off(&decision.question, at),
+            Outcome::Clarify => {}
+        }
         self.share(&BotWire::Decision {
             conversation: context.message.conversation,
             decision: reply.decision,

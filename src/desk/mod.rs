@@ -190,6 +190,8 @@ impl ServiceDesk {
         for task in tasks {
             let _ = task.await;
         }
+        // The bot answered until the path drained: count its last decisions.
+        state.flush_bot_tally().await;
         tracing::info!(connections = closed, "service desk stopped");
     }
 

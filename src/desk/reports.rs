@@ -1,20 +1,25 @@
 //! Reports: what the desk and the bot achieved, per day of the shop's zone,
 //! read from the counters the store keeps with every write
-//! (`cs_core::store::reports`), and the satisfaction ratings visitors give
-//! at close.
+//! (`cs_core::store::reports`), the bot's decisions the desk counts itself
+//! ([`BotTally`]: its top intents and handed-off questions), and the
+//! satisfaction ratings visitors give at close.
 //!
 //! A report reads one row per counter per day, whatever the traffic: the
 //! figures are sums, exact means, and medians and 90th percentiles given as
 //! the upper bound of the histogram bucket they fall in
 //! ([`BUCKET_BOUNDS_MS`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use cs_core::store::reports::{measure, Count, ReportDay, BUCKET_BOUNDS_MS};
-use cs_core::store::StoreError;
+use cs_core::store::reports::{
+    measure, question_key, Count, Deltas, ReportDay, ReportZone, BUCKET_BOUNDS_MS,
+    MAX_QUESTIONS_PER_DAY,
+};
+use cs_core::store::{ReportStore, StoreError};
+use cs_core::Timestamp;
 use cs_core::{
     AgentId, AgentRole, Body, ClientMsgId, ConversationId, Event, NewMessage, Party, StateKind,
     VisitorId,
@@ -57,6 +62,9 @@ pub enum ReportError {
     /// `format` is neither `json` nor `csv`.
     #[error("format {0:?} is not offered; use json or csv")]
     BadFormat(String),
+    /// `table` is neither `days` nor `top`.
+    #[error("table {0:?} is not offered; use days or top")]
+    BadTable(String),
     /// An agent asked for another agent's figures.
     #[error("agents see their own figures only; a supervisor sees everyone's")]
     NotYours,
@@ -75,7 +83,8 @@ impl ReportError {
             ReportError::BadDate { .. }
             | ReportError::Reversed { .. }
             | ReportError::TooLong { .. }
-            | ReportError::BadFormat(_) => ErrorKind::BadRequest,
+            | ReportError::BadFormat(_)
+            | ReportError::BadTable(_) => ErrorKind::BadRequest,
             ReportError::NotYours => ErrorKind::Forbidden,
             ReportError::UnknownAgent(_) => ErrorKind::NotFound,
             ReportError::Store(_) => ErrorKind::Unavailable,
@@ -116,6 +125,160 @@ impl RatingError {
             }
             RatingError::StillOpen(_) | RatingError::AlreadyRated(_) => ErrorKind::Conflict,
             RatingError::Store(_) => ErrorKind::Unavailable,
+        }
+    }
+}
+
+/// The bot's decisions, counted for the reports: which intent it answered
+/// and which question it handed off, per day of the shop's zone.
+///
+/// No store write carries a decision (the bot's answer is a text like any
+/// other), so the desk keeps them here and adds them to the store's
+/// counters about once a second ([`ReportStore::add_report_counts`]) and at
+/// shutdown: one small transaction a second however busy the bot is. A
+/// process that dies loses at most that second's decisions from the counts.
+///
+/// A day counts up to [`MAX_QUESTIONS_PER_DAY`] distinct handed-off
+/// questions apart (as this process saw them), the rest together, so a day
+/// holds a bounded number of counters.
+///
+/// [`ReportStore::add_report_counts`]: cs_core::store::ReportStore::add_report_counts
+#[derive(Debug)]
+pub struct BotTally {
+    zone: ReportZone,
+    inner: parking_lot::Mutex<TallyInner>,
+}
+
+#[derive(Debug, Default)]
+struct TallyInner {
+    pending: Deltas,
+    /// The questions counted apart, per day (the last few days only).
+    questions: BTreeMap<ReportDay, HashSet<String>>,
+}
+
+/// Days of distinct questions a tally remembers (a decision is counted on
+/// the day it is made, so older days get no more).
+const TALLY_DAYS_KEPT: usize = 3;
+
+impl BotTally {
+    /// A tally whose days are in `zone`.
+    pub fn new(zone: ReportZone) -> Self {
+        Self {
+            zone,
+            inner: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// Counts the bot's answer from `intent` at `at`.
+    pub fn answered(&self, intent: &str, at: Timestamp) {
+        let day = self.zone.day_of(at);
+        self.inner
+            .lock()
+            .pending
+            .add(day, None, &measure::bot_answer(intent), 1);
+    }
+
+    /// Counts the bot handing off `question` at `at`.
+    pub fn handed_off(&self, question: &str, at: Timestamp) {
+        let day = self.zone.day_of(at);
+        let key = question_key(question);
+        let mut inner = self.inner.lock();
+        let TallyInner { pending, questions } = &mut *inner;
+        let seen = questions.entry(day).or_default();
+        if seen.contains(&key) || seen.len() < MAX_QUESTIONS_PER_DAY {
+            pending.add(day, None, &measure::bot_handoff(&key), 1);
+            seen.insert(key);
+        } else {
+            pending.add(day, None, measure::BOT_HANDOFF_OTHER, 1);
+        }
+        while questions.len() > TALLY_DAYS_KEPT {
+            questions.pop_first();
+        }
+    }
+
+    /// Adds what was counted since the last flush to `store`'s counters of
+    /// `tenant`. On a store error the counts are kept for the next flush.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn flush(
+        &self,
+        store: &dyn ReportStore,
+        tenant: &cs_core::TenantId,
+    ) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut self.inner.lock().pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = store.add_report_counts(tenant, &pending).await {
+            self.inner.lock().pending.extend(pending);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// How many of the bot's top intents and handed-off questions a report lists.
+pub const TOP_N: usize = 10;
+
+/// One line of a top list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ranked {
+    /// The intent, or the question as counted ([`question_key`]).
+    pub name: String,
+    /// How many times.
+    pub count: u64,
+}
+
+/// What the bot did over the range (the whole desk's; not in an agent's
+/// own report).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BotFigures {
+    /// Answers the bot gave, over every intent.
+    pub answers: u64,
+    /// Its most answered intents, most first (at most [`TOP_N`]).
+    pub top_intents: Vec<Ranked>,
+    /// Questions it handed off, in all.
+    pub handed_off: u64,
+    /// The questions it handed off most, most first (at most [`TOP_N`]).
+    pub top_handed_off: Vec<Ranked>,
+    /// Handed-off questions past a day's distinct ones, not in the list.
+    pub handed_off_other: u64,
+    /// Where the suggested new intents are: groups of handed-off questions
+    /// (`GET api/agent/suggestions`, relative to the desk's prefix; each
+    /// group's `examples` and `keywords` say which questions it holds).
+    pub suggestions: &'static str,
+}
+
+impl BotFigures {
+    fn of(values: &BTreeMap<String, i64>) -> BotFigures {
+        let top = |prefix: &str| -> (u64, Vec<Ranked>) {
+            let mut all: Vec<Ranked> = values
+                .iter()
+                .filter_map(|(k, v)| {
+                    Some(Ranked {
+                        name: k.strip_prefix(prefix)?.to_owned(),
+                        count: u64::try_from(*v).unwrap_or(0),
+                    })
+                })
+                .collect();
+            let sum = all.iter().map(|r| r.count).sum();
+            all.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+            all.truncate(TOP_N);
+            (sum, all)
+        };
+        let (answers, top_intents) = top("bot_answer:");
+        let (listed, top_handed_off) = top("bot_handoff:");
+        let other = values
+            .get(measure::BOT_HANDOFF_OTHER)
+            .map_or(0, |v| u64::try_from(*v).unwrap_or(0));
+        BotFigures {
+            answers,
+            top_intents,
+            handed_off: listed + other,
+            top_handed_off,
+            handed_off_other: other,
+            suggestions: "api/agent/suggestions",
         }
     }
 }
@@ -321,6 +484,8 @@ pub struct DayFigures {
 pub struct DeskFigures {
     /// Over every day of the range.
     pub total: Figures,
+    /// The bot's top intents and handed-off questions over the range.
+    pub bot: BotFigures,
     /// Each day with any activity, oldest first.
     pub days: Vec<DayFigures>,
 }
@@ -345,7 +510,11 @@ pub struct Report {
     pub from: String,
     /// The last day, `YYYY-MM-DD`.
     pub to: String,
-    /// The shop's zone, minutes east of UTC, that decides the days.
+    /// The shop's zone that decides the days: `UTC`, an offset (`+05:30`)
+    /// or an IANA name (`Europe/Berlin`).
+    pub zone: String,
+    /// Its offset now, minutes east of UTC (a named zone's changes with
+    /// daylight saving; each event's day used the offset of its moment).
     pub zone_offset_minutes: i32,
     /// The upper bounds of the time buckets, in milliseconds.
     pub bucket_bounds_ms: Vec<u64>,
@@ -392,6 +561,56 @@ fn days_of(days: &BTreeMap<ReportDay, BTreeMap<String, i64>>) -> Vec<DayFigures>
         .collect()
 }
 
+/// Builds the report of `from..=to` for `scope` from the store's counters
+/// of those days (what [`ReportStore::report_counts`] returns), naming each
+/// agent with `name_of`. This is all the work a report does besides that
+/// one read: sums over days, no scan of messages.
+///
+/// [`ReportStore::report_counts`]: cs_core::store::ReportStore::report_counts
+pub fn build_report(
+    counts: Vec<Count>,
+    from: ReportDay,
+    to: ReportDay,
+    zone: &ReportZone,
+    scope: &ReportScope,
+    name_of: impl Fn(&AgentId) -> String,
+) -> Report {
+    let mut grouped = group(counts);
+    let desk_days = grouped.remove("").unwrap_or_default();
+    let agents = grouped
+        .into_iter()
+        .filter(|(agent, _)| match scope {
+            ReportScope::Everyone => true,
+            ReportScope::Agent(only) => only.as_str() == agent,
+        })
+        .filter_map(|(agent, days)| {
+            let id = AgentId::new(&agent).ok()?;
+            Some(AgentFigures {
+                name: name_of(&id),
+                agent: id,
+                total: Figures::of(&total_of(&days)),
+                days: days_of(&days),
+            })
+        })
+        .collect();
+    Report {
+        from: from.to_string(),
+        to: to.to_string(),
+        zone: zone.to_string(),
+        zone_offset_minutes: zone.offset_minutes_at(Timestamp::now()),
+        bucket_bounds_ms: BUCKET_BOUNDS_MS.to_vec(),
+        desk: (*scope == ReportScope::Everyone).then(|| {
+            let total = total_of(&desk_days);
+            DeskFigures {
+                bot: BotFigures::of(&total),
+                total: Figures::of(&total),
+                days: days_of(&desk_days),
+            }
+        }),
+        agents,
+    }
+}
+
 impl DeskState {
     /// The report of `from..=to` for `scope`.
     pub(crate) async fn report(
@@ -401,35 +620,14 @@ impl DeskState {
         scope: &ReportScope,
     ) -> Result<Report, ReportError> {
         let counts = self.reports.report_counts(&self.tenant, from, to).await?;
-        let mut grouped = group(counts);
-        let desk_days = grouped.remove("").unwrap_or_default();
-        let agents = grouped
-            .into_iter()
-            .filter(|(agent, _)| match scope {
-                ReportScope::Everyone => true,
-                ReportScope::Agent(only) => only.as_str() == agent,
-            })
-            .filter_map(|(agent, days)| {
-                let id = AgentId::new(&agent).ok()?;
-                Some(AgentFigures {
-                    name: self.agent_name(&id),
-                    agent: id,
-                    total: Figures::of(&total_of(&days)),
-                    days: days_of(&days),
-                })
-            })
-            .collect();
-        Ok(Report {
-            from: from.to_string(),
-            to: to.to_string(),
-            zone_offset_minutes: self.settings.report_zone.offset_minutes(),
-            bucket_bounds_ms: BUCKET_BOUNDS_MS.to_vec(),
-            desk: (*scope == ReportScope::Everyone).then(|| DeskFigures {
-                total: Figures::of(&total_of(&desk_days)),
-                days: days_of(&desk_days),
-            }),
-            agents,
-        })
+        Ok(build_report(
+            counts,
+            from,
+            to,
+            &self.settings.report_zone,
+            scope,
+            |id| self.agent_name(id),
+        ))
     }
 
     /// Whose figures `me` may see, asking for `agent` (or for all).
@@ -574,8 +772,41 @@ pub fn to_csv(report: &Report) -> String {
     out
 }
 
-/// Quotes a field that holds a comma, a quote or a line break.
+/// The bot's top lists as CSV (`table=top`): `list,rank,name,count`, the
+/// intents (`intent`), then the handed-off questions (`handed_off`, and a
+/// last row `handed_off_other` for those not counted apart). Empty but for
+/// the header in an agent's own report.
+pub fn top_to_csv(report: &Report) -> String {
+    let mut out = String::from("list,rank,name,count\n");
+    if let Some(desk) = &report.desk {
+        let bot = &desk.bot;
+        for (list, ranked) in [
+            ("intent", &bot.top_intents),
+            ("handed_off", &bot.top_handed_off),
+        ] {
+            for (i, r) in ranked.iter().enumerate() {
+                // Writing to a String cannot fail.
+                let _ = writeln!(out, "{list},{},{},{}", i + 1, csv_field(&r.name), r.count);
+            }
+        }
+        if bot.handed_off_other > 0 {
+            let _ = writeln!(out, "handed_off_other,,,{}", bot.handed_off_other);
+        }
+    }
+    out
+}
+
+/// Quotes a field that holds a comma, a quote or a line break, and puts a
+/// `'` before one a spreadsheet would run as a formula (a visitor's
+/// question can start with `=`).
 fn csv_field(value: &str) -> String {
+    let guarded;
+    let value = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        guarded = format!("'{value}");
+        guarded.as_str()
+    } else {
+        value
+    };
     if value.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", value.replace('"', "\"\""))
     } else {

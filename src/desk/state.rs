@@ -24,6 +24,7 @@ use super::identity::Identity;
 use super::limits::Limits;
 use super::presence::AgentPresence;
 use super::quotas::UploadQuotas;
+use super::reports::BotTally;
 use super::routing::Routing;
 use super::server::ServeStats;
 use super::settings::DeskSettings;
@@ -40,6 +41,8 @@ pub(crate) struct DeskState {
     pub queries: Arc<dyn ConversationQueries>,
     /// The same store, for the report counters it keeps.
     pub reports: Arc<dyn ReportStore>,
+    /// The bot's decisions, counted for the reports until flushed.
+    pub bot_tally: Arc<BotTally>,
     pub directory: Arc<dyn AgentDirectory>,
     pub identity: Arc<dyn Identity>,
     /// Bound to `tenant`.
@@ -105,6 +108,14 @@ impl DeskState {
         self.directory
             .agent(agent)
             .map_or_else(|| agent.to_string(), |a| a.name)
+    }
+
+    /// Adds the bot's counted decisions to the store's counters (kept for
+    /// the next try if the store fails).
+    pub async fn flush_bot_tally(&self) {
+        if let Err(e) = self.bot_tally.flush(&*self.reports, &self.tenant).await {
+            tracing::warn!(error = %e, "the bot's report counts wait for the store");
+        }
     }
 
     /// Keeps a task to await at shutdown.

@@ -169,7 +169,7 @@ impl MessageStore for MemoryStore {
                     by_client_id: HashMap::new(),
                 })));
                 let zone = self.zones.of(conversation.tenant().as_str());
-                self.count(conversation.tenant(), &Deltas::created(conversation, zone));
+                self.count(conversation.tenant(), &Deltas::created(conversation, &zone));
                 Ok(())
             }
         }
@@ -179,7 +179,7 @@ impl MessageStore for MemoryStore {
         let log = self.log(conversation.id())?;
         let mut log = log.lock();
         let zone = self.zones.of(conversation.tenant().as_str());
-        let deltas = Deltas::saved(&log.conversation, conversation, &log.messages, zone);
+        let deltas = Deltas::saved(&log.conversation, conversation, &log.messages, &zone);
         log.conversation = conversation.clone();
         self.count(conversation.tenant(), &deltas);
         Ok(())
@@ -210,7 +210,7 @@ impl MessageStore for MemoryStore {
             log.by_client_id.insert(id.clone(), seq);
         }
         let tenant = log.conversation.tenant().clone();
-        let deltas = Deltas::appended(&message, self.zones.of(tenant.as_str()));
+        let deltas = Deltas::appended(&message, &self.zones.of(tenant.as_str()));
         let stored = Message::from_new(message, seq);
         log.messages.push(stored.clone());
         self.count(&tenant, &deltas);
@@ -270,6 +270,15 @@ impl MessageStore for MemoryStore {
 impl ReportStore for MemoryStore {
     fn set_report_zone(&self, tenant: &TenantId, zone: ReportZone) {
         self.zones.set(tenant, zone);
+    }
+
+    async fn add_report_counts(
+        &self,
+        tenant: &TenantId,
+        deltas: &Deltas,
+    ) -> Result<(), StoreError> {
+        self.count(tenant, deltas);
+        Ok(())
     }
 
     async fn report_counts(

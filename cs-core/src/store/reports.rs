@@ -34,6 +34,7 @@
 //! percentiles, the bound of the bucket they fall in.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,6 +59,23 @@ pub const BUCKET_BOUNDS_MS: [u64; 11] = [
 
 /// The longest handoff reason kept as its own measure (longer ones are cut).
 pub const MAX_REASON_CHARS: usize = 64;
+
+/// The longest handed-off question kept as its own measure, in characters.
+pub const MAX_QUESTION_CHARS: usize = 80;
+
+/// Distinct handed-off questions a desk counts apart per day; the rest are
+/// [`measure::BOT_HANDOFF_OTHER`]. It bounds the counters a day can hold
+/// (and so a report's read), whatever the traffic.
+pub const MAX_QUESTIONS_PER_DAY: usize = 200;
+
+/// A question as the report counts it: trimmed, lower case, runs of white
+/// space as one space, cut to [`MAX_QUESTION_CHARS`], so "Where is my
+/// order?" and "where is  my order?" count together.
+pub fn question_key(question: &str) -> String {
+    let lower = question.trim().to_lowercase();
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    words.join(" ").chars().take(MAX_QUESTION_CHARS).collect()
+}
 
 /// The measure names. Names are stable: stores keep them as keys.
 pub mod measure {
@@ -110,6 +128,22 @@ pub mod measure {
         format!("handoff:{cut}")
     }
 
+    /// The bot's answers from intent `intent` (a decision the bot made, not
+    /// a store write: see [`super::ReportStore::add_report_counts`]).
+    pub fn bot_answer(intent: &str) -> String {
+        let cut: String = intent.chars().take(super::MAX_REASON_CHARS).collect();
+        format!("bot_answer:{cut}")
+    }
+
+    /// The bot handed off this question (as [`super::question_key`] gives it).
+    pub fn bot_handoff(question_key: &str) -> String {
+        format!("bot_handoff:{question_key}")
+    }
+
+    /// Handed-off questions past a day's [`super::MAX_QUESTIONS_PER_DAY`]
+    /// distinct ones, counted together.
+    pub const BOT_HANDOFF_OTHER: &str = "bot_handoff_other";
+
     /// Ratings with score `score`.
     pub fn rating(score: u8) -> String {
         format!("rating:{score}")
@@ -141,47 +175,177 @@ pub fn bucket_of(took: Duration) -> usize {
         .unwrap_or(BUCKET_BOUNDS_MS.len())
 }
 
-/// A tenant's time zone for reports, as a fixed offset from UTC: which day
-/// an event falls in. (A zone with daylight saving needs its offset set
-/// again when the clocks change; named zones are not built yet.) Changing
+/// A tenant's time zone for reports: which day an event falls in. Either a
+/// fixed offset from UTC, or a named zone of the IANA time zone database
+/// ("Asia/Shanghai", "Europe/Berlin"), which follows its daylight saving
+/// and past changes of offset (the database is compiled in, through
+/// `jiff`, so a server without `/usr/share/zoneinfo` has it too). Changing
 /// it applies to events from then on: days already counted keep theirs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// As text (`FromStr`, `Display`, serde): `UTC`, an offset `+05:30` /
+/// `-03:00`, or an IANA name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReportZone {
-    offset_minutes: i32,
+    kind: ZoneKind,
 }
 
-/// A UTC offset outside −14:00..=+14:00.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ZoneKind {
+    Fixed(i32),
+    Named {
+        name: std::sync::Arc<str>,
+        tz: jiff::tz::TimeZone,
+    },
+}
+
+impl Default for ZoneKind {
+    fn default() -> Self {
+        ZoneKind::Fixed(0)
+    }
+}
+
+/// A report zone that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("UTC offset of {0} minutes is outside -14:00..=+14:00")]
-pub struct InvalidZone(pub i32);
+pub enum InvalidZone {
+    /// A UTC offset outside −14:00..=+14:00.
+    #[error("UTC offset of {0} minutes is outside -14:00..=+14:00")]
+    Offset(i32),
+    /// A name the time zone database does not have.
+    #[error(
+        "{0:?} is not a time zone: give an IANA name such as Europe/Berlin or Asia/Shanghai, \
+         UTC, or an offset such as +05:30"
+    )]
+    Unknown(String),
+}
 
 impl ReportZone {
     /// UTC.
-    pub const UTC: ReportZone = ReportZone { offset_minutes: 0 };
+    pub const UTC: ReportZone = ReportZone {
+        kind: ZoneKind::Fixed(0),
+    };
 
-    /// `minutes` east of UTC (+08:00 is 480, −05:00 is −300).
+    /// `minutes` east of UTC (+08:00 is 480, −05:00 is −300), all year.
     ///
     /// # Errors
-    /// [`InvalidZone`] beyond ±14 hours.
+    /// [`InvalidZone::Offset`] beyond ±14 hours.
     pub fn fixed(minutes: i32) -> Result<Self, InvalidZone> {
         if minutes.abs() > 14 * 60 {
-            return Err(InvalidZone(minutes));
+            return Err(InvalidZone::Offset(minutes));
         }
         Ok(Self {
-            offset_minutes: minutes,
+            kind: ZoneKind::Fixed(minutes),
         })
     }
 
-    /// Minutes east of UTC.
-    pub fn offset_minutes(self) -> i32 {
-        self.offset_minutes
+    /// The IANA zone `name` ("Europe/Berlin"), from the compiled-in
+    /// database.
+    ///
+    /// # Errors
+    /// [`InvalidZone::Unknown`] for a name the database does not have.
+    pub fn named(name: &str) -> Result<Self, InvalidZone> {
+        let tz =
+            jiff::tz::TimeZone::get(name).map_err(|_| InvalidZone::Unknown(name.to_owned()))?;
+        // The database's own spelling, so "europe/berlin" reads back as it.
+        let name = tz.iana_name().unwrap_or(name).into();
+        Ok(Self {
+            kind: ZoneKind::Named { name, tz },
+        })
+    }
+
+    /// Minutes east of UTC at `at` (for a named zone, the offset in force
+    /// then).
+    pub fn offset_minutes_at(&self, at: Timestamp) -> i32 {
+        match &self.kind {
+            ZoneKind::Fixed(minutes) => *minutes,
+            ZoneKind::Named { tz, .. } => tz.to_offset(jiff_timestamp(at)).seconds() / 60,
+        }
+    }
+
+    /// The IANA name of a named zone; `None` for a fixed offset.
+    pub fn iana_name(&self) -> Option<&str> {
+        match &self.kind {
+            ZoneKind::Fixed(_) => None,
+            ZoneKind::Named { name, .. } => Some(name),
+        }
     }
 
     /// The local day `at` falls on.
-    pub fn day_of(self, at: Timestamp) -> ReportDay {
-        let local = i64::try_from(at.as_millis()).unwrap_or(i64::MAX)
-            + i64::from(self.offset_minutes) * 60_000;
+    pub fn day_of(&self, at: Timestamp) -> ReportDay {
+        let offset_ms = match &self.kind {
+            ZoneKind::Fixed(minutes) => i64::from(*minutes) * 60_000,
+            ZoneKind::Named { tz, .. } => {
+                i64::from(tz.to_offset(jiff_timestamp(at)).seconds()) * 1000
+            }
+        };
+        let local = i64::try_from(at.as_millis()).unwrap_or(i64::MAX) + offset_ms;
         ReportDay(local.div_euclid(MILLIS_PER_DAY))
+    }
+}
+
+/// `at` for jiff; past jiff's range (year 9999) the latest instant it has.
+fn jiff_timestamp(at: Timestamp) -> jiff::Timestamp {
+    i64::try_from(at.as_millis())
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(jiff::Timestamp::MAX)
+}
+
+impl std::fmt::Display for ReportZone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            ZoneKind::Fixed(0) => f.write_str("UTC"),
+            ZoneKind::Fixed(m) => {
+                let sign = if *m < 0 { '-' } else { '+' };
+                write!(f, "{sign}{:02}:{:02}", m.abs() / 60, m.abs() % 60)
+            }
+            ZoneKind::Named { name, .. } => f.write_str(name),
+        }
+    }
+}
+
+impl std::str::FromStr for ReportZone {
+    type Err = InvalidZone;
+
+    /// `UTC`, `Z`, an offset (`+05:30`, `-0300`, `+8`), or an IANA name.
+    fn from_str(s: &str) -> Result<Self, InvalidZone> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("utc") || s == "Z" {
+            return Ok(ReportZone::UTC);
+        }
+        if let Some(sign) = s.strip_prefix(['+', '-']).map(|_| &s[..1]) {
+            let bad = || InvalidZone::Unknown(s.to_owned());
+            let rest = &s[1..];
+            let (h, m) = match rest.split_once(':') {
+                Some((h, m)) => (h, m),
+                None if rest.len() == 4 => rest.split_at(2),
+                None => (rest, "0"),
+            };
+            let digits = |p: &str| {
+                (!p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| p.parse::<i32>().ok())
+                    .flatten()
+            };
+            let (h, m) = (digits(h).ok_or_else(bad)?, digits(m).ok_or_else(bad)?);
+            if m >= 60 {
+                return Err(bad());
+            }
+            let minutes = h * 60 + m;
+            return ReportZone::fixed(if sign == "-" { -minutes } else { minutes });
+        }
+        ReportZone::named(s)
+    }
+}
+
+impl Serialize for ReportZone {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReportZone {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -360,7 +524,7 @@ impl Deltas {
     }
 
     /// A conversation was created.
-    pub fn created(conversation: &Conversation, zone: ReportZone) -> Deltas {
+    pub fn created(conversation: &Conversation, zone: &ReportZone) -> Deltas {
         let mut deltas = Deltas::default();
         deltas.add(
             zone.day_of(conversation.created_at()),
@@ -372,7 +536,7 @@ impl Deltas {
     }
 
     /// A message (or event) was appended.
-    pub fn appended(message: &NewMessage, zone: ReportZone) -> Deltas {
+    pub fn appended(message: &NewMessage, zone: &ReportZone) -> Deltas {
         let mut deltas = Deltas::default();
         let day = zone.day_of(message.created_at);
         match &message.body {
@@ -407,7 +571,7 @@ impl Deltas {
         before: &Conversation,
         after: &Conversation,
         log: &[Message],
-        zone: ReportZone,
+        zone: &ReportZone,
     ) -> Deltas {
         if matches!(before.state(), ConversationState::Closed)
             || !matches!(after.state(), ConversationState::Closed)
@@ -436,7 +600,7 @@ struct Holder {
 /// close, from its log (oldest first; the `Event::Close` of this close may
 /// or may not be in it yet). Only the part after its previous close counts,
 /// so a reopened conversation is not counted twice.
-pub fn fold_close(closed: &Conversation, log: &[Message], zone: ReportZone) -> Deltas {
+pub fn fold_close(closed: &Conversation, log: &[Message], zone: &ReportZone) -> Deltas {
     let mut deltas = Deltas::default();
     let closed_at = closed.closed_at().unwrap_or_else(Timestamp::now);
     let day = zone.day_of(closed_at);
@@ -533,13 +697,28 @@ pub fn fold_close(closed: &Conversation, log: &[Message], zone: ReportZone) -> D
     deltas
 }
 
-/// Each tenant's [`ReportZone`], as a store holds them (UTC unless set).
+/// Each tenant's [`ReportZone`], as a store holds them (UTC unless set),
+/// and whether the store keeps the counters at all (on unless switched off).
 #[derive(Debug, Default)]
 pub struct ReportZones {
     zones: DashMap<String, ReportZone>,
+    // Off rather than on, so `Default` keeps the counters.
+    off: AtomicBool,
 }
 
 impl ReportZones {
+    /// Whether writes keep the report counters from now on. Off, a write
+    /// adds nothing to them (reports then show nothing new): for a host that
+    /// keeps no reports, and for measuring what keeping them costs.
+    pub fn set_counting(&self, on: bool) {
+        self.off.store(!on, Ordering::Relaxed);
+    }
+
+    /// Whether writes keep the report counters.
+    pub fn counting(&self) -> bool {
+        !self.off.load(Ordering::Relaxed)
+    }
+
     /// Sets `tenant`'s zone.
     pub fn set(&self, tenant: &TenantId, zone: ReportZone) {
         self.zones.insert(tenant.as_str().to_owned(), zone);
@@ -547,7 +726,9 @@ impl ReportZones {
 
     /// `tenant`'s zone.
     pub fn of(&self, tenant: &str) -> ReportZone {
-        self.zones.get(tenant).map_or(ReportZone::UTC, |z| *z)
+        self.zones
+            .get(tenant)
+            .map_or(ReportZone::UTC, |z| z.value().clone())
     }
 }
 
@@ -559,6 +740,16 @@ pub trait ReportStore: Send + Sync + 'static {
     /// Which day `tenant`'s events fall in from now on. A desk sets it at
     /// start from its settings; until then, UTC.
     fn set_report_zone(&self, tenant: &TenantId, zone: ReportZone);
+
+    /// Adds `deltas` to `tenant`'s counters in a transaction of their own:
+    /// for what no store write carries (the bot's decisions: which intent it
+    /// answered, which question it handed off). A desk buffers those and
+    /// adds them about once a second.
+    ///
+    /// # Errors
+    /// A backend error, or a store that keeps no reports.
+    async fn add_report_counts(&self, tenant: &TenantId, deltas: &Deltas)
+        -> Result<(), StoreError>;
 
     /// Every counter of `tenant` on days `from..=to`, in (day, agent,
     /// measure) order.
@@ -577,6 +768,13 @@ pub trait ReportStore: Send + Sync + 'static {
 impl<S: ReportStore + ?Sized> ReportStore for std::sync::Arc<S> {
     fn set_report_zone(&self, tenant: &TenantId, zone: ReportZone) {
         (**self).set_report_zone(tenant, zone);
+    }
+    async fn add_report_counts(
+        &self,
+        tenant: &TenantId,
+        deltas: &Deltas,
+    ) -> Result<(), StoreError> {
+        (**self).add_report_counts(tenant, deltas).await
     }
     async fn report_counts(
         &self,
@@ -646,6 +844,101 @@ mod tests {
         assert_eq!(ReportZone::fixed(60).unwrap().day_of(at), day.next());
         assert_eq!(ReportZone::fixed(-300).unwrap().day_of(at), day);
         assert!(ReportZone::fixed(15 * 60).is_err());
+    }
+
+    fn utc(y: i32, m: u32, d: u32, hour: i64, minute: i64) -> Timestamp {
+        let day = ReportDay::from_ymd(y, m, d).unwrap();
+        Timestamp::from_millis((day.0 * MILLIS_PER_DAY + hour * 3_600_000 + minute * 60_000) as u64)
+    }
+
+    fn day(y: i32, m: u32, d: u32) -> ReportDay {
+        ReportDay::from_ymd(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn a_named_zone_follows_daylight_saving_across_the_day_boundary() {
+        let berlin = ReportZone::named("Europe/Berlin").unwrap();
+        // 22:30 UTC is 23:30 in Berlin's winter (+01:00): the same day...
+        assert_eq!(berlin.day_of(utc(2026, 1, 10, 22, 30)), day(2026, 1, 10));
+        assert_eq!(berlin.offset_minutes_at(utc(2026, 1, 10, 22, 30)), 60);
+        // ...and 00:30 the next day in its summer (+02:00).
+        assert_eq!(berlin.day_of(utc(2026, 7, 10, 22, 30)), day(2026, 7, 11));
+        assert_eq!(berlin.offset_minutes_at(utc(2026, 7, 10, 22, 30)), 120);
+        // The clocks go forward at 01:00 UTC on 2026-03-29: 21:59 UTC the
+        // evening before is 22:59 local (+01:00), 22:30 UTC on the 29th is
+        // 00:30 on the 30th (+02:00).
+        assert_eq!(berlin.day_of(utc(2026, 3, 28, 22, 59)), day(2026, 3, 28));
+        assert_eq!(berlin.day_of(utc(2026, 3, 28, 23, 0)), day(2026, 3, 29));
+        assert_eq!(berlin.day_of(utc(2026, 3, 29, 22, 30)), day(2026, 3, 30));
+        // And back at 01:00 UTC on 2026-10-25: 22:30 UTC on the 24th is
+        // 00:30 on the 25th (+02:00), 22:30 UTC on the 25th is 23:30 (+01:00).
+        assert_eq!(berlin.day_of(utc(2026, 10, 24, 22, 30)), day(2026, 10, 25));
+        assert_eq!(berlin.day_of(utc(2026, 10, 25, 22, 30)), day(2026, 10, 25));
+        // A fixed +01:00 would put that summer evening on the wrong day.
+        let fixed = ReportZone::fixed(60).unwrap();
+        assert_eq!(fixed.day_of(utc(2026, 7, 10, 22, 30)), day(2026, 7, 10));
+    }
+
+    #[test]
+    fn shanghai_has_no_daylight_saving() {
+        let shanghai = ReportZone::named("Asia/Shanghai").unwrap();
+        for (m, d) in [(1, 15), (7, 15)] {
+            assert_eq!(shanghai.day_of(utc(2026, m, d, 15, 59)), day(2026, m, d));
+            assert_eq!(
+                shanghai.day_of(utc(2026, m, d, 16, 0)),
+                day(2026, m, d).next()
+            );
+            assert_eq!(shanghai.offset_minutes_at(utc(2026, m, d, 0, 0)), 480);
+        }
+    }
+
+    #[test]
+    fn zones_parse_from_text_and_print_back() {
+        for (text, shown, minutes) in [
+            ("UTC", "UTC", 0),
+            ("utc", "UTC", 0),
+            ("+05:30", "+05:30", 330),
+            ("-0300", "-03:00", -180),
+            ("+8", "+08:00", 480),
+            ("Asia/Kolkata", "Asia/Kolkata", 330),
+        ] {
+            let zone: ReportZone = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(zone.to_string(), shown, "{text}");
+            assert_eq!(
+                zone.offset_minutes_at(utc(2026, 1, 1, 0, 0)),
+                minutes,
+                "{text}"
+            );
+            let json = serde_json::to_string(&zone).unwrap();
+            assert_eq!(serde_json::from_str::<ReportZone>(&json).unwrap(), zone);
+        }
+        assert_eq!(
+            "Mars/Olympus_Mons".parse::<ReportZone>(),
+            Err(InvalidZone::Unknown("Mars/Olympus_Mons".into()))
+        );
+        assert_eq!(
+            "+15:00".parse::<ReportZone>(),
+            Err(InvalidZone::Offset(900))
+        );
+        assert!("+05:75".parse::<ReportZone>().is_err());
+        assert!("+".parse::<ReportZone>().is_err());
+        assert_eq!(
+            ReportZone::named("Europe/Berlin").unwrap().iana_name(),
+            Some("Europe/Berlin")
+        );
+        assert_eq!(ReportZone::UTC.iana_name(), None);
+    }
+
+    #[test]
+    fn questions_count_together_whatever_their_case_and_spacing() {
+        assert_eq!(
+            question_key("  Where is  my\tORDER? "),
+            "where is my order?"
+        );
+        assert_eq!(
+            question_key(&"x".repeat(500)).chars().count(),
+            MAX_QUESTION_CHARS
+        );
     }
 
     #[test]

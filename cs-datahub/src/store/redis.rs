@@ -758,18 +758,32 @@ impl ConversationQueries for RedisStore {
 impl cs_core::store::ReportStore for RedisStore {
     fn set_report_zone(&self, _tenant: &TenantId, _zone: cs_core::store::ReportZone) {}
 
+    async fn add_report_counts(
+        &self,
+        _tenant: &TenantId,
+        _deltas: &cs_core::store::reports::Deltas,
+    ) -> Result<(), StoreError> {
+        Err(self.no_reports())
+    }
+
     async fn report_counts(
         &self,
         _tenant: &TenantId,
         _from: cs_core::store::ReportDay,
         _to: cs_core::store::ReportDay,
     ) -> Result<Vec<cs_core::store::Count>, StoreError> {
-        Err(StoreError::Backend {
+        Err(self.no_reports())
+    }
+}
+
+impl RedisStore {
+    fn no_reports(&self) -> StoreError {
+        StoreError::Backend {
             backend: self.backend.to_string(),
             source:
                 "the Redis store keeps no report counters; use a SQL store, or TieredStore over one"
                     .into(),
-        })
+        }
     }
 }
 

@@ -673,6 +673,9 @@ macro_rules! sql_message_store {
                 tenant: &str,
                 deltas: &Deltas,
             ) -> Result<(), TxError> {
+                if !self.zones.counting() {
+                    return Ok(());
+                }
                 for (day, agent, measure, value) in deltas.rows() {
                     sqlx::query(&self.statements.upsert_count)
                         .bind(tenant)
@@ -748,7 +751,7 @@ macro_rules! sql_message_store {
                 self.add_stats(&mut tx, &tenant, [StatsDelta::appended(message)])
                     .await?;
                 let zone = self.zones.of(&tenant);
-                self.add_counts(&mut tx, &tenant, &Deltas::appended(message, zone))
+                self.add_counts(&mut tx, &tenant, &Deltas::appended(message, &zone))
                     .await?;
                 tx.commit().await?;
                 Ok(Appended {
@@ -874,7 +877,7 @@ macro_rules! sql_message_store {
                         counts
                             .entry(tenant.clone())
                             .or_default()
-                            .extend(Deltas::appended(&messages[i], zone));
+                            .extend(Deltas::appended(&messages[i], &zone));
                     }
                     if last != first_new {
                         new_last.push((id, last));
@@ -997,7 +1000,7 @@ macro_rules! sql_message_store {
                 self.add_stats(&mut tx, c.tenant().as_str(), [StatsDelta::created(c)])
                     .await?;
                 let zone = self.zones.of(c.tenant().as_str());
-                self.add_counts(&mut tx, c.tenant().as_str(), &Deltas::created(c, zone))
+                self.add_counts(&mut tx, c.tenant().as_str(), &Deltas::created(c, &zone))
                     .await?;
                 tx.commit().await?;
                 Ok(())
@@ -1049,7 +1052,7 @@ macro_rules! sql_message_store {
                     .await?;
                 self.add_stats(&mut tx, c.tenant().as_str(), StatsDelta::saved(&before, c))
                     .await?;
-                if Deltas::closes(&before, c) {
+                if self.zones.counting() && Deltas::closes(&before, c) {
                     // The close folds the conversation's log, read in this
                     // transaction (the conversation's row is locked, so no
                     // append slips in between).
@@ -1061,7 +1064,7 @@ macro_rules! sql_message_store {
                         .map(|row| message_from_row(c.id(), row))
                         .collect::<Result<Vec<_>, _>>()?;
                     let zone = self.zones.of(c.tenant().as_str());
-                    let deltas = Deltas::saved(&before, c, &log, zone);
+                    let deltas = Deltas::saved(&before, c, &log, &zone);
                     self.add_counts(&mut tx, c.tenant().as_str(), &deltas)
                         .await?;
                 }
@@ -1297,10 +1300,38 @@ macro_rules! sql_message_store {
             }
         }
 
+        impl $store {
+            /// Whether writes keep the report counters (`cs_report_counts`)
+            /// from now on, for this store and its clones. On by default.
+            /// Off, reports show nothing new: for a host that keeps no
+            /// reports, and for `store_bench --no-report-counters`, which
+            /// measures what keeping them costs.
+            pub fn set_report_counters(&self, on: bool) {
+                self.zones.set_counting(on);
+            }
+        }
+
         #[async_trait]
         impl ReportStore for $store {
             fn set_report_zone(&self, tenant: &TenantId, zone: ReportZone) {
                 self.zones.set(tenant, zone);
+            }
+
+            async fn add_report_counts(
+                &self,
+                tenant: &TenantId,
+                deltas: &Deltas,
+            ) -> Result<(), StoreError> {
+                if deltas.is_empty() {
+                    return Ok(());
+                }
+                self.with_retries(|| async {
+                    let mut tx = self.writer.begin().await?;
+                    self.add_counts(&mut tx, tenant.as_str(), deltas).await?;
+                    tx.commit().await?;
+                    Ok(())
+                })
+                .await
             }
 
             async fn report_counts(

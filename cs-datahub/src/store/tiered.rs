@@ -889,6 +889,14 @@ impl<Cold: MessageStoreExt + cs_core::store::ReportStore> cs_core::store::Report
         self.cold.set_report_zone(tenant, zone);
     }
 
+    async fn add_report_counts(
+        &self,
+        tenant: &TenantId,
+        deltas: &cs_core::store::reports::Deltas,
+    ) -> Result<(), StoreError> {
+        self.cold.add_report_counts(tenant, deltas).await
+    }
+
     async fn report_counts(
         &self,
         tenant: &TenantId,

@@ -676,6 +676,13 @@ impl<S: cs_core::store::ReportStore> cs_core::store::ReportStore for Scratch<S> 
     fn set_report_zone(&self, t: &TenantId, zone: cs_core::store::ReportZone) {
         self.store.set_report_zone(t, zone);
     }
+    async fn add_report_counts(
+        &self,
+        t: &TenantId,
+        deltas: &cs_core::store::reports::Deltas,
+    ) -> Result<(), StoreError> {
+        self.store.add_report_counts(t, deltas).await
+    }
     async fn report_counts(
         &self,
         t: &TenantId,

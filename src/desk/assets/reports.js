@@ -1,7 +1,10 @@
 // The console's Reports page: a date range, the figures of GET
 // api/agent/reports, four charts drawn here as SVG (no chart library, no
-// CDN), the agents' table and the CSV download. Signed in by the console's
-// cookie; an agent sees their own figures, a supervisor everyone's.
+// CDN), today's figures kept current, the bot's top intents and handed-off
+// questions (each matched to a suggested new intent of GET
+// api/agent/suggestions), the agents' table and the CSV downloads. Signed
+// in by the console's cookie; an agent sees their own figures, a
+// supervisor everyone's.
 "use strict";
 
 (function () {
@@ -139,6 +142,7 @@
     chart($("chart-rating"), days, [
       { name: "mean rating", cls: "s1", values: each((d) => d.ratings.mean) },
     ], "bars", 5);
+    showBot(report);
     const body = $("agents").querySelector("tbody");
     body.replaceChildren();
     for (const a of report.agents) {
@@ -156,9 +160,95 @@
     $("report").hidden = false;
   }
 
+  // The shop's today: the report's zone offset applied to now.
+  const shopToday = (report) => iso(new Date(Date.now() + report.zone_offset_minutes * 60000));
+
+  function showToday(report) {
+    const today = shopToday(report);
+    const source = report.desk || report.agents[0];
+    const day = source && source.days.find((d) => d.day === today);
+    const inRange = report.from <= today && today <= report.to;
+    $("today-box").hidden = !inRange;
+    if (!inRange) return;
+    const f = day || { opened: 0, closed: 0, contained: 0, handoffs: 0, handled: 0, ratings: { count: 0, mean: null } };
+    $("today").replaceChildren(
+      tile("opened today", String(f.opened)),
+      tile("closed today", String(f.closed)),
+      tile("by the bot alone", String(f.contained)),
+      tile("hand-offs today", String(f.handoffs)),
+      tile("ratings today", String(f.ratings.count)),
+      tile("mean rating today", f.ratings.mean === null ? "–" : f.ratings.mean.toFixed(2) + " / 5"),
+    );
+    $("today-updated").textContent = "(" + today + ", updated " + new Date().toLocaleTimeString() + ")";
+  }
+
+  // Which suggested group a handed-off question belongs to: one whose
+  // examples hold it, else the one sharing the most keywords with it.
+  function suggestionFor(question, suggestions) {
+    const q = question.toLowerCase();
+    let best = null, bestHits = 0;
+    suggestions.forEach((s, i) => {
+      if (s.examples.some((e) => e.trim().toLowerCase().replace(/\s+/g, " ") === q)) {
+        best = i;
+        bestHits = Infinity;
+        return;
+      }
+      const hits = s.keywords.filter((k) => q.includes(k.toLowerCase())).length;
+      if (hits > bestHits) {
+        best = i;
+        bestHits = hits;
+      }
+    });
+    return best === null ? null : { index: best, group: suggestions[best] };
+  }
+
+  let suggestions = [];
+  async function loadSuggestions() {
+    try {
+      const response = await fetch(PREFIX + "/api/agent/suggestions", { credentials: "same-origin" });
+      if (response.ok) suggestions = (await response.json()).suggestions || [];
+    } catch (_) {
+      suggestions = [];
+    }
+  }
+
+  function showBot(report) {
+    const bot = report.desk && report.desk.bot;
+    $("bot").hidden = !bot;
+    if (!bot) return;
+    const intents = $("top-intents").querySelector("tbody");
+    intents.replaceChildren();
+    for (const r of bot.top_intents) {
+      const row = el("tr");
+      row.append(el("td", "", r.name), el("td", "", String(r.count)));
+      intents.appendChild(row);
+    }
+    if (!bot.top_intents.length) intents.appendChild(el("tr")).appendChild(el("td", "hint", "No answers in these days."));
+    const handed = $("top-handed-off").querySelector("tbody");
+    handed.replaceChildren();
+    for (const r of bot.top_handed_off) {
+      const row = el("tr");
+      const match = suggestionFor(r.name, suggestions);
+      const cell = el("td", "");
+      if (match) {
+        const link = el("a", "", "#" + (match.index + 1) + ": " + match.group.keywords.join(", ") + " (" + match.group.size + ")");
+        link.href = "../agent#suggestions";
+        cell.appendChild(link);
+      } else {
+        cell.textContent = "–";
+      }
+      row.append(el("td", "", r.name), el("td", "", String(r.count)), cell);
+      handed.appendChild(row);
+    }
+    if (!bot.top_handed_off.length) handed.appendChild(el("tr")).appendChild(el("td", "hint", "No hand-offs by the bot in these days."));
+    $("handed-off-other").textContent = bot.handed_off_other ? bot.handed_off_other + " more, not counted apart." : "";
+  }
+
+  let current = null;
   async function load() {
     const query = "from=" + encodeURIComponent($("from").value) + "&to=" + encodeURIComponent($("to").value);
     $("csv").href = PREFIX + "/api/agent/reports?" + query + "&format=csv";
+    $("csv-top").href = PREFIX + "/api/agent/reports?" + query + "&format=csv&table=top";
     $("error").textContent = "";
     const response = await fetch(PREFIX + "/api/agent/reports?" + query, { credentials: "same-origin" });
     let data = null;
@@ -175,8 +265,19 @@
       $("error").textContent = (data && data.message) || response.statusText;
       return;
     }
+    if (!current) await loadSuggestions();
+    current = data;
     show(data);
+    showToday(data);
   }
+
+  // Today's figures as they happen: while the range holds the shop's
+  // today, the report is read again every 10 s (a read of a few counters).
+  setInterval(() => {
+    if (!current || document.hidden) return;
+    const today = shopToday(current);
+    if (current.from <= today && today <= current.to) load().catch(() => {});
+  }, 10000);
 
   // The last 14 days by default, ending today (the browser's today).
   const today = new Date();

@@ -342,11 +342,13 @@ pub struct ReportQuery {
     to: Option<String>,
     agent: Option<String>,
     format: Option<String>,
+    table: Option<String>,
 }
 
-/// `GET api/agent/reports?from=YYYY-MM-DD&to=YYYY-MM-DD[&agent=ID][&format=csv]`:
+/// `GET api/agent/reports?from=YYYY-MM-DD&to=YYYY-MM-DD[&agent=ID][&format=csv[&table=top]]`:
 /// the days `from..=to` of the shop's zone, as JSON (a
-/// [`Report`](crate::desk::Report)) or CSV. An agent sees their own
+/// [`Report`](crate::desk::Report)) or CSV (the days; with `table=top`,
+/// the bot's top intents and handed-off questions). An agent sees their own
 /// figures; a supervisor the desk's and everyone's, or one agent's with
 /// `agent`. Bad dates, `from` after `to`, or more than a year: 400.
 pub async fn reports(
@@ -354,23 +356,33 @@ pub async fn reports(
     AuthAgent(me): AuthAgent,
     Query(query): Query<ReportQuery>,
 ) -> Result<Response, ApiError> {
-    use crate::desk::reports::{parse_range, to_csv, ReportError};
+    use crate::desk::reports::{parse_range, to_csv, top_to_csv, ReportError};
     let csv = match query.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
         Some(other) => return Err(ReportError::BadFormat(other.to_owned()).into()),
     };
+    let top = match query.table.as_deref() {
+        None | Some("days") => false,
+        Some("top") => true,
+        Some(other) => return Err(ReportError::BadTable(other.to_owned()).into()),
+    };
     let (from, to) = parse_range(query.from.as_deref(), query.to.as_deref())?;
     let scope = desk.state.report_scope(&me, query.agent.as_deref())?;
     let report = desk.report(from, to, &scope).await?;
     if csv {
-        let name = format!("attachment; filename=\"report-{from}-{to}.csv\"");
+        let kind = if top { "top-" } else { "" };
+        let name = format!("attachment; filename=\"report-{kind}{from}-{to}.csv\"");
         return Ok((
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
                 (header::CONTENT_DISPOSITION, name),
             ],
-            to_csv(&report),
+            if top {
+                top_to_csv(&report)
+            } else {
+                to_csv(&report)
+            },
         )
             .into_response());
     }
